@@ -1,0 +1,5 @@
+"""`python -m autodeploy …` (also what torchrun launches)."""
+
+from autodeploy.cli.main import run
+
+run()

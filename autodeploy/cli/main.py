@@ -1,0 +1,83 @@
+"""The `autodeploy` command: one module per subcommand, errors as one line (traceback with --debug)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import click
+import typer
+
+from autodeploy.cli import common
+
+app = typer.Typer(
+    name="autodeploy",
+    help="Turn a Hugging Face causal LM into a fast inference runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+) -> None:
+    common.STATE.debug = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from autodeploy.cli import generate, inspect, optimize, recipes
+
+    app.command("optimize")(optimize.optimize_cmd)
+    app.command("inspect")(inspect.inspect_cmd)
+    app.command("generate")(generate.generate_cmd)
+    app.add_typer(recipes.app, name="recipes")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from autodeploy.errors import AutoDeployError
+
+    args = list(argv if argv is not None else sys.argv[1:])
+    # --debug is accepted anywhere on the line, not only before the subcommand
+    common.STATE.debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        common.err_console().print("aborted")
+        return 130
+    except AutoDeployError as e:
+        if common.STATE.debug:
+            traceback.print_exc()
+        common.err_console().print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 1
+    except Exception as e:  # an internal bug: still one line unless --debug
+        if common.STATE.debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        common.err_console().print(
+            f"[red]internal error:[/red] {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+            highlight=False, soft_wrap=True,
+        )
+        return 2
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,82 @@
+"""torch.export of an HF causal LM into an FX GraphModule with dynamic batch and sequence dims.
+
+The exported program is a logits-only wrapper:  (input_ids [b, s], position_ids [b, s]) -> logits [b, s, vocab].
+Export is non-strict and runs on the meta device (no weight memory); the HF model's quirks are
+handled by the patches in export/patches/.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import torch
+from torch import fx, nn
+from torch.export import Dim
+
+from autodeploy.errors import ExportError
+from autodeploy.export.patches import apply_patches
+
+log = logging.getLogger(__name__)
+
+
+class LogitsOnly(nn.Module):
+    """The HF model without cache or extra outputs: what the runtime calls."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+
+
+def _example_inputs(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # batch 2, seq 8: neither is 0 or 1, so export keeps both dims symbolic.
+    ids = torch.zeros(2, 8, dtype=torch.long, device=device)
+    pos = torch.arange(8, device=device).unsqueeze(0).expand(2, 8)
+    return ids, pos
+
+
+def _failing_module(tb) -> str | None:
+    """The innermost nn.Module in the traceback: `ClassName.forward (file:line)`."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        self_obj = frame.f_locals.get("self")
+        if isinstance(self_obj, nn.Module) and not type(self_obj).__module__.startswith("torch."):
+            found = f"{type(self_obj).__name__}.{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:{lineno})"
+    return found
+
+
+def _describe_failure(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    first = next((line for line in msg if line.strip()), type(exc).__name__)
+    module = _failing_module(exc.__traceback__)
+    where = f" in {module}" if module else ""
+    return f"{type(exc).__name__}{where}: {first[:300]}"
+
+
+def export_model(
+    model: nn.Module,
+    *,
+    max_batch_size: int = 64,
+    max_seq_len: int = 4096,
+) -> fx.GraphModule:
+    """Export `model` (parameters may be on meta) and return the unlifted GraphModule."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    wrapper = LogitsOnly(model).eval()
+    batch = Dim("batch", min=1, max=max(max_batch_size, 2))
+    seq = Dim("seq", min=1, max=max(max_seq_len, 9))
+    dynamic_shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
+    with apply_patches(model) as applied, torch.inference_mode(False), torch.no_grad():
+        if applied:
+            log.info("export patches: %s", ", ".join(applied))
+        try:
+            ep = torch.export.export(wrapper, _example_inputs(device), dynamic_shapes=dynamic_shapes, strict=False)
+        except Exception as e:  # torch raises many types; the user needs the module and op that failed
+            raise ExportError(f"cannot export {type(model).__name__}: {_describe_failure(e)}") from e
+    gm = ep.module()
+    gm.meta["export_patches"] = applied
+    gm.meta["dynamic_dims"] = {"batch": (1, max(max_batch_size, 2)), "seq": (1, max(max_seq_len, 9))}
+    return gm

@@ -1,0 +1,96 @@
+"""Loading weights into the transformed graph.
+
+The graph is exported with parameters on the meta device. Transforms that change parameters
+(GEMM fusion, sharding, quantization) do not touch tensors: they record in the graph's
+`WeightPlan` how the new parameter is produced from checkpoint tensors. `load_weights` then
+builds every parameter once, on the target device:
+
+    plan.set("fused.qkv_weight", lambda fetch: torch.cat([fetch(q), fetch(k), fetch(v)]))
+
+`fetch(name)` returns a checkpoint tensor by its HF name and drops it from the pool once used, so
+a fused weight replaces its parts instead of living next to them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import fx, nn
+
+from autodeploy.errors import SourceError
+
+Fetch = Callable[[str], torch.Tensor]
+Producer = Callable[[Fetch], torch.Tensor]
+
+# The export wrapper holds the HF model as `.model`, so graph names carry this prefix.
+GRAPH_PREFIX = "model."
+
+
+def checkpoint_name(graph_name: str) -> str:
+    return graph_name[len(GRAPH_PREFIX):] if graph_name.startswith(GRAPH_PREFIX) else graph_name
+
+
+class WeightPlan:
+    """Per graph parameter: how to produce it from checkpoint tensors (default: the same name)."""
+
+    def __init__(self) -> None:
+        self.rules: dict[str, Producer] = {}
+        self.consumed: set[str] = set()  # checkpoint names only used through rules
+
+    def set(self, graph_name: str, producer: Producer, consumes: list[str] | None = None) -> None:
+        self.rules[graph_name] = producer
+        self.consumed.update(consumes or [])
+
+    def produce(self, graph_name: str, fetch: Fetch) -> torch.Tensor:
+        rule = self.rules.get(graph_name)
+        return rule(fetch) if rule is not None else fetch(checkpoint_name(graph_name))
+
+
+def weight_plan(gm: fx.GraphModule) -> WeightPlan:
+    plan = gm.meta.get("weight_plan")
+    if plan is None:
+        plan = gm.meta["weight_plan"] = WeightPlan()
+    return plan
+
+
+def _set_tensor(gm: nn.Module, name: str, tensor: torch.Tensor, is_param: bool) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    if is_param:
+        parent.register_parameter(attr, nn.Parameter(tensor, requires_grad=False))
+    else:
+        parent.register_buffer(attr, tensor, persistent=attr in parent._buffers and attr not in parent._non_persistent_buffers_set)
+
+
+def load_weights(gm: fx.GraphModule, state: dict[str, torch.Tensor], device: torch.device | str) -> None:
+    """Fill every parameter and buffer of `gm` from `state` through the graph's WeightPlan."""
+    from autodeploy.export.device import retarget_device
+
+    device = torch.device(device)
+    plan = weight_plan(gm)
+    pool = dict(state)
+    produced: dict[str, torch.Tensor] = {}  # checkpoint name -> tensor, so tied names share storage
+
+    def fetch(name: str) -> torch.Tensor:
+        if name in produced:
+            return produced[name]
+        if name not in pool:
+            raise SourceError(f"checkpoint has no tensor '{name}' needed by the graph")
+        t = pool.pop(name).to(device)
+        produced[name] = t
+        return t
+
+    params = dict(gm.named_parameters(remove_duplicate=False))
+    for name in params:
+        _set_tensor(gm, name, plan.produce(name, fetch), is_param=True)
+    for name, buf in list(gm.named_buffers(remove_duplicate=False)):
+        key = checkpoint_name(name)
+        src = pool.get(key, produced.get(key))
+        if src is None:
+            src = buf
+        if src.is_meta:
+            raise SourceError(f"buffer '{key}' has no value (not in the checkpoint and not computed at build)")
+        _set_tensor(gm, name, src.to(device), is_param=False)
+    produced.clear()
+    retarget_device(gm, device)

@@ -1,0 +1,1 @@
+"""Graph transforms, one per module; `pipeline.registry()` imports and registers them all."""
