@@ -74,6 +74,12 @@ def build_meta_model(src: ModelSource, recipe) -> nn.Module:
 
     with init_empty_weights(include_buffers=False):
         model = from_config(src, recipe)
+    # Persistent buffers come from the checkpoint (e.g. DeepSeek-V3's router score bias): they go to
+    # meta like the parameters. Non-persistent ones (RoPE tables) are computed here and stay real.
+    for mod in model.modules():
+        for name, buf in list(mod._buffers.items()):
+            if buf is not None and name not in mod._non_persistent_buffers_set:
+                mod._buffers[name] = buf.to("meta")
     return model.eval()
 
 
