@@ -1,1 +1,6 @@
-"""backends/torch"""
+"""backends/torch: reference implementations of the canonical `torch.ops.autodeploy.*` ops (CPU-capable).
+
+Importing this package registers every op; `autodeploy.ops` does it for users of the ops.
+"""
+
+from autodeploy.backends.torch import attention  # noqa: F401
