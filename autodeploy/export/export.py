@@ -57,6 +57,23 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}{where}: {first[:300]}"
 
 
+def _flatten_signature(gm: fx.GraphModule) -> None:
+    """Drop the pytree calling convention: gm(input_ids, position_ids) -> logits, plain positional.
+
+    Later transforms add graph inputs (sequence metadata, KV caches) and outputs; with the
+    exported in/out specs in place every such change would also have to edit the specs.
+    """
+    gm.graph._codegen = fx.graph.CodeGen()
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    result = out.args[0]
+    if isinstance(result, (tuple, list)) and len(result) == 1:
+        out.args = (result[0],)
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            n.meta.pop("tensor_meta", None)
+    gm.recompile()
+
+
 def export_model(
     model: nn.Module,
     *,
@@ -77,6 +94,7 @@ def export_model(
         except Exception as e:  # torch raises many types; the user needs the module and op that failed
             raise ExportError(f"cannot export {type(model).__name__}: {_describe_failure(e)}") from e
     gm = ep.module()
+    _flatten_signature(gm)
     gm.meta["export_patches"] = applied
     gm.meta["dynamic_dims"] = {"batch": (1, max(max_batch_size, 2)), "seq": (1, max(max_seq_len, 9))}
     return gm
