@@ -3,4 +3,4 @@
 Importing this package registers every op; `autodeploy.ops` does it for users of the ops.
 """
 
-from autodeploy.backends.torch import attention, gated_mlp, rmsnorm, rope  # noqa: F401
+from autodeploy.backends.torch import attention, gated_mlp, moe, rmsnorm, rope  # noqa: F401
