@@ -1,0 +1,86 @@
+"""autodeploy::cached_attention — attention of a packed step over a paged KV cache (CPU reference).
+
+One call serves any mix of whole prefills, chunked prefills and decodes (the step's SequenceInfo):
+
+    q [T, n, d], k [T, n_kv, d], v [T, n_kv, d_v]    the step's new tokens, packed (sequence i owns
+                                                      tokens cu_seqlens[i]:cu_seqlens[i+1])
+    k_cache [num_pages, page_size, n_kv, d]           mutated: the new k / v are written at
+    v_cache [num_pages, page_size, n_kv, d_v]         slot_mapping (page * page_size + offset)
+    -> out [T, n, d_v]
+
+Sequence i's new queries sit at absolute positions input_pos[i] .. cache_lens[i]-1 and attend
+causally over its cached keys 0 .. cache_lens[i]-1, read through page_table[i]. Sliding window,
+softcap, sinks, GQA and d_v != d mean exactly what they mean for `autodeploy::attention`: the
+reference gathers each sequence's keys and calls that op, whose convention "queries are the last
+s of the s_k keys" is this op's input_pos = cache_len - seq_len.
+
+This is the correctness reference (a per-sequence loop with host syncs); fast kernels replace it
+through backend selection, behind the same schema.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from autodeploy.backends.torch.attention import attention
+
+
+def write_kv(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor) -> None:
+    """Store the new tokens' k [T, n_kv, d] / v [T, n_kv, d_v] at their flat slots, in place."""
+    # flatten(0, 1) of a contiguous cache is a view, so index_copy_ writes the cache itself.
+    k_cache.flatten(0, 1).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+    v_cache.flatten(0, 1).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+
+def gather_pages(cache: Tensor, pages: Tensor, first: int, last: int) -> Tensor:
+    """Tokens first..last-1 of one sequence whose pages are `pages` -> [last - first, n_kv, d]."""
+    page_size = cache.shape[1]
+    p0, p1 = first // page_size, (last + page_size - 1) // page_size
+    toks = cache[pages[p0:p1]].flatten(0, 1)  # [(p1 - p0) * page_size, n_kv, d]
+    return toks[first - p0 * page_size : last - p0 * page_size]
+
+
+@torch.library.custom_op("autodeploy::cached_attention", mutates_args=("k_cache", "v_cache"))
+def cached_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    seq_lens: Tensor,
+    cu_seqlens: Tensor,
+    input_pos: Tensor,
+    cache_lens: Tensor,
+    page_table: Tensor,
+    slot_mapping: Tensor,
+    sinks: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    sliding_window: Optional[int] = None,
+    logit_softcap: Optional[float] = None,
+) -> Tensor:
+    """Writes k / v into the caches, then q [T, n, d] attends over each sequence's cache -> [T, n, d_v]."""
+    write_kv(k, v, k_cache, v_cache, slot_mapping)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = q.new_empty(q.shape[0], q.shape[1], v_cache.shape[-1])
+    starts, lens, totals = cu_seqlens[:-1].tolist(), seq_lens.tolist(), cache_lens.tolist()
+    for i, (start, s, total) in enumerate(zip(starts, lens, totals)):
+        if s == 0:
+            continue
+        # With a window, keys before total - s - w + 1 are invisible to every query of this step:
+        # skip their pages. Dropping a prefix shifts all positions alike, so the masks are unchanged.
+        first = 0 if sliding_window is None else max(0, total - s - sliding_window + 1)
+        ki = gather_pages(k_cache, page_table[i], first, total).to(q.dtype)  # [total - first, n_kv, d]
+        vi = gather_pages(v_cache, page_table[i], first, total).to(q.dtype)  # [total - first, n_kv, d_v]
+        oi = attention(q[None, start : start + s], ki[None], vi[None], sinks, scale, True, sliding_window, logit_softcap)
+        out[start : start + s] = oi[0]
+    return out
+
+
+@cached_attention.register_fake
+def _(q, k, v, k_cache, v_cache, seq_lens, cu_seqlens, input_pos, cache_lens, page_table, slot_mapping,
+      sinks=None, scale=None, sliding_window=None, logit_softcap=None):
+    torch._check(q.shape[1] % k.shape[1] == 0, lambda: "cached_attention: n must be a multiple of n_kv")
+    return q.new_empty(q.shape[0], q.shape[1], v_cache.shape[-1])
