@@ -1,14 +1,12 @@
-"""Sampling parameters and the per-step token choice.
+"""Sampling parameters of one request, validated.
 
-Greedy unless temperature > 0. Filters apply in the order vLLM and transformers use:
-penalties on the raw logits, then temperature, then top-k, top-p and min-p.
+Greedy unless temperature > 0. The sampler (runtime/sampler.py) applies them in the order vLLM
+and transformers use: penalties on the raw logits, then temperature, then top-k, top-p and min-p.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
 
 from autodeploy.errors import RequestError
 
@@ -16,6 +14,7 @@ from autodeploy.errors import RequestError
 @dataclass
 class SamplingParams:
     max_tokens: int = 16
+    min_tokens: int = 0  # stop tokens (eos, stop_token_ids) are masked until this many are generated
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0
@@ -30,82 +29,52 @@ class SamplingParams:
     logprobs: bool = False  # return the log-probability of each chosen token
 
     def __post_init__(self) -> None:
-        checks = [
-            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"),
-            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
-            (isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k!r}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
-            (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
-            (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise RequestError(f"invalid sampling parameter: {msg}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        self.validate()
+
+    def problem(self) -> str | None:
+        """The first invalid value, in one line, or None. Checked again at submit (fields are mutable)."""
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+
+        checks = [
+            (is_int(self.max_tokens) and self.max_tokens >= 1, f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"),
+            (is_int(self.min_tokens) and self.min_tokens >= 0, f"min_tokens must be an integer >= 0, got {self.min_tokens!r}"),
+            (is_num(self.temperature) and self.temperature >= 0, f"temperature must be >= 0, got {self.temperature!r}"),
+            (is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k!r}"),
+            (is_num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}"),
+            (is_num(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}"),
+            (is_num(self.repetition_penalty) and self.repetition_penalty > 0,
+             f"repetition_penalty must be > 0, got {self.repetition_penalty!r}"),
+            (is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+             f"presence_penalty must be in [-2, 2], got {self.presence_penalty!r}"),
+            (is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+             f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty!r}"),
+            (self.seed is None or is_int(self.seed), f"seed must be an integer or None, got {self.seed!r}"),
+            (all(is_int(t) and t >= 0 for t in self.stop_token_ids),
+             f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}"),
+            (all(isinstance(s, str) and s for s in self.stop), f"stop must be non-empty strings, got {self.stop!r}"),
+        ]
+        return next((msg for ok, msg in checks if not ok), None)
+
+    def validate(self) -> None:
+        msg = self.problem()
+        if msg is not None:
+            raise RequestError(f"invalid sampling parameter: {msg}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
-def apply_penalties(logits: torch.Tensor, history: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """logits [V]; history [n] token ids of prompt + output (repetition) — output only for presence/frequency."""
-    if history.numel() == 0:
-        return logits
-    if p.repetition_penalty != 1.0:
-        seen = torch.unique(history)
-        vals = logits[seen]
-        logits = logits.clone()
-        logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
-    return logits
-
-
-def apply_output_penalties(logits: torch.Tensor, output: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    if output.numel() == 0 or (p.presence_penalty == 0 and p.frequency_penalty == 0):
-        return logits
-    counts = torch.bincount(output, minlength=logits.shape[-1]).to(logits.dtype)
-    return logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(logits.dtype)
-
-
-def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """Temperature, top-k, top-p, min-p on logits [V] (float32); masked entries become -inf."""
-    logits = logits / p.temperature
-    if p.top_k > 0 and p.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, p.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_logits, idx = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop = probs.cumsum(-1) - probs > p.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(0, idx, sorted_logits)
-    if p.min_p > 0:
-        probs = torch.softmax(logits, dim=-1)
-        logits = logits.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
-    return logits
-
-
-def choose_token(
-    logits: torch.Tensor,
-    p: SamplingParams,
-    prompt_ids: torch.Tensor,
-    output_ids: torch.Tensor,
-    generator: torch.Generator | None,
-) -> tuple[int, float | None]:
-    """One request's next token from its last-position logits [V]; returns (token, logprob or None)."""
-    logits = logits.float()
-    logits = apply_penalties(logits, torch.cat([prompt_ids, output_ids]), p)
-    logits = apply_output_penalties(logits, output_ids, p)
-    if p.greedy:
-        token = int(torch.argmax(logits))
-        scores = logits
-    else:
-        scores = filter_logits(logits, p)
-        probs = torch.softmax(scores, dim=-1)
-        token = int(torch.multinomial(probs, 1, generator=generator))
-    logprob = float(torch.log_softmax(scores, dim=-1)[token]) if p.logprobs else None
-    return token, logprob
+    @property
+    def has_filters(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0

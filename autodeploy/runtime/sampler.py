@@ -1,0 +1,145 @@
+"""The batched sampler: one step's next tokens for every sequence that finished its chunk.
+
+    logits [b, V] ──penalties──▶ ──min_tokens mask──▶ greedy rows: argmax
+                                                      sampled rows: /temperature, top-k, top-p,
+                                                      min-p, then argmax(probs / Exp(1) noise)
+
+Sampling uses the exponential race (argmax of p_i / E_i with E_i ~ Exp(1) is a draw from p) so
+all sampled rows pick their token in one batched argmax, while each row's noise comes from its
+request's own torch.Generator: a seeded request draws the same tokens whatever else shares the
+step, and a recomputed (preempted) request draws nothing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from autodeploy.runtime.request import Request
+from autodeploy.runtime.sampling import SamplingParams
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class PenaltyState:
+    """Per-request token statistics, kept on the logits' device and updated with each new token."""
+
+    seen: torch.Tensor  # [V] bool: in prompt or output (repetition penalty)
+    counts: torch.Tensor  # [V] float32: occurrences in the output (presence / frequency)
+    num_counted: int  # output tokens already in `counts`
+
+
+def _penalty_state(req: Request, vocab: int, device: torch.device) -> PenaltyState:
+    st = req.sampler_state
+    if st is None:
+        seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+        prompt = torch.tensor(req.prompt_token_ids, dtype=torch.long, device=device)
+        seen[prompt[prompt < vocab]] = True
+        st = req.sampler_state = PenaltyState(seen, torch.zeros(vocab, dtype=torch.float32, device=device), 0)
+    new = req.output_token_ids[st.num_counted :]
+    if new:
+        ids = torch.tensor(new, dtype=torch.long, device=device)
+        st.seen[ids] = True
+        st.counts.index_add_(0, ids, torch.ones(len(new), dtype=torch.float32, device=device))
+        st.num_counted += len(new)
+    return st
+
+
+def apply_penalties(logits: torch.Tensor, reqs: Sequence[Request]) -> torch.Tensor:
+    """logits [b, V] float32, penalized in place for the rows that ask for it."""
+    rows = [i for i, r in enumerate(reqs) if r.sampling.has_penalties]
+    if not rows:
+        return logits
+    vocab, dev = logits.shape[-1], logits.device
+    states = [_penalty_state(reqs[i], vocab, dev) for i in rows]
+    params = [reqs[i].sampling for i in rows]
+    idx = torch.tensor(rows, device=dev)
+    sub = logits[idx]  # [n, V]
+    seen = torch.stack([s.seen for s in states])  # [n, V]
+    counts = torch.stack([s.counts for s in states])  # [n, V]
+    rep = torch.tensor([p.repetition_penalty for p in params], device=dev)[:, None]
+    # repetition (CTRL / transformers): divide positive logits, multiply negative ones
+    sub = torch.where(seen, torch.where(sub > 0, sub / rep, sub * rep), sub)
+    freq = torch.tensor([p.frequency_penalty for p in params], device=dev)[:, None]
+    pres = torch.tensor([p.presence_penalty for p in params], device=dev)[:, None]
+    sub = sub - freq * counts - pres * (counts > 0).float()
+    logits[idx] = sub
+    return logits
+
+
+def mask_early_stops(logits: torch.Tensor, reqs: Sequence[Request]) -> torch.Tensor:
+    """Stop tokens cannot be chosen before a request has min_tokens outputs."""
+    for i, r in enumerate(reqs):
+        if r.sampling.min_tokens > r.num_output and r.stop_ids:
+            ids = [t for t in r.stop_ids if t < logits.shape[-1]]
+            logits[i, ids] = NEG_INF
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p, row by row in one batch: logits [n, V] -> scores [n, V]."""
+    dev = logits.device
+    temp = torch.tensor([p.temperature for p in params], device=dev)[:, None]
+    scores = logits / temp
+    if not any(p.has_filters for p in params):
+        return scores
+    vocab = scores.shape[-1]
+    sorted_scores, order = scores.sort(dim=-1, descending=True)  # [n, V]
+    rank = torch.arange(vocab, device=dev)[None, :]
+    top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=dev)[:, None]
+    sorted_scores = sorted_scores.masked_fill(rank >= top_k, NEG_INF)
+    top_p = torch.tensor([p.top_p for p in params], device=dev)[:, None]
+    probs = sorted_scores.softmax(-1)
+    # keep the smallest prefix whose mass reaches top_p; the most likely token always stays
+    sorted_scores = sorted_scores.masked_fill(probs.cumsum(-1) - probs > top_p, NEG_INF)
+    min_p = torch.tensor([p.min_p for p in params], device=dev)[:, None]
+    probs = sorted_scores.softmax(-1)
+    sorted_scores = sorted_scores.masked_fill(probs < min_p * probs[:, :1], NEG_INF)
+    return torch.full_like(scores, NEG_INF).scatter(-1, order, sorted_scores)
+
+
+def exponential_noise(reqs: Sequence[Request], vocab: int, device: torch.device) -> torch.Tensor:
+    """[n, V] Exp(1) draws, row i from request i's own generator."""
+    noise = torch.empty(len(reqs), vocab, device=device)
+    for i, r in enumerate(reqs):
+        noise[i].exponential_(generator=r.generator)
+    return noise.clamp_min_(torch.finfo(noise.dtype).tiny)  # a 0 draw would divide by zero
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[float | None]
+
+
+class Sampler:
+    """Picks the next token of each request from its last-position logits."""
+
+    def __call__(self, logits: torch.Tensor, reqs: Sequence[Request]) -> SampleResult:
+        if not reqs:
+            return SampleResult([], [])
+        logits = logits.to(torch.float32, copy=True)  # [b, V]; penalties and masks edit it in place
+        vocab, dev = logits.shape[-1], logits.device
+        logits = apply_penalties(logits, reqs)
+        logits = mask_early_stops(logits, reqs)
+        tokens = logits.argmax(-1)  # greedy rows keep this
+        scores = logits
+        sampled = [i for i, r in enumerate(reqs) if not r.sampling.greedy]
+        if sampled:
+            idx = torch.tensor(sampled, device=dev)
+            sub = filter_logits(logits[idx], [reqs[i].sampling for i in sampled])
+            noise = exponential_noise([reqs[i] for i in sampled], vocab, dev)
+            tokens[idx] = (sub.softmax(-1) / noise).argmax(-1)
+            scores = logits.clone()
+            scores[idx] = sub
+        want_lp = [i for i, r in enumerate(reqs) if r.sampling.logprobs]
+        logprobs: list[float | None] = [None] * len(reqs)
+        if want_lp:
+            idx = torch.tensor(want_lp, device=dev)
+            lp = scores[idx].log_softmax(-1).gather(-1, tokens[idx][:, None])[:, 0].tolist()
+            for i, v in zip(want_lp, lp):
+                logprobs[i] = v
+        return SampleResult(tokens.tolist(), logprobs)
