@@ -58,3 +58,9 @@ def save_tiny(name: str, directory: str | Path, seed: int = 0) -> Path:
     model = tiny_model(name, seed)
     model.save_pretrained(directory, safe_serialization=True)
     return directory
+
+# Qwen2-MoE (shared expert with a sigmoid gate, unnormalized top-k): the MoE tests use it; it is
+# not one of the foundation's 13 ARCHS.
+TINY["qwen2_moe"] = ("Qwen2MoeConfig", dict(COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                             shared_expert_intermediate_size=64, decoder_sparse_step=1,
+                                             mlp_only_layers=[]))
