@@ -37,6 +37,9 @@ class RuntimeConfig(_Strict):
     kv_page_size: int = Field(16, ge=1, description="Tokens per KV-cache page.")
     kv_memory_gb: float | None = Field(None, gt=0, description="KV pool budget in GiB; null: from free memory.")
     kv_num_pages: int | None = Field(None, ge=1, description="KV pool size in pages; wins over kv_memory_gb.")
+    enable_prefix_caching: bool = Field(
+        False, description="Reuse the KV pages of a prompt prefix already computed (full pages, matched by hash)."
+    )
     compile_backend: Literal["eager", "torch-compile", "cuda-graph"] = Field(
         "eager", description="How the transformed graph runs: as is, torch.compile, or compiled with CUDA graphs."
     )
