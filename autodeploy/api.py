@@ -15,7 +15,7 @@ import torch
 from autodeploy import progress
 from autodeploy.errors import RecipeError
 from autodeploy.recipe import ModelConfig, Recipe, RuntimeConfig, load_recipe
-from autodeploy.runtime.runtime import Runtime
+from autodeploy.runtime.runtime import Runtime, build_paged_model
 
 
 def _kwarg_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +101,9 @@ def optimize(
         load_weights(gm, state, device)
         del state
     tokenizer = load_tokenizer(src)
+    with progress.step("Allocating the KV cache"):
+        # the CachedModel (paged KV pool sized by the recipe) when insert_kv_cache ran, else the uncached graph
+        model = build_paged_model(gm, rec.runtime)
     timings["load_s"] = time.perf_counter() - t_load
     timings["total_s"] = time.perf_counter() - t0
-    return Runtime(gm, tokenizer, rec, src, src.config, infos, arch, timings)
+    return Runtime(gm, tokenizer, rec, src, src.config, infos, arch, timings, model=model)

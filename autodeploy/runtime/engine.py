@@ -87,13 +87,18 @@ class Engine:
         self.finished = Counter()
 
     # ---- requests ------------------------------------------------------------------------------
-    def add_request(self, req: Request) -> Request:
-        """Queue a request, or fail it at once (its final event says why) if it can never run."""
+    def add_request(self, req: Request, problem: str | None = None) -> Request:
+        """Queue a request, or fail it at once (its final event says why) if it can never run.
+
+        `problem`: a reason found before the engine (e.g. the prompt did not tokenize) to fail it with.
+        """
+        if req.detok is not None:  # set below: the request went through here before
+            raise RuntimeError(f"request {req.request_id} was already submitted")
         req.arrival = self._arrivals
         self._arrivals += 1
         req.detok = Detokenizer(self.tokenizer)
         req.logprobs = [] if req.sampling.logprobs else None
-        problem = self._problem(req)
+        problem = problem or self._problem(req)
         if problem is not None:
             self._finish(req, "error", problem)
             return req

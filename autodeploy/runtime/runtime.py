@@ -1,26 +1,157 @@
-"""Runtime: generation through the transformed graph.
+"""Runtime: the user-facing surface over the engine.
 
-This first engine runs greedy / sampled generation without a KV cache: each step feeds the whole
-sequence through the graph (input_ids [1, s], position_ids [1, s]) and samples from the last
-position. It is the correctness baseline; the paged-KV engine replaces it behind the same API.
+    rt.generate(prompts, SamplingParams(...))    all prompts batched in flight, outputs in order
+    h = rt.submit("Hello", SamplingParams(...))  a handle; `for d in h` / `async for d in h`
+                                                 streams StreamDelta pieces; h.result()
+    rt.cancel(h)                                 pages freed at once; the stream ends "cancelled"
+    rt.chat(messages)                            the model's chat template, then generate
+    rt.metrics()                                 KV pages used / free / cached, prefix hits, queue
+
+There is no background thread: whoever waits on a handle (or calls generate) drives the engine
+one step at a time under a lock, and each step advances every request in flight. Async
+iteration runs the steps in a worker thread so the event loop stays free meanwhile.
+
+The model behind the engine is the CachedModel when the graph was cache-inserted; otherwise the
+uncached graph recomputes each sequence's full history every step (the correctness baseline,
+O(n^2)), behind the same paged interface.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 import torch
 from torch import fx
 
 from autodeploy.errors import RequestError
-from autodeploy.runtime.outputs import RequestOutput
-from autodeploy.runtime.sampling import SamplingParams, choose_token
+from autodeploy.runtime.engine import Engine, EngineConfig
+from autodeploy.runtime.outputs import RequestOutput, StreamDelta
+from autodeploy.runtime.request import Request
+from autodeploy.runtime.sampling import SamplingParams
+from autodeploy.runtime.sequence_info import SequenceInfo
 
 log = logging.getLogger(__name__)
 
 Prompt = str | Sequence[int]
+
+
+class RecomputeModel:
+    """The uncached graph behind the paged interface: keeps token ids per KV slot and re-runs each
+    sequence's whole history through `gm(input_ids [1, n], position_ids [1, n])` every step."""
+
+    def __init__(self, gm: fx.GraphModule, num_pages: int, page_size: int, device: torch.device | str = "cpu"):
+        self.gm, self.num_pages, self.page_size = gm, num_pages, page_size
+        self.device = torch.device(device)
+        self.bytes_per_page = page_size * 8
+        self.tokens = torch.zeros(num_pages * page_size, dtype=torch.long)  # token id per slot
+
+    @torch.inference_mode()
+    def forward(self, info: SequenceInfo) -> torch.Tensor:
+        info = info.to("cpu")
+        self.tokens[info.slot_mapping] = info.input_ids
+        ps, rows = self.page_size, []
+        for i in range(info.num_seqs):
+            n = int(info.cache_lens[i])
+            pages = info.page_table[i, : -(-n // ps)].long()
+            ids = self.tokens[(pages[:, None] * ps + torch.arange(ps)).flatten()[:n]]  # [n]
+            pos = torch.arange(n)
+            rows.append(self.gm(ids[None].to(self.device), pos[None].to(self.device))[0, -1].float())
+        return torch.stack(rows)  # [b, V]
+
+
+class RequestHandle:
+    """One submitted request: iterate it (sync or async) for StreamDelta pieces, or wait for `result()`."""
+
+    def __init__(self, runtime: "Runtime", request: Request):
+        self._rt = runtime
+        self.request = request
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def done(self) -> bool:
+        return self.request.finished
+
+    def __iter__(self) -> Iterator[StreamDelta]:
+        events = self.request.events
+        while True:
+            while events:
+                delta = events.popleft()
+                yield delta
+                if delta.finished:
+                    return
+            self._rt._advance(self.request)
+
+    def __aiter__(self) -> AsyncIterator[StreamDelta]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[StreamDelta]:
+        events = self.request.events
+        while True:
+            while events:
+                delta = events.popleft()
+                yield delta
+                if delta.finished:
+                    return
+            await asyncio.to_thread(self._rt._advance, self.request)
+
+    def result(self) -> RequestOutput:
+        """Run until the request ends; the stream's unread pieces are dropped."""
+        while not self.request.finished:
+            self._rt._advance(self.request)
+        self.request.events.clear()
+        return self.request.output()
+
+    async def aresult(self) -> RequestOutput:
+        while not self.request.finished:
+            await asyncio.to_thread(self._rt._advance, self.request)
+        self.request.events.clear()
+        return self.request.output()
+
+    def cancel(self) -> bool:
+        return self._rt.cancel(self)
+
+
+def _default_num_pages(rcfg: Any, bytes_per_page: int | None, device: torch.device) -> int:
+    """Pages from the recipe: kv_num_pages, else kv_memory_gb / bytes_per_page, else free memory."""
+    if rcfg.kv_num_pages is not None:
+        return rcfg.kv_num_pages
+    full = rcfg.max_batch_size * -(-rcfg.max_seq_len // rcfg.kv_page_size)  # every slot at max_seq_len
+    if bytes_per_page is None:
+        return full
+    if rcfg.kv_memory_gb is not None:
+        return max(1, int(rcfg.kv_memory_gb * 1024**3) // bytes_per_page)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, int(free * 0.9) // bytes_per_page)  # leave room for activations
+    return full
+
+
+def graph_has_kv_cache(gm: fx.GraphModule) -> bool:
+    """Whether insert_kv_cache rewrote the graph (it then reads SequenceInfo and KV caches)."""
+    try:
+        from autodeploy.runtime.cached_model import has_kv_cache
+    except ImportError:  # a build without the cached path: every graph is uncached
+        return False
+    return has_kv_cache(gm)
+
+
+def build_paged_model(gm: fx.GraphModule, rcfg: Any) -> Any:
+    """The CachedModel when insert_kv_cache ran on `gm`, else the recompute adapter; sized by the recipe."""
+    device = torch.device(rcfg.device)
+    if graph_has_kv_cache(gm):
+        from autodeploy.runtime.cached_model import CachedModel, cache_specs
+        from autodeploy.runtime.kv_cache import bytes_per_page
+
+        per_page = bytes_per_page(cache_specs(gm), rcfg.kv_page_size)
+        return CachedModel(gm, _default_num_pages(rcfg, per_page, device), rcfg.kv_page_size, device)
+    return RecomputeModel(gm, _default_num_pages(rcfg, None, device), rcfg.kv_page_size, device)
 
 
 @dataclass
@@ -33,6 +164,10 @@ class Runtime:
     report: list = field(default_factory=list)  # TransformInfo per transform
     arch: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    model: Any = None  # the paged model the engine runs; built from the recipe on first use
+    scheduler_policy: str | None = None  # "fcfs" / "priority"; None: the recipe's, else fcfs
+    _engine: Engine | None = field(default=None, init=False, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -41,6 +176,24 @@ class Runtime:
     @property
     def max_seq_len(self) -> int:
         return self.recipe.runtime.max_seq_len
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            rcfg = self.recipe.runtime
+            if self.model is None:
+                self.model = build_paged_model(self.graph_module, rcfg)
+            cfg = EngineConfig(max_batch_size=rcfg.max_batch_size, max_num_tokens=rcfg.max_num_tokens,
+                               max_seq_len=rcfg.max_seq_len, policy=self.scheduler_policy or getattr(rcfg, "scheduler_policy", "fcfs"),
+                               enable_prefix_caching=getattr(rcfg, "enable_prefix_caching", False))
+            self._engine = Engine(self.model, cfg, tokenizer=self.tokenizer, eos_token_ids=self.eos_token_ids(),
+                                  vocab_size=self.vocab_size, device=self.device)
+        return self._engine
+
+    @property
+    def vocab_size(self) -> int | None:
+        cfg = self.hf_config.get_text_config() if hasattr(self.hf_config, "get_text_config") else self.hf_config
+        return getattr(cfg, "vocab_size", None)
 
     def eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -52,10 +205,12 @@ class Runtime:
                 ids.update(int(e) for e in eos)
         return ids
 
-    # ---- forward -------------------------------------------------------------------------------
+    # ---- forward (uncached graphs) -------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """logits [b, s, vocab] for input_ids [b, s] (positions default to 0..s-1)."""
+        """logits [b, s, vocab] for input_ids [b, s] (positions default to 0..s-1); uncached graphs only."""
+        if graph_has_kv_cache(self.graph_module):
+            raise RequestError("forward(input_ids) needs the uncached graph; this one reads a KV cache (use generate)")
         input_ids = input_ids.to(self.device)
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids)
@@ -67,12 +222,7 @@ class Runtime:
             if self.tokenizer is None:
                 raise RequestError("this model has no tokenizer: give prompts as lists of token ids")
             return list(self.tokenizer.encode(prompt))
-        ids = [int(t) for t in prompt]
-        vocab = self.hf_config.get_text_config().vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise RequestError(f"token id {bad[0]} is outside the vocabulary (size {vocab})")
-        return ids
+        return [int(t) for t in prompt]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
@@ -84,59 +234,69 @@ class Runtime:
         ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
         return list(ids)
 
+    # ---- requests ------------------------------------------------------------------------------
+    def submit(self, request: Request | Prompt, sampling: SamplingParams | None = None, *,
+               priority: int = 0, request_id: str | None = None) -> RequestHandle:
+        """Queue a request (a Request, prompt text or token ids); a bad one ends at once with `error` set."""
+        if not isinstance(request, Request):
+            text = request if isinstance(request, str) else None
+            try:
+                ids, problem = self.encode(request), None
+            except (RequestError, TypeError, ValueError) as e:
+                ids, problem = [], str(e)
+            request = Request(ids, sampling or SamplingParams(), prompt=text, priority=priority,
+                              request_id=request_id or "")
+        else:
+            problem = None
+        with self._lock:
+            self.engine.add_request(request, problem=problem)
+        return RequestHandle(self, request)
+
+    def cancel(self, handle: RequestHandle | str) -> bool:
+        """End a request now and free its pages; False if it had already ended."""
+        rid = handle if isinstance(handle, str) else handle.request_id
+        with self._lock:
+            return self.engine.abort(rid)
+
+    def step(self) -> list[Request]:
+        """One engine step: every request in flight advances."""
+        with self._lock:
+            return self.engine.step()
+
+    def _advance(self, req: Request) -> None:
+        """Step until `req` has something to stream (another waiter may already have stepped for it)."""
+        with self._lock:
+            if req.events or req.finished:
+                return
+            steps = self.engine.num_steps
+            self.engine.step()
+            if self.engine.num_steps == steps and not req.events:
+                raise RuntimeError(f"the engine made no progress on {req.request_id} (scheduler stalled)")
+
+    def metrics(self) -> dict[str, Any]:
+        """KV pages used / free / cached, prefix-cache hits, queue length, preemptions, tokens."""
+        with self._lock:
+            return self.engine.metrics().as_dict()
+
     # ---- generation ----------------------------------------------------------------------------
-    def generate(self, prompts: Prompt | Sequence[Prompt], sampling: SamplingParams | None = None) -> list[RequestOutput]:
-        """Generate for each prompt (text or token ids). A bad prompt fails alone, with `error` set."""
-        sampling = sampling or SamplingParams()
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 sampling: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Generate for each prompt (text or token ids), all in flight together; a bad one fails alone."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # a single prompt
-        outs = []
-        for prompt in prompts:
-            text = prompt if isinstance(prompt, str) else None
-            try:
-                ids = self.encode(prompt)
-            except RequestError as e:
-                outs.append(RequestOutput(text, [], finish_reason="error", error=str(e)))
-                continue
-            outs.append(self._generate_one(text, ids, sampling))
-        return outs
+        if sampling is None or isinstance(sampling, SamplingParams):
+            sampling = [sampling or SamplingParams()] * len(prompts)
+        if len(sampling) != len(prompts):
+            raise RequestError(f"generate(): {len(sampling)} sampling params for {len(prompts)} prompts")
+        handles = [self.submit(p, s) for p, s in zip(prompts, sampling)]
+        with self._lock:
+            while any(not h.done for h in handles):
+                steps = self.engine.num_steps
+                self.engine.step()
+                if self.engine.num_steps == steps:
+                    raise RuntimeError("the engine made no progress (scheduler stalled)")
+        return [h.result() for h in handles]
 
     def chat(self, messages: list[dict[str, str]], sampling: SamplingParams | None = None) -> RequestOutput:
         """One chat turn: the model's chat template applied to `messages`, then generate."""
         return self.generate([self.apply_chat_template(messages)], sampling)[0]
-
-    def _generate_one(self, text: str | None, prompt_ids: list[int], p: SamplingParams) -> RequestOutput:
-        out = RequestOutput(text, prompt_ids, logprobs=[] if p.logprobs else None)
-        if not prompt_ids:
-            out.finish_reason, out.error = "error", "empty prompt"
-            return out
-        if len(prompt_ids) >= self.max_seq_len:
-            out.finish_reason = "error"
-            out.error = f"prompt of {len(prompt_ids)} tokens does not fit max_seq_len {self.max_seq_len}"
-            return out
-        stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_token_ids())
-        gen = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
-        prompt_t = torch.tensor(prompt_ids, dtype=torch.long)
-        seq = list(prompt_ids)
-        while True:
-            logits = self.forward(torch.tensor([seq]))[0, -1].cpu()
-            token, logprob = choose_token(logits, p, prompt_t, torch.tensor(out.token_ids, dtype=torch.long), gen)
-            seq.append(token)
-            out.token_ids.append(token)
-            if logprob is not None:
-                out.logprobs.append(logprob)
-            if token in stop_ids:
-                out.finish_reason = "stop"
-                break
-            if p.stop and self.tokenizer is not None:
-                decoded = self.decode(out.token_ids)
-                hit = next((s for s in p.stop if s and s in decoded), None)
-                if hit is not None:
-                    out.text = decoded[: decoded.index(hit)]
-                    out.finish_reason = "stop"
-                    return out
-            if len(out.token_ids) >= p.max_tokens or len(seq) >= self.max_seq_len:
-                out.finish_reason = "length"
-                break
-        out.text = self.decode(out.token_ids)
-        return out
