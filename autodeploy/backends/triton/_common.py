@@ -1,0 +1,59 @@
+"""Shared helpers of the Triton kernels: where they can run, dtype checks, launch sizing."""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# dtypes every kernel accepts; compute is fp32 inside the kernels whatever the storage dtype.
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@triton.jit
+def _probe_kernel(x_ptr):
+    tl.store(x_ptr, 1.0)
+
+
+def interpreted() -> bool:
+    """True when this package's kernels were defined under TRITON_INTERPRET=1 (they then run on CPU)."""
+    return type(_probe_kernel).__name__ == "InterpretedFunction"
+
+
+def can_run_on(device: torch.device) -> bool:
+    """Compiled kernels need CUDA; interpreted ones take CPU tensors (and only those)."""
+    return device.type == "cpu" if interpreted() else device.type == "cuda"
+
+
+def unsupported_device_or_dtype(*tensors: Optional[torch.Tensor]) -> Optional[str]:
+    """None when every tensor is on a device the kernels run on with a supported dtype, else why not."""
+    for t in tensors:
+        if t is None:
+            continue
+        if not can_run_on(t.device):
+            mode = "interpreted (TRITON_INTERPRET=1)" if interpreted() else "compiled"
+            return f"{mode} Triton kernels cannot run on {t.device.type} tensors"
+        if t.is_floating_point() and t.dtype not in DTYPES:
+            return f"dtype {t.dtype} is not one of {DTYPES}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors to fill; the interpreter gets a small fixed count so tests hit split-K."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs must not silently drop to tf32 (10-bit mantissa) inside tl.dot."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def rows_of(x: torch.Tensor) -> torch.Tensor:
+    """[..., h] -> [M, h] without a copy when the leading dims flatten (most activations)."""
+    return x.reshape(-1, x.shape[-1])
