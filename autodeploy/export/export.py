@@ -83,8 +83,11 @@ def export_model(
     """Export `model` (parameters may be on meta) and return the unlifted GraphModule."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     wrapper = LogitsOnly(model).eval()
-    batch = Dim("batch", min=1, max=max(max_batch_size, 2))
-    seq = Dim("seq", min=1, max=max(max_seq_len, 9))
+    # Dim.DYNAMIC hints, not named Dims: named Dims turn every guard sympy cannot prove over the
+    # whole range into a hard error (torch 2.11 fails on `min(16*s, 32*s) == 16*s` from repeat_kv
+    # strides); hints keep the dims symbolic and only refuse a specialization to a constant.
+    batch = Dim.DYNAMIC(min=1, max=max(max_batch_size, 2))
+    seq = Dim.DYNAMIC(min=1, max=max(max_seq_len, 9))
     dynamic_shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
     with apply_patches(model) as applied, torch.inference_mode(False), torch.no_grad():
         if applied:
