@@ -32,7 +32,7 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Request:
     prompt_token_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -67,6 +67,10 @@ class Request:
         self.prompt_token_ids = list(self.prompt_token_ids)
         if not self.token_ids:
             self.token_ids = list(self.prompt_token_ids)
+
+    def __repr__(self) -> str:
+        return (f"Request({self.request_id}, {self.status.value}, prompt={self.num_prompt}, "
+                f"output={self.num_output}, computed={self.num_computed}, pages={len(self.pages)})")
 
     @property
     def num_prompt(self) -> int:
