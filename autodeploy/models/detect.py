@@ -1,6 +1,10 @@
 """Architecture detection: what kind of model this is, from its config, checked against the graph.
 
-`detect_architecture(config, gm)` returns an ArchInfo; `autodeploy inspect` prints it.
+`detect_architecture(config, gm)` returns an ArchInfo; `autodeploy inspect` prints it. Each fact
+the config states and the exported graph can show (attention sites per layer, heads, norm kind,
+gated MLP, MoE routing, RoPE theta, sinks, softcaps) is checked against the graph; a mismatch
+becomes a line in `ArchInfo.warnings` (a config the graph does not follow is a model the
+transforms would misread).
 """
 
 from __future__ import annotations
@@ -103,7 +107,8 @@ def detect_architecture(config, gm: fx.GraphModule | None = None) -> ArchInfo:
     layer_types = getattr(cfg, "layer_types", None)
     if layer_types is not None and "sliding_attention" not in layer_types:
         window = None
-    act = str(_first(cfg, "hidden_act", "activation_function", default=""))
+    # Gemma2/3 name it hidden_activation; GPT-2 activation_function
+    act = str(_first(cfg, "hidden_activation", "hidden_act", "activation_function", default="?"))
     gated = cfg.model_type not in ("gpt2", "gpt_neox", "gptj", "phi", "falcon", "opt", "bloom", "starcoder2")
     info = ArchInfo(
         family=cfg.model_type,
@@ -128,4 +133,60 @@ def detect_architecture(config, gm: fx.GraphModule | None = None) -> ArchInfo:
     )
     if gm is not None:
         info.op_histogram = op_histogram(gm)
+        info.warnings = check_against_graph(info, cfg, gm)
     return info
+
+
+def _expect(warnings: list[str], ok: bool, what: str) -> None:
+    if not ok:
+        warnings.append(what)
+
+
+def check_against_graph(info: ArchInfo, cfg, gm: fx.GraphModule) -> list[str]:
+    """The config's claims that the graph contradicts, one line each (empty when all agree)."""
+    from autodeploy.models.graph_facts import graph_facts
+
+    f = graph_facts(gm)
+    w: list[str] = []
+    L = info.num_layers
+    _expect(w, f.attention_sites == L, f"config has {L} layers but the graph has {f.attention_sites} attention sites")
+    _expect(w, f.q_heads == {info.num_heads}, f"config has {info.num_heads} heads, graph queries have {sorted(f.q_heads, key=str)}")
+    if info.attention_kind != "MLA":
+        _expect(w, f.kv_heads == {info.num_kv_heads},
+                f"config has {info.num_kv_heads} KV heads ({info.attention_kind}), graph keys have {sorted(f.kv_heads, key=str)}")
+    else:
+        v_dim = int(getattr(cfg, "v_head_dim", 0) or 0)
+        _expect(w, not v_dim or f.v_head_dims == {v_dim}, f"MLA value head dim {v_dim} not seen in graph ({sorted(f.v_head_dims, key=str)})")
+    _expect(w, f.q_head_dims == {info.head_dim}, f"config head_dim {info.head_dim}, graph queries have {sorted(f.q_head_dims, key=str)}")
+    n_norms = 2 * L + 1  # two per layer and the final one
+    if info.norm == "layernorm":
+        _expect(w, f.layernorm_sites >= n_norms and f.rmsnorm_sites == 0,
+                f"config implies LayerNorm, graph has {f.layernorm_sites} layer_norm and {f.rmsnorm_sites} rsqrt")
+    else:
+        _expect(w, f.rmsnorm_sites >= n_norms and f.layernorm_sites == 0,
+                f"config implies RMSNorm, graph has {f.rmsnorm_sites} rsqrt and {f.layernorm_sites} layer_norm")
+        gemma_style = f.one_plus_weight_sites >= n_norms
+        _expect(w, gemma_style == (info.norm == "rmsnorm(1+w)"),
+                f"norm is {info.norm} but the graph has {f.one_plus_weight_sites} `1 + weight` scales")
+    if info.mlp.startswith("gated"):
+        _expect(w, f.gate_sites >= L, f"config implies a gated MLP, graph has {f.gate_sites} activation-times-tensor sites for {L} layers")
+    else:
+        _expect(w, f.gate_sites == 0, f"config implies a plain MLP, graph has {f.gate_sites} gated activations")
+    if info.moe:
+        k, e = info.moe["top_k"], info.moe["experts"]
+        _expect(w, k in f.topk_ks, f"config routes top-{k}, graph topk calls use k={f.topk_ks}")
+        _expect(w, e in f.expert_dims, f"config has {e} experts, no [experts, ...] weight of that size in the graph")
+    else:
+        _expect(w, not f.topk_ks, f"config has no MoE, graph has {len(f.topk_ks)} topk calls")
+    _expect(w, f.has_rotary == (info.rope is not None),
+            f"RoPE {info.rope or 'absent'} in config, cos/sin {'present' if f.has_rotary else 'absent'} in graph")
+    if info.rope == "default" and info.rope_theta and f.rope_thetas:
+        _expect(w, any(abs(t / info.rope_theta - 1) < 1e-3 for t in f.rope_thetas),
+                f"config rope_theta {info.rope_theta:g}, graph inv_freq implies {[round(t) for t in f.rope_thetas]}")
+    _expect(w, (f.sink_sites == L) if info.attention_sinks else f.sink_sites == 0,
+            f"attention sinks {'on' if info.attention_sinks else 'off'} in config, {f.sink_sites} sink concats in graph")
+    _expect(w, (f.attn_softcap_sites == L) if info.attn_softcap else f.attn_softcap_sites == 0,
+            f"attention softcap {info.attn_softcap} in config, {f.attn_softcap_sites} tanh-capped attention sites in graph")
+    _expect(w, f.logit_softcap == bool(info.logit_softcap),
+            f"logit softcap {info.logit_softcap} in config, {'a' if f.logit_softcap else 'no'} tanh before the output in graph")
+    return w
