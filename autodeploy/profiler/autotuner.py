@@ -1,0 +1,172 @@
+"""Autotuner: per op and shape bucket, time the candidates once and keep the fastest.
+
+Choices persist in `<cache dir>/autotune.json`, keyed by the machine (GPU name, torch and triton
+versions), then the op, then the shape bucket; the next run with the same key reuses them without
+timing anything:
+
+    {"NVIDIA H100 80GB HBM3 | torch 2.11.0 | triton 3.6.0": {
+        "rmsnorm": {"x=[16,2048]:bfloat16 weight=[2048]:bfloat16": {
+            "choice": "triton", "times_ms": {"torch": 0.031, "triton": 0.012}}}}}
+
+With `enabled=False` (`--no-autotune`) the first candidate wins (callers list them in order of
+preference) and nothing is timed or written. Timing is pluggable (`measure=`) so the selection and
+persistence logic can be tested with a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Inputs = tuple[Any, ...]
+
+
+@dataclass
+class Candidate:
+    name: str  # "torch", "triton", "torch-compile", "triton:BLOCK=128" …
+    fn: Callable[..., Any]  # called as fn(*inputs)
+
+
+Measure = Callable[[Candidate, Inputs], float]  # seconds per call
+
+
+def device_key(device: torch.device | str = "cpu") -> str:
+    """What makes timings comparable: the card, torch and triton versions."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+    else:
+        gpu = device.type
+    try:
+        import triton
+
+        triton_v = triton.__version__
+    except ImportError:
+        triton_v = "none"
+    return f"{gpu} | torch {torch.__version__} | triton {triton_v}"
+
+
+def time_callable(fn: Callable[[], Any], device: torch.device | str = "cpu", warmup: int = 3, reps: int = 10) -> float:
+    """Median seconds per call: device events on CUDA (the GPU's time, not the launch), host clock on CPU."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def default_cache_path() -> Path:
+    from autodeploy.models.example import cache_dir
+
+    return cache_dir() / "autotune.json"
+
+
+class Autotuner:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        enabled: bool = True,
+        device: torch.device | str = "cpu",
+        measure: Measure | None = None,
+        key: str | None = None,
+        warmup: int = 3,
+        reps: int = 10,
+    ) -> None:
+        self.path = Path(path) if path is not None else default_cache_path()
+        self.enabled = enabled
+        self.device = torch.device(device)
+        self.key = key or device_key(self.device)
+        self.measure = measure or (lambda c, inputs: time_callable(lambda: c.fn(*inputs), self.device, warmup, reps))
+        self.hits = 0  # choices reused from the file
+        self.tuned = 0  # (op, bucket) pairs timed this run
+        self._data: dict[str, Any] = self._load()
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        if not self.enabled or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, json.JSONDecodeError) as e:  # a corrupt cache is rebuilt, never fatal
+            log.warning("ignoring unreadable autotune cache %s: %s", self.path, e)
+            return {}
+
+    def save(self) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True))
+        tmp.replace(self.path)  # atomic: a concurrent reader sees the old or the new file
+
+    def entry(self, op: str, bucket: str) -> dict[str, Any] | None:
+        return self._data.get(self.key, {}).get(op, {}).get(bucket)
+
+    # ---- selection -----------------------------------------------------------------------------
+    def choose(
+        self,
+        op: str,
+        bucket: str,
+        candidates: Sequence[Candidate],
+        make_inputs: Callable[[], Inputs],
+        *,
+        save: bool = True,
+    ) -> str:
+        """The name of the fastest candidate for (op, bucket): from the file when known, else timed."""
+        if not candidates:
+            raise ValueError(f"autotune {op}: no candidates")
+        names = [c.name for c in candidates]
+        if not self.enabled or len(candidates) == 1:
+            return names[0]
+        known = self.entry(op, bucket)
+        if known and known.get("choice") in names and set(names) <= set(known.get("times_ms", {})):
+            self.hits += 1
+            return known["choice"]
+        inputs = make_inputs()
+        times: dict[str, float] = {}
+        for cand in candidates:
+            try:
+                times[cand.name] = float(self.measure(cand, inputs))
+            except Exception as e:  # a candidate that fails on this shape simply loses
+                log.info("autotune %s [%s]: %s failed: %s", op, bucket, cand.name, str(e).splitlines()[0] if str(e) else e)
+                times[cand.name] = math.inf
+        best = min(names, key=lambda n: (times[n], names.index(n)))  # ties: the preferred one
+        if math.isinf(times[best]):
+            best = names[0]
+        self.tuned += 1
+        self._data.setdefault(self.key, {}).setdefault(op, {})[bucket] = {
+            "choice": best,
+            "times_ms": {n: (t * 1e3 if math.isfinite(t) else None) for n, t in times.items()},
+        }
+        log.info("autotune %s [%s]: %s (%s)", op, bucket, best,
+                 ", ".join(f"{n} {t * 1e3:.4f} ms" for n, t in times.items() if math.isfinite(t)))
+        if save:
+            self.save()
+        return best

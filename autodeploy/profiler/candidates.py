@@ -1,0 +1,75 @@
+"""Which backend ops can replace a canonical op, in order of preference.
+
+    triton          torch.ops.autodeploy.triton_<op> or <op>_triton (autodeploy.backends.triton), CUDA only
+    <registered>    extra backends added with register_backend() (tests, plug-ins)
+    torch           the canonical op itself: its reference implementation
+    torch-compile   the reference under torch.compile (only where `compiled=True`)
+
+The first entry is the default when autotuning is off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch._ops import OpOverload
+
+from autodeploy.profiler.variants import compiled_variant, op_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackendOp:
+    name: str
+    op: OpOverload
+    supports: Callable[[torch.device], bool] = lambda device: True
+
+
+# {canonical op name: [BackendOp]} added by register_backend, tried before the torch reference
+_EXTRA: dict[str, list[BackendOp]] = {}
+
+
+def register_backend(canonical: str, name: str, op: OpOverload, supports: Callable[[torch.device], bool] | None = None) -> None:
+    """Offer `op` (same schema as autodeploy::<canonical>) as a backend of that canonical op."""
+    entries = [b for b in _EXTRA.setdefault(canonical, []) if b.name != name]
+    entries.append(BackendOp(name, op, supports or (lambda device: True)))
+    _EXTRA[canonical] = entries
+
+
+def unregister_backend(canonical: str, name: str) -> None:
+    _EXTRA[canonical] = [b for b in _EXTRA.get(canonical, []) if b.name != name]
+
+
+def _triton_op(name: str) -> OpOverload | None:
+    try:  # the package registers its ops on import when triton is installed
+        importlib.import_module("autodeploy.backends.triton")
+    except Exception as e:  # triton missing or broken: the torch reference remains
+        log.debug("triton backends unavailable: %s", e)
+        return None
+    for candidate in (f"triton_{name}", f"{name}_triton"):
+        packet = getattr(torch.ops.autodeploy, candidate, None) if hasattr(torch.ops.autodeploy, candidate) else None
+        if packet is not None:
+            return packet.default
+    return None
+
+
+def backends_for(canonical: OpOverload, device: torch.device, *, triton: bool = True, compiled: bool = False) -> list[BackendOp]:
+    """The backends that can run `canonical` on `device`, preferred first (torch always present)."""
+    name = op_name(canonical)
+    out: list[BackendOp] = []
+    if triton and device.type == "cuda":
+        op = _triton_op(name)
+        if op is not None:
+            out.append(BackendOp("triton", op))
+    out.extend(b for b in _EXTRA.get(name, []) if b.supports(device))
+    out.append(BackendOp("torch", canonical))
+    if compiled:
+        op = compiled_variant(canonical)
+        if op is not None:
+            out.append(BackendOp("torch-compile", op))
+    return out

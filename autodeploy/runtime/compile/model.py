@@ -1,0 +1,202 @@
+"""CompiledModel: CachedModel's `forward(info) -> logits [b, V]`, through torch.compile and CUDA graphs.
+
+    backend        prefill / mixed steps                 decode steps (b <= largest bucket)
+    eager          graph as is                           graph as is
+    torch-compile  torch.compile(graph, dynamic=True)    same
+    cuda-graph     torch.compile(graph, dynamic=True)    CUDA graph of bucket B >= b, replayed
+
+Every step's metadata reaches the device in one copy (metadata.py). A CUDA graph is captured per
+bucket B over fixed buffers: the metadata views of shape (T=B, b=B, P=max_pages) and the KV
+caches. A decode step of b sequences is padded to B with sequences that decode into the last
+page of the pool, which this wrapper keeps out of the engine's reach (`num_pages` is one less
+than the cache holds), so padding never writes a live request's KV.
+
+Custom ops stay opaque to torch.compile (their fake impls give shapes); Inductor fuses the aten
+ops between them. The returned logits of a replayed graph are a view of its static output: valid
+until the next forward, which is how the engine uses them (it samples before the next step).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from autodeploy.runtime.compile.buckets import bucket_for, is_decode_only, normalize_buckets
+from autodeploy.runtime.compile.metadata import MetadataBuffers, PackedStep
+from autodeploy.runtime.sequence_info import SequenceInfo
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "torch-compile", "cuda-graph")
+
+
+@dataclass
+class _Captured:
+    graph: Any  # torch.cuda.CUDAGraph
+    logits: torch.Tensor  # [B, V] float32, the graph's static output
+
+
+class CompiledModel:
+    """Wraps a CachedModel (gm, caches, num_pages, page_size, device) with the same forward(info)."""
+
+    def __init__(
+        self,
+        cached,
+        backend: str = "eager",
+        *,
+        batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+        max_batch_size: int = 8,
+        max_num_tokens: int = 2048,
+        max_seq_len: int = 2048,
+        capture: bool = True,
+        compile_fn: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown compile backend {backend!r} (one of {', '.join(BACKENDS)})")
+        self.cached = cached
+        self.backend = backend
+        self.device = torch.device(cached.device)
+        self.page_size = cached.page_size
+        self.use_graphs = backend == "cuda-graph" and self.device.type == "cuda"
+        if backend == "cuda-graph" and not self.use_graphs:
+            log.warning("cuda-graph backend on %s: CUDA graphs need a GPU; running torch.compile only", self.device)
+        if self.use_graphs and cached.num_pages < 2:
+            raise ValueError("the cuda-graph backend needs a KV pool of at least 2 pages (one is its padding page)")
+        # the last page belongs to the padding sequences of CUDA-graph buckets, never to a request
+        self.pad_page = cached.num_pages - 1 if self.use_graphs else 0
+        self.num_pages = cached.num_pages - 1 if self.use_graphs else cached.num_pages
+        self.max_pages = -(-max_seq_len // self.page_size)
+        self.buckets = normalize_buckets(batch_sizes, max_batch_size) if self.use_graphs else []
+        top = max(self.buckets, default=1)
+        self.meta = MetadataBuffers(max(max_num_tokens, top), max(max_batch_size, top), self.max_pages, self.device)
+        if backend == "eager":
+            self.fn = cached.gm
+        else:
+            self.fn = (compile_fn or _default_compile)(cached.gm)
+        self.graphs: dict[int, _Captured] = {}
+        self.capture_seconds = 0.0
+        self.replays = 0  # decode steps served by a CUDA graph
+        self._warned_device_info = False
+        if self.use_graphs and capture:
+            self.capture()
+
+    # ---- running -------------------------------------------------------------------------------
+    def _run(self, info: SequenceInfo) -> torch.Tensor:
+        return self.fn(*info.graph_inputs(), *self.cached.caches).float()  # [b, V]
+
+    def _host(self, info: SequenceInfo) -> SequenceInfo:
+        if info.input_ids.device.type == "cpu":
+            return info
+        if not self._warned_device_info:  # correct, but costs a device-to-host round trip per step
+            log.warning("SequenceInfo built on %s: build it on the CPU so one copy moves it", info.input_ids.device)
+            self._warned_device_info = True
+        return info.to("cpu")
+
+    def pack(self, info: SequenceInfo, pad_to: int | None = None) -> PackedStep:
+        cols = self.max_pages if pad_to is not None else None
+        return self.meta.pack(self._host(info), pad_to=pad_to, pad_page=self.pad_page, page_cols=cols)
+
+    @torch.inference_mode()
+    def forward(self, info: SequenceInfo) -> torch.Tensor:
+        """The step's last-token logits [b, V] (float32), KV caches updated."""
+        if info.page_size != self.page_size:
+            raise ValueError(f"SequenceInfo has page_size {info.page_size}, the cache {self.page_size}")
+        b = info.num_seqs
+        if self.graphs and is_decode_only(info.num_prefill, info.num_tokens, b):
+            B = bucket_for(b, self.buckets)
+            captured = self.graphs.get(B) if B is not None else None
+            if captured is not None:
+                self.pack(info, pad_to=B)
+                captured.graph.replay()
+                self.replays += 1
+                return captured.logits[:b]
+        return self._run(self.pack(info).info)
+
+    __call__ = forward
+
+    # ---- capture -------------------------------------------------------------------------------
+    def _pad_step(self, B: int) -> SequenceInfo:
+        """B decodes that read and write only the padding page: what capture runs on."""
+        chunks = [([0], 0, [self.pad_page])] * B
+        return SequenceInfo.build(chunks, self.page_size, num_prefill=0)
+
+    @torch.inference_mode()
+    def warmup_prefill(self, num_tokens: int | None = None) -> None:
+        """Compile the prefill (dynamic T) graph now rather than on the first request."""
+        T = max(2, min(num_tokens or self.page_size, self.page_size))
+        info = SequenceInfo.build([(list(range(T)), 0, [self.pad_page])], self.page_size, num_prefill=1)
+        self._run(self.pack(info).info)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture one CUDA graph per bucket, largest first (they share one memory pool)."""
+        t0 = time.perf_counter()
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(self.device)
+        if self.page_size >= 2:
+            self.warmup_prefill()
+        for B in sorted(self.buckets, reverse=True):
+            packed = self.pack(self._pad_step(B), pad_to=B)
+            try:
+                # warm up off the capture: compiles this shape, initializes cuBLAS / Triton
+                stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        self._run(packed.info)
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    logits = self._run(packed.info)
+                self.graphs[B] = _Captured(graph, logits)
+            except Exception as e:  # e.g. an op that syncs with the host: that bucket runs uncaptured
+                log.warning("CUDA graph capture of decode batch %d failed (%s): it runs without a graph",
+                            B, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                torch.cuda.synchronize(self.device)
+        torch.cuda.synchronize(self.device)
+        self.capture_seconds = time.perf_counter() - t0
+
+    # ---- what the engine reads -----------------------------------------------------------------
+    @property
+    def caches(self) -> list[torch.Tensor]:
+        return self.cached.caches
+
+    @property
+    def bytes_per_page(self) -> int:
+        return self.cached.bytes_per_page
+
+    @property
+    def num_layers(self) -> int:
+        return self.cached.num_layers
+
+
+def _default_compile(gm):
+    """torch.compile with every step dim symbolic: one graph serves any T / b / P.
+
+    Duck sizing is off while dynamo traces: it would merge dims that happen to be equal on the
+    first call (b == n_kv == 2) and recompile when they part.
+    """
+    from torch.fx.experimental import _config as fx_config
+
+    compiled = torch.compile(gm, dynamic=True)
+
+    def run(*args):
+        with fx_config.patch(use_duck_shape=False):
+            return compiled(*args)
+
+    return run
+
+
+def compile_model(cached, runtime_config) -> Any:
+    """The model the engine runs, for recipe.runtime.compile_backend (eager on the CPU stays CachedModel)."""
+    rt = runtime_config
+    backend = rt.compile_backend
+    if backend == "eager" and torch.device(cached.device).type == "cpu":
+        return cached
+    return CompiledModel(
+        cached, backend, batch_sizes=rt.cuda_graph_batch_sizes, max_batch_size=rt.max_batch_size,
+        max_num_tokens=rt.max_num_tokens, max_seq_len=rt.max_seq_len,
+    )

@@ -1,0 +1,156 @@
+"""select_backends: swap each canonical op for the backend the autotuner picked for its shapes.
+
+    before:  x ─ autodeploy.rmsnorm(x, w, eps) ─ y              (torch reference)
+    after:   x ─ autodeploy.triton_rmsnorm(x, w, eps) ─ y       (same schema, same arguments)
+         or  x ─ autodeploy.rmsnorm_tuned(x, w, eps) ─ y        (buckets disagree: chosen per call)
+
+Per op and call signature, the candidates (Triton where present on CUDA, registered extras, the
+torch reference, the reference under torch.compile) are timed on random inputs at a few token
+counts: decode batches (b = 1 and the largest CUDA-graph bucket, s = 1) and one prefill (b = 1,
+s = prefill_tokens). When every bucket picks the same backend the node calls it directly; else
+it calls `<op>_tuned`, which dispatches per call to the nearest bucket's choice. Choices persist
+(see profiler/autotuner.py). Ops that later stages rewrite (attention -> insert_kv_cache) stay.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import fx
+from torch._ops import OpOverload
+
+from autodeploy.ops import bound_args
+from autodeploy.profiler.autotuner import Autotuner, Candidate
+from autodeploy.profiler.candidates import backends_for
+from autodeploy.profiler.variants import op_name, reference_fn, signature, tuned_variant
+from autodeploy.transforms.pipeline import Stage, TransformConfig, TransformInfo, register
+
+log = logging.getLogger(__name__)
+
+
+class SelectBackendsConfig(TransformConfig):
+    autotune: bool = Field(True, description="Time the candidates; false (--no-autotune): first supported one wins.")
+    triton: bool = Field(True, description="Consider Triton backends (CUDA only).")
+    compiled: bool | None = Field(None, description="Consider the torch reference under torch.compile; null: on CUDA only.")
+    skip_ops: list[str] = Field(["attention"], description="Canonical ops left alone (later stages rewrite them).")
+    prefill_tokens: int = Field(1024, ge=1, description="Token count of the prefill bucket timed.")
+
+
+def _is_canonical(node: fx.Node) -> bool:
+    if node.op != "call_function" or not isinstance(node.target, OpOverload):
+        return False
+    if node.target.namespace != "autodeploy":
+        return False
+    fn = reference_fn(node.target)
+    return fn is not None and fn.__module__.startswith("autodeploy.backends.torch")
+
+
+def _token_symbols(gm: fx.GraphModule) -> tuple[Any, Any]:
+    """The sympy symbols of the batch and sequence dims of the first input ([b, s] input_ids)."""
+    first = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
+    v = first.meta.get("val") if first is not None else None
+    if not isinstance(v, torch.Tensor) or v.dim() != 2:
+        return None, None
+    syms = [d.node.expr if isinstance(d, torch.SymInt) else None for d in v.shape]
+    return syms[0], syms[1]
+
+
+def _concrete(dim, subs: dict) -> int:
+    if not isinstance(dim, torch.SymInt):
+        return int(dim)
+    expr = dim.node.expr
+    env = getattr(dim.node.shape_env, "var_to_val", {})
+    values = {s: subs.get(s, env.get(s, 1)) for s in expr.free_symbols}
+    return int(expr.xreplace(values))
+
+
+def _example(v: torch.Tensor, subs: dict, device: torch.device) -> torch.Tensor:
+    shape = [_concrete(d, subs) for d in v.shape]
+    if v.dtype.is_floating_point:
+        return torch.randn(shape, dtype=v.dtype, device=device)
+    if v.dtype == torch.bool:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    return torch.zeros(shape, dtype=v.dtype, device=device)
+
+
+def _materialize(value: Any, subs: dict, device: torch.device) -> Any:
+    if isinstance(value, fx.Node):
+        v = value.meta.get("val")
+        return _example(v, subs, device) if isinstance(v, torch.Tensor) else v
+    if isinstance(value, (list, tuple)):
+        return type(value)(_materialize(x, subs, device) for x in value)
+    return value
+
+
+def _bucket_key(names: list[str], args: list[Any]) -> str:
+    parts = []
+    for n, a in zip(names, args):
+        if isinstance(a, torch.Tensor):
+            parts.append(f"{n}=[{','.join(map(str, a.shape))}]:{str(a.dtype).removeprefix('torch.')}")
+    return " ".join(parts)
+
+
+def _token_buckets(ctx, cfg: SelectBackendsConfig) -> list[tuple[int, int]]:
+    """(b, s) pairs timed: decode at b = 1 and the largest CUDA-graph bucket, then one prefill."""
+    rt = ctx.recipe.runtime
+    graph_sizes = [s for s in rt.cuda_graph_batch_sizes if s <= rt.max_batch_size] or [1]
+    decode = sorted({1, max(graph_sizes)})
+    return [(b, 1) for b in decode] + [(1, min(cfg.prefill_tokens, rt.max_num_tokens))]
+
+
+@register(Stage.FUSE, SelectBackendsConfig)
+def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
+    device = torch.device(ctx.recipe.runtime.device)
+    runnable = device.type != "cuda" or torch.cuda.is_available()
+    tuner: Autotuner = ctx.extra.get("autotuner") or Autotuner(enabled=cfg.autotune and runnable, device=device)
+    compiled = cfg.compiled if cfg.compiled is not None else device.type == "cuda"
+    b_sym, s_sym = _token_symbols(gm)
+    buckets = _token_buckets(ctx, cfg) if s_sym is not None else [(None, None)]
+
+    choices: dict[str, dict[str, str]] = {}
+    decided: dict[tuple, OpOverload] = {}  # (op, signature) -> target
+    swapped = 0
+    for node in list(gm.graph.nodes):
+        if not _is_canonical(node) or op_name(node.target) in cfg.skip_ops:
+            continue
+        backends = backends_for(node.target, device, triton=cfg.triton, compiled=compiled)
+        if len(backends) == 1:
+            continue
+        bound = bound_args(node)
+        names = list(bound)
+        vals = [v.meta.get("val") if isinstance(v, fx.Node) else v for v in bound.values()]
+        key = (node.target, signature(tuple(vals)))
+        if key not in decided:
+            by_name = {b.name: b.op for b in backends}
+            table: list[tuple[int, OpOverload]] = []
+            for b, s in buckets:
+                subs = {k: v for k, v in ((b_sym, b), (s_sym, s)) if k is not None}
+
+                def make_inputs(subs=subs) -> tuple:
+                    return tuple(_materialize(v, subs, device) for v in bound.values())
+
+                shapes = [_materialize(v, subs, torch.device("meta")) for v in bound.values()]
+                bucket = _bucket_key(names, shapes)
+                cands = [Candidate(bk.name, bk.op) for bk in backends]
+                pick = tuner.choose(op_name(node.target), bucket, cands, make_inputs, save=False)
+                choices.setdefault(op_name(node.target), {})[bucket] = pick
+                first = next(a for a in shapes if isinstance(a, torch.Tensor))
+                table.append((first.numel() // max(1, first.shape[-1]) if first.dim() else 1, by_name[pick]))
+            targets = {t for _, t in table}
+            if len(targets) == 1:
+                decided[key] = table[0][1]
+            else:
+                decided[key] = tuned_variant(node.target, key[1], table)
+        target = decided[key]
+        if target is not node.target:
+            node.target = target
+            swapped += 1
+    tuner.save()
+    return TransformInfo(
+        matches=swapped,
+        changed=swapped > 0,
+        details={"choices": choices, "autotune": tuner.enabled, "cache_hits": tuner.hits, "tuned": tuner.tuned},
+    )
