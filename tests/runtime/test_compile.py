@@ -1,0 +1,144 @@
+"""The compile backend on the CPU: single-copy metadata packing, bucket padding, torch.compile.
+
+CUDA graphs themselves are exercised in tests/gpu/test_compile_cuda_graphs.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autodeploy.recipe import load_recipe
+from autodeploy.runtime.compile import CompiledModel, compile_model
+from autodeploy.runtime.compile.buckets import bucket_for, is_decode_only, normalize_buckets
+from autodeploy.runtime.compile.metadata import MetadataBuffers, layout
+from autodeploy.runtime.sequence_info import SequenceInfo
+from tests.helpers.tolerances import assert_close
+from tests.runtime.toy_cached_graph import greedy_decode, toy_cached_model
+
+FIELDS = ("input_ids", "position_ids", "seq_lens", "cu_seqlens", "input_pos", "cache_lens", "page_table",
+          "slot_mapping", "last_token_idx")
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
+
+
+def _mixed_step() -> SequenceInfo:
+    # one prefill chunk of 3 tokens, one chunked-prefill continuation, one decode
+    return SequenceInfo.build([([5, 6, 7], 0, [3]), ([1, 2], 4, [0, 2]), ([9], 6, [4, 1])], page_size=4, num_prefill=2)
+
+
+def test_pack_round_trips_every_field_in_one_copy():
+    info = _mixed_step()
+    buf = MetadataBuffers(max_tokens=32, max_seqs=8, max_pages=4, device="cpu")
+    packed = buf.pack(info, temperature=[0.0, 0.5, 1.5])
+    assert buf.copies == 1
+    for f in FIELDS:
+        got, want = getattr(packed.info, f), getattr(info, f)
+        assert got.dtype == want.dtype and torch.equal(got, want), f
+    assert packed.info.num_prefill == 2 and packed.info.num_decode == 1 and packed.info.page_size == 4
+    assert torch.equal(packed.temperature, torch.tensor([0.0, 0.5, 1.5]))
+    # every view lies inside the one device buffer
+    base, end = buf.dev.data_ptr(), buf.dev.data_ptr() + buf.dev.numel()
+    for f in FIELDS:
+        t = getattr(packed.info, f)
+        assert base <= t.data_ptr() and t.data_ptr() + t.numel() * t.element_size() <= end, f
+
+
+def test_same_shape_reuses_the_same_addresses():
+    buf = MetadataBuffers(32, 8, 4, "cpu")
+    a = buf.pack(_mixed_step())
+    ptrs = {f: getattr(a.info, f).data_ptr() for f in FIELDS}
+    b = buf.pack(SequenceInfo.build([([1, 1, 1], 0, [5]), ([3, 3], 1, [6]), ([2], 9, [7, 8, 9])], 4, num_prefill=2))
+    assert {f: getattr(b.info, f).data_ptr() for f in FIELDS} == ptrs
+    assert buf.copies == 2
+    assert torch.equal(b.info.input_ids, torch.tensor([1, 1, 1, 3, 3, 2]))  # the new step's values
+
+
+def test_layout_offsets_are_aligned_and_disjoint():
+    spec, total = layout(T=7, b=3, P=5)
+    spans = sorted((off, off + n * torch.empty((), dtype=dt).element_size()) for off, dt, n in spec.values())
+    assert all(off % 16 == 0 for off, _ in spans)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert spans[-1][1] <= total
+
+
+def test_decode_padded_to_bucket_points_padding_at_the_pad_page():
+    info = SequenceInfo.build([([9], 4, [1, 2]), ([3], 7, [4, 5])], page_size=4, num_prefill=0)
+    buf = MetadataBuffers(16, 8, 6, "cpu")
+    p = buf.pack(info, temperature=[0.7, 0.0], pad_to=4, pad_page=7, page_cols=6).info
+    assert p.num_seqs == 4 and p.num_tokens == 4 and p.num_decode == 4 and p.num_prefill == 0
+    assert p.input_ids.tolist() == [9, 3, 0, 0]
+    assert p.seq_lens.tolist() == [1, 1, 1, 1]
+    assert p.cu_seqlens.tolist() == [0, 1, 2, 3, 4]
+    assert p.input_pos.tolist() == [4, 7, 0, 0] and p.cache_lens.tolist() == [5, 8, 1, 1]
+    assert p.page_table.tolist() == [[1, 2, 0, 0, 0, 0], [4, 5, 0, 0, 0, 0], [7] * 6, [7] * 6]
+    assert p.slot_mapping.tolist() == [8, 23, 28, 28]  # pad tokens write slot 0 of page 7
+    assert p.last_token_idx.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="only decode-only"):
+        buf.pack(_mixed_step(), pad_to=4)
+
+
+def test_bucket_choice():
+    assert normalize_buckets([1, 2, 4, 8, 16, 32], max_batch_size=12) == [1, 2, 4, 8, 12]
+    assert normalize_buckets([4, 1, 2, 2], max_batch_size=8) == [1, 2, 4]
+    buckets = [1, 2, 4, 8]
+    assert [bucket_for(n, buckets) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, None]
+    assert is_decode_only(0, 5, 5) and not is_decode_only(1, 5, 5) and not is_decode_only(0, 6, 5)
+
+
+def test_padding_sequences_leave_live_kv_pages_untouched():
+    """The same decode step with and without two padding sequences: same logits, same live pages."""
+    page_size, pad_page = 4, 39
+    ref, padded = toy_cached_model(40, page_size), toy_cached_model(40, page_size)
+    prefill = SequenceInfo.build([(PROMPTS[0], 0, [0, 1]), (PROMPTS[1], 0, [2, 3])], page_size, num_prefill=2)
+    ref.forward(prefill)
+    padded.forward(prefill)
+    decode = SequenceInfo.build([([11], 3, [0, 1]), ([12], 6, [2, 3])], page_size, num_prefill=0)
+    want = ref.forward(decode)
+    buf = MetadataBuffers(16, 8, 8, "cpu")
+    got = padded.forward(buf.pack(decode, pad_to=4, pad_page=pad_page, page_cols=8).info)
+    assert got.shape[0] == 4
+    assert_close(got[:2], want)
+    for c_ref, c_pad in zip(ref.caches, padded.caches):
+        # every page but the pad page (a stray pad write would replace a slot with another token's k/v;
+        # batch-size rounding of the real tokens' projections stays within the fp32 tolerance)
+        assert_close(c_pad[:pad_page], c_ref[:pad_page])
+        assert c_pad[pad_page].abs().sum() > 0  # the padding wrote somewhere: its own page
+
+
+def test_eager_backend_matches_cached_model_and_copies_once_per_step():
+    ref_tokens, ref_logits = greedy_decode(toy_cached_model(40, 4), PROMPTS, 6, 4)
+    model = CompiledModel(toy_cached_model(40, 4), "eager")
+    tokens, logits = greedy_decode(model, PROMPTS, 6, 4)
+    assert tokens == ref_tokens
+    for a, b in zip(logits, ref_logits):
+        assert torch.equal(a, b)
+    assert model.meta.copies == 6
+
+
+def test_cuda_graph_backend_without_a_gpu_compiles_only():
+    model = CompiledModel(toy_cached_model(40, 4), "cuda-graph", compile_fn=lambda gm: gm)
+    assert not model.use_graphs and model.graphs == {} and model.num_pages == 40
+    tokens, _ = greedy_decode(model, PROMPTS, 3, 4)
+    assert tokens == greedy_decode(toy_cached_model(40, 4), PROMPTS, 3, 4)[0]
+
+
+def test_compile_model_follows_the_recipe():
+    cached = toy_cached_model(8, 4)
+    assert compile_model(cached, load_recipe("cpu").runtime) is cached  # eager on the CPU: nothing to wrap
+    with pytest.raises(ValueError, match="unknown compile backend"):
+        CompiledModel(cached, "tensorrt")
+
+
+@pytest.fixture(scope="module")
+def compiled_run():
+    """One torch.compile (Inductor, dynamic shapes) of the toy graph for this file: prefill + decode."""
+    model = CompiledModel(toy_cached_model(40, 4), "torch-compile")
+    return greedy_decode(model, PROMPTS, 8, 4)
+
+
+def test_torch_compile_greedy_tokens_match_eager(compiled_run):
+    want_tokens, want_logits = greedy_decode(toy_cached_model(40, 4), PROMPTS, 8, 4)
+    tokens, logits = compiled_run
+    assert tokens == want_tokens
+    for a, b in zip(logits, want_logits):
+        assert_close(a, b)
