@@ -1,1 +1,45 @@
-"""backends/triton"""
+"""backends/triton: GPU kernels behind `torch.ops.autodeploy.triton_*` ops (importing registers them).
+
+Each op has the exact schema of a canonical op, so backend selection (transforms/select_backends.py,
+via profiler/candidates.py) swaps a node's target and keeps its arguments:
+
+    autodeploy::rmsnorm           -> autodeploy::triton_rmsnorm               rmsnorm.py
+    autodeploy::rope              -> autodeploy::triton_rope                  rope.py
+    autodeploy::gated_mlp_act     -> autodeploy::triton_gated_mlp_act         gated_mlp.py
+    autodeploy::cached_attention  -> autodeploy::triton_cached_attention      cached_attention.py
+                                     (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
+
+and fused forms that later fusion transforms can target (no canonical op of their own yet):
+
+    autodeploy::triton_fused_add_rmsnorm(x, residual, weight, eps, add_unit_offset) -> (normed, x + residual)
+    autodeploy::triton_rope_(q, k, cos, sin, interleaved)     in place on q and k
+    autodeploy::triton_fused_gated_mlp_act(gate_up, act)      gate_up [..., 2f] from one fused GEMM
+    autodeploy::triton_kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
+
+`SUPPORTS[canonical name](*args of that op)` says whether the kernels take a given call (device,
+dtype, sizes). Unsupported calls raise NotImplementedError naming the reason.
+
+Kernels run compiled on CUDA, or on CPU when this package is first imported with TRITON_INTERPRET=1
+(the test suite does that; see tests/backends/triton/conftest.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
+from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
+
+
+def _cached_attention_supports(q, k, v, k_cache, v_cache, *meta, sinks=None, **_: Any) -> bool:
+    sinks = meta[6] if len(meta) > 6 else sinks  # positional: ... slot_mapping, sinks, scale, ...
+    return cached_attention.supports(q, k, v, k_cache, v_cache, sinks)
+
+
+# {canonical op name: predicate over that op's call arguments}
+SUPPORTS: dict[str, Callable[..., bool]] = {
+    "rmsnorm": lambda x, weight, *a, **kw: rmsnorm.supports(x, weight),
+    "rope": lambda q, k, cos, sin, *a, **kw: rope.supports(q, k, cos, sin),
+    "gated_mlp_act": lambda gate, up, act, *a, **kw: gated_mlp.supports(gate, up, act),
+    "cached_attention": _cached_attention_supports,
+}
