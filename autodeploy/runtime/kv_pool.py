@@ -71,6 +71,10 @@ class KVPagePool:
     def num_used(self) -> int:
         return self.num_pages - self.num_free
 
+    def refs(self, page: int) -> int:
+        """How many requests hold `page`."""
+        return self._ref[page]
+
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
 
