@@ -80,6 +80,11 @@ def time_callable(fn: Callable[[], Any], device: torch.device | str = "cpu", war
     return statistics.median(times)
 
 
+def measure_candidate(cand: Candidate, inputs: Inputs, device: torch.device, warmup: int = 3, reps: int = 10) -> float:
+    """The default measure: median seconds of `cand.fn(*inputs)` (looked up at call time, so tests can swap it)."""
+    return time_callable(lambda: cand.fn(*inputs), device, warmup, reps)
+
+
 def default_cache_path() -> Path:
     from autodeploy.models.example import cache_dir
 
@@ -102,7 +107,7 @@ class Autotuner:
         self.enabled = enabled
         self.device = torch.device(device)
         self.key = key or device_key(self.device)
-        self.measure = measure or (lambda c, inputs: time_callable(lambda: c.fn(*inputs), self.device, warmup, reps))
+        self.measure = measure or (lambda c, inputs: measure_candidate(c, inputs, self.device, warmup, reps))
         self.hits = 0  # choices reused from the file
         self.tuned = 0  # (op, bucket) pairs timed this run
         self._data: dict[str, Any] = self._load()

@@ -11,14 +11,16 @@ The first entry is the default when autotuning is off.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch._ops import OpOverload
 
-from autodeploy.profiler.variants import compiled_variant, op_name
+from autodeploy.profiler.variants import compiled_variant, op_name, reference_fn
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,33 @@ class BackendOp:
     name: str
     op: OpOverload
     supports: Callable[[torch.device], bool] = lambda device: True
+    # given the call's arguments by schema name: can this backend run them (shape, dtype, device)?
+    supports_args: Callable[[dict[str, Any]], bool] | None = None
+
+    def can_run(self, args: dict[str, Any]) -> bool:
+        if self.supports_args is None:
+            return True
+        try:
+            return bool(self.supports_args(args))
+        except Exception:  # a checker that cannot judge these arguments says no
+            return False
+
+
+def module_supports(op: OpOverload) -> Callable[[dict[str, Any]], bool] | None:
+    """The `supports(...)` function of the module defining `op` (the Triton backends' convention),
+    called with the arguments whose names it declares; None when the module has none."""
+    fn = reference_fn(op)
+    module = sys.modules.get(getattr(fn, "__module__", ""), None)
+    check = getattr(module, "supports", None)
+    if check is None:
+        return None
+    params = inspect.signature(check).parameters
+
+    def supports_args(args: dict[str, Any]) -> bool:
+        kw = {n: args[n] for n in params if n in args}
+        return check(**kw)
+
+    return supports_args
 
 
 # {canonical op name: [BackendOp]} added by register_backend, tried before the torch reference
@@ -52,9 +81,8 @@ def _triton_op(name: str) -> OpOverload | None:
         log.debug("triton backends unavailable: %s", e)
         return None
     for candidate in (f"triton_{name}", f"{name}_triton"):
-        packet = getattr(torch.ops.autodeploy, candidate, None) if hasattr(torch.ops.autodeploy, candidate) else None
-        if packet is not None:
-            return packet.default
+        if hasattr(torch.ops.autodeploy, candidate):
+            return getattr(torch.ops.autodeploy, candidate).default
     return None
 
 
@@ -65,7 +93,7 @@ def backends_for(canonical: OpOverload, device: torch.device, *, triton: bool = 
     if triton and device.type == "cuda":
         op = _triton_op(name)
         if op is not None:
-            out.append(BackendOp("triton", op))
+            out.append(BackendOp("triton", op, supports_args=module_supports(op)))
     out.extend(b for b in _EXTRA.get(name, []) if b.supports(device))
     out.append(BackendOp("torch", canonical))
     if compiled:

@@ -49,10 +49,10 @@ def _is_canonical(node: fx.Node) -> bool:
 
 
 def _token_symbols(gm: fx.GraphModule) -> tuple[Any, Any]:
-    """The sympy symbols of the batch and sequence dims of the first input ([b, s] input_ids)."""
+    """The sympy symbols of the batch and sequence dims of the first input (input_ids [b, s])."""
     first = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
     v = first.meta.get("val") if first is not None else None
-    if not isinstance(v, torch.Tensor) or v.dim() != 2:
+    if not isinstance(v, torch.Tensor) or v.dim() < 2:
         return None, None
     syms = [d.node.expr if isinstance(d, torch.SymInt) else None for d in v.shape]
     return syms[0], syms[1]
@@ -79,7 +79,9 @@ def _example(v: torch.Tensor, subs: dict, device: torch.device) -> torch.Tensor:
 def _materialize(value: Any, subs: dict, device: torch.device) -> Any:
     if isinstance(value, fx.Node):
         v = value.meta.get("val")
-        return _example(v, subs, device) if isinstance(v, torch.Tensor) else v
+        if isinstance(v, torch.Tensor):
+            return _example(v, subs, device)
+        return _concrete(v, subs) if isinstance(v, torch.SymInt) else v
     if isinstance(value, (list, tuple)):
         return type(value)(_materialize(x, subs, device) for x in value)
     return value
@@ -128,16 +130,13 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
             table: list[tuple[int, OpOverload]] = []
             for b, s in buckets:
                 subs = {k: v for k, v in ((b_sym, b), (s_sym, s)) if k is not None}
-
-                def make_inputs(subs=subs) -> tuple:
-                    return tuple(_materialize(v, subs, device) for v in bound.values())
-
-                shapes = [_materialize(v, subs, torch.device("meta")) for v in bound.values()]
-                bucket = _bucket_key(names, shapes)
-                cands = [Candidate(bk.name, bk.op) for bk in backends]
-                pick = tuner.choose(op_name(node.target), bucket, cands, make_inputs, save=False)
+                example = tuple(_materialize(v, subs, device) for v in bound.values())
+                runnable_here = [bk for bk in backends if bk.can_run(dict(zip(names, example)))]
+                bucket = _bucket_key(names, list(example))
+                cands = [Candidate(bk.name, bk.op) for bk in runnable_here]
+                pick = tuner.choose(op_name(node.target), bucket, cands, lambda example=example: example, save=False)
                 choices.setdefault(op_name(node.target), {})[bucket] = pick
-                first = next(a for a in shapes if isinstance(a, torch.Tensor))
+                first = next(a for a in example if isinstance(a, torch.Tensor))
                 table.append((first.numel() // max(1, first.shape[-1]) if first.dim() else 1, by_name[pick]))
             targets = {t for _, t in table}
             if len(targets) == 1:

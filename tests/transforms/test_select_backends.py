@@ -1,0 +1,137 @@
+"""select_backends: canonical ops swapped for the autotuner's pick, per shape bucket.
+
+A second backend of autodeploy::rmsnorm (the reference under another op name, counting its calls)
+stands in for a Triton kernel so the swap runs on the CPU; a fake clock decides who is faster.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.export import Dim
+
+import autodeploy.ops  # noqa: F401
+from autodeploy.profiler import autotuner
+from autodeploy.profiler.candidates import register_backend, unregister_backend
+from autodeploy.profiler.variants import derive_op, reference_fn
+from autodeploy.recipe import load_recipe
+from tests.helpers.transform_check import check_transform
+
+RMSNORM = torch.ops.autodeploy.rmsnorm.default
+ALT_CALLS = {"n": 0}
+
+
+def _alt_impl(*args, **kwargs):
+    ALT_CALLS["n"] += 1
+    return reference_fn(RMSNORM)(*args, **kwargs)
+
+
+ALT = derive_op(RMSNORM, "testalt", _alt_impl)
+
+
+class TwoNorms(nn.Module):
+    def __init__(self, h: int = 64):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.rand(h) + 0.5)
+        self.w2 = nn.Parameter(torch.rand(h) + 0.5)
+        self.proj = nn.Linear(h, h)
+
+    def forward(self, x):  # x [b, s, h]
+        y = torch.ops.autodeploy.rmsnorm(x, self.w1, 1e-6)
+        return torch.ops.autodeploy.rmsnorm(self.proj(y), self.w2, 1e-6)
+
+
+INPUTS = (torch.randn(2, 8, 64),)
+SECOND = (torch.randn(3, 5, 64),)
+DYN = {"x": {0: Dim("b", max=64), 1: Dim("s", max=2048)}}
+
+
+@pytest.fixture
+def alt_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTODEPLOY_CACHE", str(tmp_path))
+    register_backend("rmsnorm", "alt", ALT)
+    ALT_CALLS["n"] = 0
+    yield tmp_path
+    unregister_backend("rmsnorm", "alt")
+
+
+def _history(gm) -> dict:
+    return next(h for h in reversed(gm.meta["autodeploy_history"]) if h["name"] == "select_backends")
+
+
+def _clock(monkeypatch, fn):
+    timed = []
+
+    def measure(cand, inputs, device, warmup=3, reps=10):
+        rows = inputs[0].numel() // inputs[0].shape[-1]
+        timed.append((cand.name, rows))
+        return fn(cand.name, rows)
+
+    monkeypatch.setattr(autotuner, "measure_candidate", measure)
+    return timed
+
+
+def test_faster_backend_replaces_every_site(alt_backend, monkeypatch):
+    timed = _clock(monkeypatch, lambda name, rows: 1.0 if name == "alt" else 2.0)
+    gm = check_transform(TwoNorms(), INPUTS, "select_backends", before={RMSNORM: 2, ALT: 0}, after={RMSNORM: 0, ALT: 2},
+                         matches=2, second_inputs=SECOND, dynamic_shapes=DYN)
+    # both sites share one signature: timed once per bucket (decode b=1, decode b=8, prefill s=1024)
+    assert sorted({r for _, r in timed}) == [1, 8, 1024] and len(timed) == 6
+    assert ALT_CALLS["n"] > 0
+    entries = json.loads((alt_backend / "autotune.json").read_text())
+    (per_op,) = entries.values()
+    assert {e["choice"] for e in per_op["rmsnorm"].values()} == {"alt"}
+    info = _history(gm)
+    assert info["details"]["tuned"] == 3 and info["details"]["cache_hits"] == 0
+
+
+def test_second_run_reads_the_choices_from_the_cache(alt_backend, monkeypatch):
+    _clock(monkeypatch, lambda name, rows: 1.0 if name == "alt" else 2.0)
+    check_transform(TwoNorms(), INPUTS, "select_backends", before={RMSNORM: 2}, after={ALT: 2}, dynamic_shapes=DYN)
+    timed = _clock(monkeypatch, lambda name, rows: 2.0 if name == "alt" else 1.0)  # would now pick torch
+    gm = check_transform(TwoNorms(), INPUTS, "select_backends", before={RMSNORM: 2}, after={ALT: 2, RMSNORM: 0},
+                         matches=2, dynamic_shapes=DYN)
+    assert timed == []
+    assert _history(gm)["details"]["cache_hits"] == 3
+
+
+def test_reference_fastest_leaves_the_graph_alone(alt_backend, monkeypatch):
+    _clock(monkeypatch, lambda name, rows: 2.0 if name == "alt" else 1.0)
+    check_transform(TwoNorms(), INPUTS, "select_backends", before={RMSNORM: 2}, after={RMSNORM: 2, ALT: 0}, matches=0,
+                    second_inputs=SECOND, dynamic_shapes=DYN)
+    assert ALT_CALLS["n"] == 0
+
+
+def test_buckets_that_disagree_dispatch_per_call(alt_backend, monkeypatch):
+    # alt wins decode-sized calls, the reference wins the prefill bucket
+    _clock(monkeypatch, lambda name, rows: 1.0 if (name == "alt") == (rows <= 8) else 2.0)
+    gm = check_transform(TwoNorms(), INPUTS, "select_backends", before={RMSNORM: 2}, after={RMSNORM: 0, ALT: 0},
+                         matches=2, second_inputs=SECOND, dynamic_shapes=DYN)
+    tuned = torch.ops.autodeploy.rmsnorm_tuned.default
+    assert sum(n.target is tuned for n in gm.graph.nodes) == 2
+    ALT_CALLS["n"] = 0
+    with torch.no_grad():
+        gm(torch.randn(4, 1, 64))  # 4 rows: nearest bucket 8 -> alt
+    assert ALT_CALLS["n"] == 2
+    with torch.no_grad():
+        gm(torch.randn(1, 700, 64))  # 700 rows: nearest bucket 1024 -> reference
+    assert ALT_CALLS["n"] == 2
+
+
+def test_no_autotune_takes_the_preferred_backend_without_timing(alt_backend, monkeypatch):
+    timed = _clock(monkeypatch, lambda name, rows: 2.0 if name == "alt" else 1.0)
+    recipe = load_recipe("cpu", {"transforms.select_backends.autotune": False})
+    check_transform(TwoNorms(), INPUTS, "select_backends", before={RMSNORM: 2}, after={ALT: 2, RMSNORM: 0}, matches=2,
+                    dynamic_shapes=DYN, recipe=recipe)
+    assert timed == [] and not (alt_backend / "autotune.json").exists()
+
+
+def test_without_alternatives_nothing_is_timed(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTODEPLOY_CACHE", str(tmp_path))
+    timed = _clock(monkeypatch, lambda name, rows: 1.0)
+    check_transform(TwoNorms(), INPUTS, "select_backends", before={RMSNORM: 2}, after={RMSNORM: 2}, matches=0,
+                    dynamic_shapes=DYN)
+    assert timed == []
