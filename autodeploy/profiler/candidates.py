@@ -74,29 +74,40 @@ def unregister_backend(canonical: str, name: str) -> None:
     _EXTRA[canonical] = [b for b in _EXTRA.get(canonical, []) if b.name != name]
 
 
-def _triton_op(name: str) -> OpOverload | None:
+def _triton_op(name: str) -> tuple[OpOverload | None, Callable[[dict[str, Any]], bool] | None]:
+    """The Triton twin of canonical op `name` and its support check (the package's SUPPORTS table)."""
     try:  # the package registers its ops on import when triton is installed
-        importlib.import_module("autodeploy.backends.triton")
+        pkg = importlib.import_module("autodeploy.backends.triton")
     except Exception as e:  # triton missing or broken: the torch reference remains
         log.debug("triton backends unavailable: %s", e)
-        return None
+        return None, None
     for candidate in (f"triton_{name}", f"{name}_triton"):
         if hasattr(torch.ops.autodeploy, candidate):
-            return getattr(torch.ops.autodeploy, candidate).default
-    return None
+            op = getattr(torch.ops.autodeploy, candidate).default
+            check = getattr(pkg, "SUPPORTS", {}).get(name)
+            if check is None:
+                return op, module_supports(op)
+            return op, lambda args, check=check: check(*args.values())  # args in schema order
+    return None, None
 
 
-def backends_for(canonical: OpOverload, device: torch.device, *, triton: bool = True, compiled: bool = False) -> list[BackendOp]:
-    """The backends that can run `canonical` on `device`, preferred first (torch always present)."""
+def backends_for(
+    canonical: OpOverload, device: torch.device, *, triton: bool = True, compiled: bool | None = False
+) -> list[BackendOp]:
+    """The backends that can run `canonical` on `device`, preferred first (torch always present).
+
+    compiled: True always offers the torch.compile'd reference; None offers it only where no
+    Triton kernel exists (each costs a compile at a cold start, and rarely beats a kernel).
+    """
     name = op_name(canonical)
     out: list[BackendOp] = []
     if triton and device.type == "cuda":
-        op = _triton_op(name)
+        op, check = _triton_op(name)
         if op is not None:
-            out.append(BackendOp("triton", op, supports_args=module_supports(op)))
+            out.append(BackendOp("triton", op, supports_args=check))
     out.extend(b for b in _EXTRA.get(name, []) if b.supports(device))
     out.append(BackendOp("torch", canonical))
-    if compiled:
+    if compiled or (compiled is None and not any(b.name == "triton" for b in out)):
         op = compiled_variant(canonical)
         if op is not None:
             out.append(BackendOp("torch-compile", op))

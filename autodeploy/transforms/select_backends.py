@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 class SelectBackendsConfig(TransformConfig):
     autotune: bool = Field(True, description="Time the candidates; false (--no-autotune): first supported one wins.")
     triton: bool = Field(True, description="Consider Triton backends (CUDA only).")
-    compiled: bool | None = Field(None, description="Consider the torch reference under torch.compile; null: on CUDA only.")
+    compiled: bool | None = Field(
+        None, description="Consider the torch reference under torch.compile; null: on CUDA, for ops without a Triton kernel."
+    )
     skip_ops: list[str] = Field(["attention"], description="Canonical ops left alone (later stages rewrite them).")
     prefill_tokens: int = Field(1024, ge=1, description="Token count of the prefill bucket timed.")
 
@@ -108,7 +110,7 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
     device = torch.device(ctx.recipe.runtime.device)
     runnable = device.type != "cuda" or torch.cuda.is_available()
     tuner: Autotuner = ctx.extra.get("autotuner") or Autotuner(enabled=cfg.autotune and runnable, device=device)
-    compiled = cfg.compiled if cfg.compiled is not None else device.type == "cuda"
+    compiled = cfg.compiled if cfg.compiled is not None else (None if device.type == "cuda" else False)
     b_sym, s_sym = _token_symbols(gm)
     buckets = _token_buckets(ctx, cfg) if s_sym is not None else [(None, None)]
 
@@ -153,3 +155,35 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
         changed=swapped > 0,
         details={"choices": choices, "autotune": tuner.enabled, "cache_hits": tuner.hits, "tuned": tuner.tuned},
     )
+
+
+def select_cache_op_backends(gm: fx.GraphModule, device: torch.device | str) -> int:
+    """Swap the ops insert_kv_cache adds (autodeploy::cached_attention) for their Triton twins on CUDA.
+
+    They exist only after Stage.CACHE, so the FUSE-stage transform never sees them; the compile
+    backend calls this before compiling. The reference syncs with the host (a per-sequence loop),
+    which CUDA graphs cannot capture; the kernel takes the step's metadata as device tensors.
+    Not timed: the kernel reads each sequence's pages once, the reference gathers them. Returns
+    the count of swapped nodes.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    swapped = 0
+    for node in list(gm.graph.nodes):
+        if not _is_canonical(node) or op_name(node.target) != "cached_attention":
+            continue
+        triton = next((b for b in backends_for(node.target, device) if b.name == "triton"), None)
+        if triton is None:
+            continue
+        bound = bound_args(node)
+        example = {n: _materialize(v, {}, device) for n, v in bound.items()}  # hinted sizes
+        if triton.can_run(example):
+            node.target = triton.op
+            swapped += 1
+        else:
+            log.warning("cached attention at %s stays on the torch reference (the Triton kernel does not take it)",
+                        node.name)
+    if swapped:
+        gm.recompile()
+    return swapped

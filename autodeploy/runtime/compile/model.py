@@ -71,6 +71,11 @@ class CompiledModel:
         self.num_pages = cached.num_pages - 1 if self.use_graphs else cached.num_pages
         self.max_pages = -(-max_seq_len // self.page_size)
         self.buckets = normalize_buckets(batch_sizes, max_batch_size) if self.use_graphs else []
+        if self.device.type == "cuda":
+            from autodeploy.transforms.select_backends import select_cache_op_backends
+
+            # the reference cached attention syncs with the host: no CUDA graph could hold it
+            self.triton_cache_ops = select_cache_op_backends(cached.gm, self.device)
         top = max(self.buckets, default=1)
         self.meta = MetadataBuffers(max(max_num_tokens, top), max(max_batch_size, top), self.max_pages, self.device)
         if backend == "eager":
