@@ -168,3 +168,17 @@ def test_fake_output_shape():
         out = cached_attention(q, k, v, kc, vc, i32(2), i32(3), i32(2), i32(2), i32(2, 3),
                                mode.from_tensor(torch.empty(9, dtype=torch.long)), None, 0.2, None, None)
     assert tuple(out.shape) == (9, 4, 8)
+
+
+def test_negative_slot_writes_nothing():
+    gen = torch.Generator().manual_seed(2)
+    seqs = make_seqs([5, 1], gen)
+    k_cache, v_cache = caches()
+    info = SequenceInfo.build([(list(range(5)), 0, seqs[0].pages), ([0], 0, seqs[1].pages)], PAGE)
+    slots = info.slot_mapping.clone()
+    slots[-1] = -1  # the second sequence is padding
+    q, k, v = (torch.cat([s.q for s in seqs]), torch.cat([s.k for s in seqs]), torch.cat([s.v for s in seqs]))
+    out = cached_attention(q, k, v, k_cache, v_cache, info.seq_lens, info.cu_seqlens, info.input_pos,
+                           info.cache_lens, info.page_table, slots, None, 0.25, None, None)
+    assert torch.isnan(k_cache[seqs[1].pages]).all() and torch.isnan(v_cache[seqs[1].pages]).all()
+    assert_close(out[:5], reference(seqs[0].q[None], seqs[0].k[None], seqs[0].v[None], 0.25)[0])
