@@ -64,12 +64,16 @@ def _set_tensor(gm: nn.Module, name: str, tensor: torch.Tensor, is_param: bool) 
 
 
 def load_weights(gm: fx.GraphModule, state: dict[str, torch.Tensor], device: torch.device | str) -> None:
-    """Fill every parameter and buffer of `gm` from `state` through the graph's WeightPlan."""
+    """Fill every parameter and buffer of `gm` from `state` through the graph's WeightPlan.
+
+    `state` is consumed: each tensor is popped from it as it loads, so a part of a fused weight
+    is freed once the fused tensor is built (the caller keeps no second reference).
+    """
     from autodeploy.export.device import retarget_device
 
     device = torch.device(device)
     plan = weight_plan(gm)
-    pool = dict(state)
+    pool = state
     produced: dict[str, torch.Tensor] = {}  # checkpoint name -> tensor, so tied names share storage
 
     def fetch(name: str) -> torch.Tensor:
@@ -78,7 +82,8 @@ def load_weights(gm: fx.GraphModule, state: dict[str, torch.Tensor], device: tor
         if name not in pool:
             raise SourceError(f"checkpoint has no tensor '{name}' needed by the graph")
         t = pool.pop(name).to(device)
-        produced[name] = t
+        if name not in plan.consumed:  # parts of a rule's product are not kept alive beside it
+            produced[name] = t
         return t
 
     params = dict(gm.named_parameters(remove_duplicate=False))
