@@ -153,6 +153,9 @@ def apply(gm, ctx, cfg) -> TransformInfo:
         specs.append(_replace_attention(gm, node, caches, seq))
     before_lm_head = _gather_last_tokens(gm, seq["cu_seqlens"])
     gm.meta[SPEC_KEY] = specs
+    rt = getattr(ctx.recipe, "runtime", None)
+    if rt is not None:  # the export's [batch, seq] dims are gone; these are the step's
+        gm.meta["dynamic_dims"] = {"tokens": (1, rt.max_num_tokens), "seqs": (1, rt.max_batch_size)}
     info = TransformInfo(matches=len(attns), changed=True,
                          details={"layers": len(specs), "gather_before_lm_head": before_lm_head})
     if not before_lm_head:

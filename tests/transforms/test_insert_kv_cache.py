@@ -149,6 +149,8 @@ def test_vals_stay_symbolic():
     b = ph["seq_lens"].shape[0]
     assert isinstance(b, torch.SymInt) and str(b) != str(tokens)
     assert all(isinstance(s, torch.SymInt) for s in ph["k_cache_0"].shape[:2])
+    missing = [n.name for n in gm.graph.nodes if n.op in ("placeholder", "call_function") and "val" not in n.meta]
+    assert not missing, f"nodes without meta['val']: {missing}"
     (out,) = gm.graph.find_nodes(op="output")
     logits = out.args[0].meta["val"]
     assert logits.dim() == 2 and str(logits.shape[0]) == str(b)  # [b, V]
