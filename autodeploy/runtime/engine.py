@@ -54,6 +54,7 @@ class EngineMetrics:
     kv_usage: float
     prefix_cache_queries: int  # full prompt pages looked up
     prefix_cache_hits: int  # of those, reused
+    prefix_cache_evictions: int  # cached pages reclaimed for new allocations
     num_waiting: int  # the queue
     num_running: int
     num_preemptions: int
@@ -231,6 +232,7 @@ class Engine:
         return EngineMetrics(
             kv_pages_total=m.num_pages, kv_pages_used=m.used, kv_pages_free=m.free, kv_pages_cached=m.cached,
             kv_usage=m.usage, prefix_cache_queries=m.prefix_queries, prefix_cache_hits=m.prefix_hits,
+            prefix_cache_evictions=m.evictions,
             num_waiting=len(self.scheduler.waiting), num_running=len(self.scheduler.running),
             num_preemptions=self.scheduler.num_preemptions, num_steps=self.num_steps,
             num_tokens_computed=self.num_tokens_computed, num_tokens_generated=self.num_tokens_generated,

@@ -38,7 +38,7 @@ def check_refs(e: Engine) -> None:
         assert e.pool.refs(page) == held[page], f"page {page}"
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("prefix_caching", [False, True])
 def test_fuzz_submit_cancel_step(seed, prefix_caching):
     rng = random.Random(seed)
