@@ -95,13 +95,13 @@ def _replace_attention(gm: fx.GraphModule, node: fx.Node, caches: tuple[fx.Node,
     return LayerCacheSpec(n_kv=n_kv, head_dim=d, v_head_dim=d_v, dtype=k.dtype, sliding_window=a["sliding_window"])
 
 
-def _lm_head_input(gm: fx.GraphModule) -> fx.Node | None:
-    """The hidden states [B, S, H] entering the lm_head linear, walking back from the output."""
+def _lm_head(gm: fx.GraphModule) -> fx.Node | None:
+    """The lm_head linear (its input: hidden states [B, S, H]), walking back from the output."""
     x = next(n for n in reversed(gm.graph.nodes) if n.op == "output").args[0]
     while isinstance(x, fx.Node) and x.op == "call_function":
         if is_op(x, aten.linear):
-            h = x.args[0]
-            return h if isinstance(val(h), torch.Tensor) and val(h).dim() == 3 else None
+            h = val(x.args[0])
+            return x if isinstance(h, torch.Tensor) and h.dim() == 3 else None
         others = [a for a in x.args[1:] if isinstance(a, fx.Node)]
         if not is_op(x, _ROWWISE) or others:
             return None
@@ -113,18 +113,20 @@ def _gather_last_tokens(gm: fx.GraphModule, cu_seqlens: fx.Node) -> bool:
     """Make the graph return logits [b, V] of each sequence's last token; True if before the lm_head."""
     g = gm.graph
     output = next(n for n in reversed(g.nodes) if n.op == "output")
-    hidden = _lm_head_input(gm)
-    target = hidden if hidden is not None else output.args[0]  # [1, T, H] or, failing that, [1, T, V]
+    lm_head = _lm_head(gm)
+    # gather the lm_head's input [1, T, H]; failing that, the logits [1, T, V] at the output
+    consumer = lm_head if lm_head is not None else output
+    target = consumer.args[0]
     with g.inserting_before(target.next):  # in this order, right after target
         ends = g.call_function(aten.slice.Tensor, (cu_seqlens, 0, 1))  # [b] = cu_seqlens[1:]
         last = g.call_function(aten.sub.Tensor, (ends, 1))  # [b] index of each sequence's last token
         rows = g.call_function(aten.index_select.default, (target, 1, last))  # [1, b, *]
-    target.replace_all_uses_with(rows, delete_user_cb=lambda user: user is not rows)
+    consumer.replace_input_with(target, rows)
     logits = output.args[0]  # [1, b, V]
     with g.inserting_before(output):
         out = g.call_function(aten.select.int, (logits, 0, 0))  # [b, V]
     output.args = (out,)
-    return hidden is not None
+    return lm_head is not None
 
 
 def _drop_export_guards(gm: fx.GraphModule) -> None:

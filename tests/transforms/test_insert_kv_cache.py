@@ -52,8 +52,9 @@ class Layer(nn.Module):
 class TinyDecoder(nn.Module):
     """HF-shaped: forward(input_ids=, position_ids=, use_cache=) -> .logits."""
 
-    def __init__(self, layers, final_softcap=None):
+    def __init__(self, layers, final_softcap=None, logit_gain=False):
         super().__init__()
+        self.logit_gain = nn.Parameter(torch.rand(VOCAB) + 0.5) if logit_gain else None
         self.embed = nn.Embedding(VOCAB, HIDDEN)
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(HIDDEN)
@@ -67,6 +68,8 @@ class TinyDecoder(nn.Module):
         logits = self.lm_head(self.norm(x))
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        if self.logit_gain is not None:  # a per-vocab parameter after the lm_head: the gather stays at the output
+            logits = logits * self.logit_gain
         return SimpleNamespace(logits=logits.float())
 
 
@@ -76,6 +79,7 @@ VARIANTS = {
                                           final_softcap=30.0),
     "sinks_window": lambda: TinyDecoder([Layer(4, 4, 16, 16, window=4, sinks=True), Layer(4, 1, 16, 16, sinks=True)]),
     "mla_dv": lambda: TinyDecoder([Layer(4, 4, 24, 16), Layer(4, 4, 24, 16)]),
+    "logit_gain": lambda: TinyDecoder([Layer(4, 2, 16, 16), Layer(4, 2, 16, 16)], logit_gain=True),
 }
 
 
@@ -110,7 +114,17 @@ def step_and_check(model, cm, schedule, prompts, page_perm):
             assert_close_relative(logits[row], eager_last_logits(model, prompts[i][: done[i]]))
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+def cached_steps(model, gm):
+    cm = CachedModel(gm, num_pages=24, page_size=4)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(VOCAB, (n,), generator=gen).tolist() for n in (13, 9, 7)]
+    perm = torch.randperm(24, generator=gen).tolist()
+    # seq 0: prefill in 2 chunks then decodes; seq 1 joins mid-way; seq 2 whole prefill; then all decode
+    step_and_check(model, cm, [[5, 0, 0], [3, 4, 6], [1, 5, 1], [1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]],
+                   prompts, perm)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "logit_gain"])
 def test_rewrite_and_cached_steps_match_eager(variant):
     model, gm, info = transformed(variant)
     assert info.matches == 2 and info.warning is None and info.details["gather_before_lm_head"]
@@ -122,13 +136,14 @@ def test_rewrite_and_cached_steps_match_eager(variant):
     (lm_head,) = [n for n in nodes_of(gm, aten.linear) if n.meta["val"].shape[-1] == VOCAB]
     (seq_lens,) = gm.graph.find_nodes(op="placeholder", target="seq_lens")
     assert str(lm_head.args[0].meta["val"].shape[1]) == str(seq_lens.meta["val"].shape[0])
-    cm = CachedModel(gm, num_pages=24, page_size=4)
-    gen = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(VOCAB, (n,), generator=gen).tolist() for n in (13, 9, 7)]
-    perm = torch.randperm(24, generator=gen).tolist()
-    # seq 0: prefill in 2 chunks then decodes; seq 1 joins mid-way; seq 2 whole prefill; then all decode
-    step_and_check(model, cm, [[5, 0, 0], [3, 4, 6], [1, 5, 1], [1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]],
-                   prompts, perm)
+    cached_steps(model, gm)
+
+
+def test_unrecognized_head_gathers_logits_at_the_output():
+    model, gm, info = transformed("logit_gain")
+    assert info.matches == 2 and not info.details["gather_before_lm_head"] and "lm_head" in info.warning
+    assert count(gm, CACHED) == 2
+    cached_steps(model, gm)
 
 
 def test_cache_spec_recorded():
