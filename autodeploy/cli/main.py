@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     common.STATE.debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, standalone_mode=False)
-        return 0
+        # without standalone mode click returns a `typer.Exit(code)`'s code instead of raising it
+        rc = app(args=args, standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
