@@ -12,7 +12,7 @@ from autodeploy.graph import aten
 from autodeploy.patterns.moe import grouped_mm_ops
 from tests.helpers.tiny_models import tiny_config
 from tests.helpers.tolerances import assert_close
-from tests.helpers.transform_check import check_transform, export_module, run_transforms
+from tests.helpers.transform_check import check_transform, count, export_module, run_transforms
 
 MOE = torch.ops.autodeploy.moe
 GROUPED = grouped_mm_ops()
@@ -109,7 +109,7 @@ def _hf_block(arch: str, impl: str) -> nn.Module:
     block = classes[arch](config)
     with torch.no_grad():
         for p in block.parameters():  # experts are torch.empty: give every weight a value
-            p.copy_(torch.randn_like(p) * 0.3)
+            p.copy_(torch.randn_like(p) * 0.1)
         for name, buf in block.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 buf.copy_(torch.randn_like(buf) * 0.3)
@@ -153,18 +153,27 @@ def test_hf_moe_block(arch, impl):
     assert {k: node.kwargs[k] for k in expected} == expected
 
 
-def test_grouped_mm_export_of_meta_model_is_rewritten_to_run_on_cpu():
-    # The GPU recipes export grouped_mm on the meta device: histc on int ids, which the CPU lacks.
-    # After the rewrite none of that is left and the graph runs here.
-    block = _hf_block("mixtral", "grouped_mm")
-    meta = _hf_block("mixtral", "grouped_mm").to("meta")
-    gm = export_module(meta, [_hf_x().to("meta")], _dyn())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", ["mixtral", "gpt_oss"])
+def test_grouped_mm_export_of_meta_model_is_rewritten_to_run_on_cpu(arch, dtype):
+    # The GPU recipes export grouped_mm on the meta device (in bf16: aten._grouped_mm): histc on
+    # int ids, which the CPU lacks. After the rewrite none of that is left and the graph runs here.
+    block = _hf_block(arch, "grouped_mm").to(dtype)
+    meta = _hf_block(arch, "grouped_mm").to(device="meta", dtype=dtype)
+    gm = export_module(meta, [_hf_x().to("meta", dtype)], _dyn())
     assert any(n.target is aten.histc.default and n.args[0].meta["val"].dtype == torch.int32 for n in gm.graph.nodes)
     info = run_transforms(gm, ["cleanup_export", "match_moe"])["match_moe"]
-    assert info.matches == 1
+    assert info.matches == 1 and info.details == {"grouped_mm": 1, "unmatched": []}
+    assert all(count(gm, op) == 0 for op in DISPATCH)
     from autodeploy.models.weights import load_weights
 
     load_weights(gm, dict(block.state_dict()), "cpu")
     with torch.no_grad():
-        x = _hf_x(3, 4)
-        assert_close(gm(x), block(x))
+        x = _hf_x(3, 4).to(dtype)
+        assert_close(gm(x), _batched(block)(x), dtype)
+
+
+def _batched(block: HiddenOnly) -> HiddenOnly:
+    """The same block on transformers' batched_mm path (grouped_mm in bf16 has no CPU kernel before torch 2.9)."""
+    block.block.experts.config._experts_implementation = "batched_mm"
+    return block
