@@ -83,6 +83,8 @@ class CompiledModel:
         else:
             self.fn = (compile_fn or _default_compile)(cached.gm)
         self.graphs: dict[int, _Captured] = {}
+        # the engine builds SequenceInfo here: on the host, so pack() moves it in one copy
+        self.metadata_device = torch.device("cpu")
         self.capture_seconds = 0.0
         self.replays = 0  # decode steps served by a CUDA graph
         self._warned_device_info = False
@@ -199,6 +201,11 @@ def compile_model(cached, runtime_config) -> Any:
     """The model the engine runs, for recipe.runtime.compile_backend (eager on the CPU stays CachedModel)."""
     rt = runtime_config
     backend = rt.compile_backend
+    if isinstance(cached, CompiledModel):
+        return cached
+    if not hasattr(cached, "caches") or not hasattr(cached, "gm"):
+        log.warning("compile backend %s skipped: the graph has no KV cache (insert_kv_cache did not run)", backend)
+        return cached
     if backend == "eager" and torch.device(cached.device).type == "cpu":
         return cached
     return CompiledModel(
