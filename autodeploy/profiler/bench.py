@@ -72,9 +72,10 @@ def build_runtime(source: str, recipe: str, overrides: list[str]):
     from autodeploy.runtime.runtime import build_paged_model
 
     rt = optimize(source, recipe, overrides=overrides)
-    if rt.model is None:
-        with progress.step(f"Compiling ({rt.recipe.runtime.compile_backend})"):
-            rt.model = compile_model(build_paged_model(rt.graph_module, rt.recipe.runtime), rt.recipe.runtime)
+    rcfg = rt.recipe.runtime
+    with progress.step(f"Compiling ({rcfg.compile_backend})"):
+        # optimize() builds the paged model; wrapping is idempotent (already compiled: unchanged)
+        rt.model = compile_model(rt.model if rt.model is not None else build_paged_model(rt.graph_module, rcfg), rcfg)
     rt.engine  # noqa: B018  (built now, not inside the first timed workload)
     return rt
 

@@ -149,8 +149,11 @@ def build_paged_model(gm: fx.GraphModule, rcfg: Any) -> Any:
         from autodeploy.runtime.cached_model import CachedModel, cache_specs
         from autodeploy.runtime.kv_cache import bytes_per_page
 
+        from autodeploy.runtime.compile import compile_model
+
         per_page = bytes_per_page(cache_specs(gm), rcfg.kv_page_size)
-        return CachedModel(gm, _default_num_pages(rcfg, per_page, device), rcfg.kv_page_size, device)
+        cached = CachedModel(gm, _default_num_pages(rcfg, per_page, device), rcfg.kv_page_size, device)
+        return compile_model(cached, rcfg)  # runtime.compile_backend: torch.compile / CUDA graphs (eager CPU: as is)
     return RecomputeModel(gm, _default_num_pages(rcfg, None, device), rcfg.kv_page_size, device)
 
 
