@@ -18,6 +18,7 @@ def _probe_kernel(x_ptr):
     tl.store(x_ptr, 1.0)
 
 
+@functools.lru_cache(maxsize=None)
 def interpreted() -> bool:
     """True when this package's kernels were defined under TRITON_INTERPRET=1 (they then run on CPU)."""
     return type(_probe_kernel).__name__ == "InterpretedFunction"

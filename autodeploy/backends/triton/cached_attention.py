@@ -58,7 +58,7 @@ def launch(q, k, v, k_cache, v_cache, seq_lens, cu_seqlens, input_pos, cache_len
     why = unsupported_reason(q, k, v, k_cache, v_cache, sinks)
     if why:
         raise NotImplementedError(f"triton cached_attention: {why}")
-    kv_cache_write.launch(k, v, k_cache, v_cache, slot_mapping)
+    kv_cache_write.launch(k, v, k_cache, v_cache, slot_mapping, check=False)
     q = q if q.stride(-1) == 1 else q.contiguous()
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     common = dict(scale=scale, sliding_window=sliding_window, logit_softcap=logit_softcap, sinks=sinks, out=out)

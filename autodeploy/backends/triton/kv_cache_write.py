@@ -70,8 +70,9 @@ def supports(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor) -> bool:
     return unsupported_reason(k, v, k_cache, v_cache) is None
 
 
-def launch(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor) -> None:
-    why = unsupported_reason(k, v, k_cache, v_cache)
+def launch(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor, check: bool = True) -> None:
+    """check=False: the caller already validated (each check costs host time on every step)."""
+    why = unsupported_reason(k, v, k_cache, v_cache) if check else None
     if why:
         raise NotImplementedError(f"triton kv_cache_write: {why}")
     k3, v3 = _tokens(k), _tokens(v)  # [T, n_kv, d], [T, n_kv, d_v]

@@ -32,8 +32,11 @@ from torch import Tensor
 from autodeploy.backends.triton._common import dot_precision, num_sms
 
 LOG2E = 1.4426950408889634
-MIN_KEYS_PER_SPLIT = 128  # below this a split's fixed cost (q load, partial write, merge) dominates
+# Measured on an H100 (benchmarks/triton_attention_sweep.py): 1B shape, b=1, 384 keys: 6 splits of 64
+# keys 5.0 us vs 3 of 128 keys 5.4 us; 4096 keys: 64 splits 7.4 us vs 32 splits 7.8 us.
+MIN_KEYS_PER_SPLIT = 64  # below this a split's fixed cost (q load, partial write, merge) dominates
 MAX_SPLITS = 64
+WAVES = 4  # programs per SM to aim for when the batch alone leaves SMs idle
 
 
 @triton.jit
@@ -48,7 +51,7 @@ def _scores(q, k, scale, softcap, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, kc_ptr, vc_ptr, pt_ptr, lens_ptr, sinks_ptr, out_ptr, pacc_ptr, pm_ptr, pl_ptr,
+    q_ptr, kc_ptr, vc_ptr, pt_ptr, lens_ptr, sinks_ptr, out_ptr, part_ptr,
     sq_t, sq_h, skc_p, skc_s, skc_h, svc_p, svc_s, svc_h, spt_b, so_t, so_h,
     scale, softcap, window,
     G: tl.constexpr, D: tl.constexpr, D_V: tl.constexpr, PAGE_SIZE: tl.constexpr,
@@ -110,26 +113,26 @@ def _decode_kernel(
         tl.store(out_ptr + seq * so_t + heads[:, None] * so_h + dv[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=g_ok[:, None] & (dv < D_V)[None, :])
     else:
-        row = (seq * n_heads + heads) * NUM_SPLITS + split  # partials [B, n, S, ...]
-        tl.store(pm_ptr + row, m_i, mask=g_ok)
-        tl.store(pl_ptr + row, l_i, mask=g_ok)
-        tl.store(pacc_ptr + row[:, None] * D_V + dv[None, :], acc, mask=g_ok[:, None] & (dv < D_V)[None, :])
+        row = ((seq * n_heads + heads) * NUM_SPLITS + split) * (D_V + 2)  # partials [B, n, S, d_v + 2]
+        tl.store(part_ptr + row[:, None] + dv[None, :], acc, mask=g_ok[:, None] & (dv < D_V)[None, :])
+        tl.store(part_ptr + row + D_V, m_i, mask=g_ok)
+        tl.store(part_ptr + row + D_V + 1, l_i, mask=g_ok)
 
 
 @triton.jit
 def _merge_kernel(
-    pacc_ptr, pm_ptr, pl_ptr, sinks_ptr, out_ptr, so_t, so_h,
+    part_ptr, sinks_ptr, out_ptr, so_t, so_h,
     D_V: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_SINKS: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
-    row0 = (seq * tl.num_programs(1) + head) * NUM_SPLITS
     sp = tl.arange(0, BLOCK_S)
     s_ok = sp < NUM_SPLITS
+    rows = ((seq * tl.num_programs(1) + head) * NUM_SPLITS + sp) * (D_V + 2)  # this head's S partials
     dv = tl.arange(0, BLOCK_DV)
-    m = tl.load(pm_ptr + row0 + sp, mask=s_ok, other=float("-inf"))
-    l = tl.load(pl_ptr + row0 + sp, mask=s_ok, other=0.0)
+    m = tl.load(part_ptr + rows + D_V, mask=s_ok, other=float("-inf"))
+    l = tl.load(part_ptr + rows + D_V + 1, mask=s_ok, other=0.0)
     m_max = tl.max(m, axis=0)
     if HAS_SINKS:
         sink = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
@@ -139,25 +142,27 @@ def _merge_kernel(
     l_tot = tl.sum(l * w, axis=0)
     if HAS_SINKS:
         l_tot += tl.exp2(sink - m_max)
-    acc = tl.load(pacc_ptr + (row0 + sp)[:, None] * D_V + dv[None, :], mask=s_ok[:, None] & (dv < D_V)[None, :],
-                  other=0.0)
+    acc = tl.load(part_ptr + rows[:, None] + dv[None, :], mask=s_ok[:, None] & (dv < D_V)[None, :], other=0.0)
     out = tl.sum(acc * w[:, None], axis=0) / tl.where(l_tot > 0, l_tot, 1.0)
     tl.store(out_ptr + seq * so_t + head * so_h + dv, out.to(out_ptr.dtype.element_ty), mask=dv < D_V)
 
 
 def choose_num_splits(batch: int, n_kv: int, max_context: int, device: torch.device) -> int:
-    """Enough programs for ~2 waves of SMs, but no split smaller than MIN_KEYS_PER_SPLIT keys of the
-    largest context the page table can address (a static shape: CUDA-graph safe)."""
-    want = triton.cdiv(2 * num_sms(device), max(batch * n_kv, 1))
+    """One split when batch x KV heads already covers the SMs (b=64 on the 1B shape: 1 split 50.8 us,
+    2 splits slower); else ~WAVES programs per SM, but no split shorter than MIN_KEYS_PER_SPLIT keys of
+    the largest context the page table can address (a static shape: CUDA-graph safe)."""
+    programs, sms = max(batch * n_kv, 1), num_sms(device)
+    if programs >= sms:
+        return 1
     useful = triton.cdiv(max_context, MIN_KEYS_PER_SPLIT)
-    return max(1, min(want, useful, MAX_SPLITS))
+    return max(1, min(triton.cdiv(WAVES * sms, programs), useful, MAX_SPLITS))
 
 
 def decode(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, page_table: Tensor, cache_lens: Tensor,
     scale: float, sliding_window: Optional[int] = None, logit_softcap: Optional[float] = None,
     sinks: Optional[Tensor] = None, out: Optional[Tensor] = None,
-    num_splits: Optional[int] = None, block_n: Optional[int] = None,
+    num_splits: Optional[int] = None, block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 2,
 ) -> Tensor:
     """q [B, n, d] -> out [B, n, d_v] (written into `out` when given). See the module docstring."""
     bsz, n, d = q.shape
@@ -168,31 +173,30 @@ def decode(
     if bsz == 0:
         return out
     if num_splits is None:
-        num_splits = choose_num_splits(bsz, n_kv, page_table.shape[1] * page_size, q.device)
+        reach = page_table.shape[1] * page_size  # keys a query can see: the table's reach, or the window
+        num_splits = choose_num_splits(bsz, n_kv, min(reach, sliding_window or reach), q.device)
     # tl.dot needs every dim >= 16; smaller head dims are padded with masked lanes
     block_d, block_dv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(d_v))
-    if block_n is None:
-        block_n = 64 if max(block_d, block_dv) <= 128 else 32
-    if num_splits > 1:
-        pacc = torch.empty(bsz, n, num_splits, d_v, dtype=torch.float32, device=q.device)
-        pm = torch.empty(bsz, n, num_splits, dtype=torch.float32, device=q.device)
-        pl = torch.empty_like(pm)
+    if block_n is None:  # 8B shape (d=128), b=1, 4096 keys: BLOCK_N 32 9.5 us, 64 10.0 us
+        block_n = 64 if max(block_d, block_dv) <= 64 else 32
+    if num_splits > 1:  # partials [B, n, S] of (acc [d_v], running max m, sum l), one allocation
+        part = torch.empty(bsz, n, num_splits, d_v + 2, dtype=torch.float32, device=q.device)
     else:
-        pacc = pm = pl = out  # unused
+        part = out  # unused
     sinks_arg = sinks if sinks is not None else q
     _decode_kernel[(bsz, n_kv, num_splits)](
-        q, k_cache, v_cache, page_table, cache_lens, sinks_arg, out, pacc, pm, pl,
+        q, k_cache, v_cache, page_table, cache_lens, sinks_arg, out, part,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), page_table.stride(0), out.stride(0), out.stride(1),
         float(scale), float(logit_softcap or 0.0), int(sliding_window or 0),
         G=g, D=d, D_V=d_v, PAGE_SIZE=page_size, NUM_SPLITS=num_splits,
         SOFTCAP=logit_softcap is not None, WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         BLOCK_G=max(16, triton.next_power_of_2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2,
+        PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:
         _merge_kernel[(bsz, n)](
-            pacc, pm, pl, sinks_arg, out, out.stride(0), out.stride(1),
+            part, sinks_arg, out, out.stride(0), out.stride(1),
             D_V=d_v, NUM_SPLITS=num_splits, HAS_SINKS=sinks is not None,
             BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv, num_warps=2,
         )

@@ -118,7 +118,8 @@ def prefill(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, page_table: Tensor, cu_seqlens: Tensor,
     input_pos: Tensor, cache_lens: Tensor, scale: float, sliding_window: Optional[int] = None,
     logit_softcap: Optional[float] = None, sinks: Optional[Tensor] = None, out: Optional[Tensor] = None,
-    block_m: Optional[int] = None, block_n: Optional[int] = None,
+    block_m: Optional[int] = None, block_n: Optional[int] = None, num_warps: Optional[int] = None,
+    num_stages: Optional[int] = None,
 ) -> Tensor:
     """q [T, n, d] -> out [T, n, d_v] (written into `out` when given). See the module docstring."""
     t, n, d = q.shape
@@ -131,12 +132,19 @@ def prefill(
         return out
     # tl.dot needs every dim >= 16; smaller head dims are padded with masked lanes
     block_d, block_dv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(d_v))
+    # H100 sweep (benchmarks/triton_attention_sweep.py), 2048-token prefill: d=64 best at 64 x 64, 4
+    # warps (108 us); d=128 at 128 x 128, 8 warps, 3 stages (173 us vs 181 us at 64 x 64).
+    wide = 64 < max(block_d, block_dv) <= 128
     if block_m is None:
-        block_m = 64
+        block_m = 128 if wide else 64
+    if block_n is None:
+        block_n = 128 if wide else 64 if max(block_d, block_dv) <= 64 else 32
+    if num_warps is None:
+        num_warps = 8 if wide else 4
+    if num_stages is None:
+        num_stages = 3 if wide else 2
     block_m = max(block_m, triton.next_power_of_2(g), 16)  # a block holds at least one token's G heads
     block_q = block_m // g
-    if block_n is None:
-        block_n = 64 if max(block_d, block_dv) <= 128 else 32
     grid = (t // block_q + bsz, n_kv)
     _prefill_kernel[grid](
         q, k_cache, v_cache, page_table, cu_seqlens, input_pos, cache_lens,
@@ -147,6 +155,7 @@ def prefill(
         G=g, D=d, D_V=d_v, PAGE_SIZE=page_size,
         SOFTCAP=logit_softcap is not None, WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        BLOCK_B=triton.next_power_of_2(bsz), PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2,
+        BLOCK_B=triton.next_power_of_2(bsz), PRECISION=dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out

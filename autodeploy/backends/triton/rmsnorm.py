@@ -4,9 +4,9 @@
         y = x * rsqrt(mean(x^2) + eps) * w          (w = 1 + weight when add_unit_offset: Gemma)
     fused_add_rmsnorm(x, residual, weight, eps, add_unit_offset) -> (rmsnorm(x + residual), x + residual)
 
-Statistics in fp32, and the roundings of the canonical `autodeploy::rmsnorm` (and transformers)
-mirrored exactly: Llama rounds the normed row to x's dtype before the weight product, Gemma rounds
-once after (1 + weight) in fp32. So bf16 outputs are bit-identical to the reference. The residual
+All math in fp32 with one rounding at the store. The reference (like transformers' Llama) also
+rounds the normed row to x's dtype before the weight product, so a bf16 result may differ from it
+by one ulp; Gemma's form rounds once there too. The residual
 sum is rounded to the storage dtype before it is normalized, which is what the unfused graph
 (`residual = residual + x; norm(residual)`) computes. The fused form reads x and residual once and
 writes both outputs: 4 row-passes of memory instead of 5 for add + norm, and one launch fewer.
@@ -46,12 +46,9 @@ def _rmsnorm_kernel(
         x = summed.to(tl.float32)
     inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / h + eps)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    dt = out_ptr.dtype.element_ty
-    if UNIT_OFFSET:  # Gemma: the product in fp32, one rounding
-        y = x * inv_rms * (1.0 + w)
-    else:  # Llama: weight * normed.to(dtype), so the normed row is rounded before the product
-        y = w * (x * inv_rms).to(dt).to(tl.float32)
-    tl.store(out_ptr + row * stride_out + cols, y.to(dt), mask=mask)
+    if UNIT_OFFSET:  # Gemma stores w - 1
+        w = w + 1.0
+    tl.store(out_ptr + row * stride_out + cols, (x * inv_rms * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def unsupported_reason(x: Tensor, weight: Tensor, residual: Optional[Tensor] = None) -> Optional[str]:

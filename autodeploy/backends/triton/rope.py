@@ -9,8 +9,8 @@ Pair i of the rotated dims is (x[i], x[i + d_rot/2]) for rotate_half and (x[2i],
 interleaved; either way the result is stored as [rotated firsts | rotated seconds], with angle i taken
 from cos[..., i] (HF's tables are cat(freqs, freqs), so the first half holds every pair's angle).
 
-Numerics mirror the reference (and HF) exactly: cos / sin are cast to q's dtype, and each product and
-the sum are rounded to it, so bf16 results are bit-identical rather than merely close.
+cos / sin are cast to q's dtype first, as in the reference; the rotation itself runs in fp32 and
+is rounded once, so a bf16 result may differ from eager's (which rounds each product too) by one ulp.
 
 `triton_rope_` writes into q and k themselves (mutates them, returns nothing): each program loads a
 whole token's heads before it stores, so the interleaved form's reordering is safe in place. That
@@ -71,9 +71,8 @@ def _rope_kernel(
     sn = tl.load(sin_ptr + bi * sc_b + si * sc_s + i, mask=i_ok, other=0.0).to(dt).to(tl.float32)[None, :]
     x1 = x1.to(tl.float32)
     x2 = x2.to(tl.float32)
-    # round every product and sum to the storage dtype, as eager x1 * c - x2 * s does
-    out1 = ((x1 * c).to(dt).to(tl.float32) - (x2 * sn).to(dt).to(tl.float32)).to(dt)
-    out2 = ((x2 * c).to(dt).to(tl.float32) + (x1 * sn).to(dt).to(tl.float32)).to(dt)
+    out1 = (x1 * c - x2 * sn).to(dt)
+    out2 = (x2 * c + x1 * sn).to(dt)
     tl.store(o_row[:, None] + i[None, :], out1, mask=mask)
     tl.store(o_row[:, None] + HALF + i[None, :], out2, mask=mask)
     if D_PASS > 0:

@@ -68,12 +68,14 @@ def test_op_picks_decode_path(dtype):
     assert_close(args[4], vc.to(dtype))
 
 
-def test_split_count_is_static_and_bounded():
+def test_split_count_is_static_and_bounded(monkeypatch):
     cpu = torch.device("cpu")  # the interpreter pretends to have 4 SMs
-    assert choose_num_splits(1, 2, 4096, cpu) == 4  # 2 waves of 4 SMs = 8 programs = 2 KV heads x 4 splits
-    assert choose_num_splits(1, 2, 200, cpu) == 2  # no split below 128 keys of the table's reach
+    assert choose_num_splits(1, 2, 4096, cpu) == 8  # 4 waves of 4 SMs = 16 programs = 2 KV heads x 8 splits
+    assert choose_num_splits(1, 2, 200, cpu) == 4  # no split below 64 keys of the table's reach
     assert choose_num_splits(64, 8, 4096, cpu) == 1  # the batch fills the machine alone
-    assert paged_attention_decode.MAX_SPLITS >= choose_num_splits(1, 1, 1 << 20, cpu)
+    assert choose_num_splits(1, 1, 1 << 20, cpu) == 16
+    monkeypatch.setattr(paged_attention_decode, "num_sms", lambda device: 1000)
+    assert choose_num_splits(1, 1, 1 << 20, cpu) == paged_attention_decode.MAX_SPLITS
 
 
 def test_empty_sequence_gives_zeros():
