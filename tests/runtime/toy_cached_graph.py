@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 import autodeploy.ops  # noqa: F401  (registers autodeploy::cached_attention)
 from autodeploy.runtime.cached_model import SPEC_KEY, CachedModel
@@ -37,7 +39,7 @@ class ToyCached(nn.Module):
         q = self.wq(x).view(T, self.n, self.d)
         k = self.wk(x).view(T, self.n_kv, self.d)
         v = self.wv(x).view(T, self.n_kv, self.d)
-        o = torch.ops.autodeploy.cached_attention(q, k, v, k_cache, v_cache, seq_lens, cu_seqlens, input_pos,
+        o = torch.ops.autodeploy.cached_attention.default(q, k, v, k_cache, v_cache, seq_lens, cu_seqlens, input_pos,
                                                   cache_lens, page_table, slot_mapping, None, self.d ** -0.5)
         x = x + self.wo(o.reshape(T, self.n * self.d))
         last = x[(cu_seqlens[1:] - 1).long()]  # [b, h]
@@ -49,7 +51,11 @@ def toy_cached_model(num_pages: int, page_size: int, device="cpu", dtype=torch.f
     module = ToyCached().to(device=device, dtype=dtype).eval()
     gm = fx.symbolic_trace(module)
     gm.meta[SPEC_KEY] = [LayerCacheSpec(module.n_kv, module.d, module.d, dtype)]
-    return CachedModel(gm, num_pages, page_size, device)
+    cm = CachedModel(gm, num_pages, page_size, device)
+    # node.meta["val"] on every node, as the export pipeline leaves it (backend selection reads them)
+    step = SequenceInfo.build([([1, 2, 3], 0, [0]), ([4], 2, [1])], page_size, num_prefill=1, device=device)
+    FakeTensorProp(gm, FakeTensorMode(allow_non_fake_inputs=True)).propagate(*step.graph_inputs(), *cm.caches)
+    return cm
 
 
 def greedy_decode(model, prompts: list[list[int]], steps: int, page_size: int, pages_per_seq: int = 8):
