@@ -21,6 +21,7 @@ they never touch a live request's cache.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,14 +46,14 @@ _LAYOUT = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def layout(T: int, b: int, P: int) -> tuple[dict[str, tuple[int, torch.dtype, int]], int]:
     """{field: (byte offset, dtype, numel)} and the total bytes for a step of shape (T, b, P)."""
     out, off = {}, 0
     for name, dtype, length in _LAYOUT:
         n = length(T, b, P)
         out[name] = (off, dtype, n)
-        nbytes = n * torch.empty((), dtype=dtype).element_size()
-        off += (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        off += (n * dtype.itemsize + _ALIGN - 1) // _ALIGN * _ALIGN
     return out, off
 
 
@@ -60,8 +61,7 @@ def _views(buf: torch.Tensor, T: int, b: int, P: int) -> dict[str, torch.Tensor]
     spec, _ = layout(T, b, P)
     views = {}
     for name, (off, dtype, n) in spec.items():
-        size = n * torch.empty((), dtype=dtype).element_size()
-        v = buf[off: off + size].view(dtype)
+        v = buf[off: off + n * dtype.itemsize].view(dtype)
         views[name] = v.view(b, P) if name == "page_table" else v
     return views
 
@@ -88,6 +88,7 @@ class MetadataBuffers:
         self._host_np = self.host.numpy()
         self._host_views: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
         self._dev_views: dict[tuple[int, int, int], dict[str, torch.Tensor]] = {}
+        self._spans: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (dst, src) of the copy
         # The pinned buffer is rewritten every step: wait until the previous copy has read it.
         self._copied = torch.cuda.Event() if pin else None
         self.copies = 0  # host-to-device copies issued (one per step)
@@ -103,6 +104,8 @@ class MetadataBuffers:
                 host[name] = arr.reshape(b, P) if name == "page_table" else arr
             self._host_views[key] = host
             self._dev_views[key] = _views(self.dev, T, b, P)
+            nbytes = layout(T, b, P)[1]
+            self._spans[key] = (self.dev[:nbytes], self.host[:nbytes])
         return self._host_views[key], self._dev_views[key]
 
     def pack(
@@ -134,10 +137,11 @@ class MetadataBuffers:
             raise ValueError(f"step (T={T_pad}, b={B}, P={P}) exceeds buffers ({self.max_tokens}, {self.max_seqs}, {self.max_pages})")
         if self._copied is not None:
             self._copied.synchronize()
-        host, dev = self._shape_views((T_pad, B, P))
+        key = (T_pad, B, P)
+        host, dev = self._shape_views(key)
         _fill_host(host, info, temperature, b, B, P, pad_page)
-        _, nbytes = layout(T_pad, B, P)
-        self.dev[:nbytes].copy_(self.host[:nbytes], non_blocking=True)
+        dst, src = self._spans[key]
+        dst.copy_(src, non_blocking=True)
         if self._copied is not None:
             self._copied.record()
         self.copies += 1
