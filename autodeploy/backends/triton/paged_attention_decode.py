@@ -11,8 +11,8 @@ share it are one [G, d] tile against each [BLOCK_N, d] key tile: every KV page i
 only n_kv programs (8 on Llama-3 shapes) for ~132 SMs, so the context is split S ways (split-K over
 keys), each split writes an unnormalized partial (acc, running max m, sum l), and a second small
 kernel merges the S partials with the usual log-sum-exp rescaling. S depends only on static shapes
-(batch, heads, page-table width), never on the context lengths, so a CUDA graph can capture it;
-splits that fall past a sequence's length exit at once.
+and config (batch, heads, page-table width, window), never on the context lengths, so a CUDA graph
+can capture it; splits that fall past a sequence's length exit at once.
 
 Per step semantics (same as autodeploy::attention with causal=True on the cached keys):
 sliding window W keeps keys j > pos - W; logit_softcap c maps s -> c * tanh(s / c) after the scale;
@@ -31,7 +31,6 @@ from torch import Tensor
 
 from autodeploy.backends.triton._common import dot_precision, num_sms
 
-LOG2E = 1.4426950408889634
 # Measured on an H100 (benchmarks/triton_attention_sweep.py): 1B shape, b=1, 384 keys: 6 splits of 64
 # keys 5.0 us vs 3 of 128 keys 5.4 us; 4096 keys: 64 splits 7.4 us vs 32 splits 7.8 us.
 MIN_KEYS_PER_SPLIT = 64  # below this a split's fixed cost (q load, partial write, merge) dominates
