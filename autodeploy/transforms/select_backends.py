@@ -38,6 +38,9 @@ class SelectBackendsConfig(TransformConfig):
         None, description="Consider the torch reference under torch.compile; null: on CUDA, for ops without a Triton kernel."
     )
     skip_ops: list[str] = Field(["attention"], description="Canonical ops left alone (later stages rewrite them).")
+    no_compile_ops: list[str] = Field(
+        ["moe"], description="Ops whose reference syncs with the host (MoE expert counts): no torch.compile candidate."
+    )
     prefill_tokens: int = Field(1024, ge=1, description="Token count of the prefill bucket timed.")
 
 
@@ -120,7 +123,9 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
     for node in list(gm.graph.nodes):
         if not _is_canonical(node) or op_name(node.target) in cfg.skip_ops:
             continue
-        backends = backends_for(node.target, device, triton=cfg.triton, compiled=compiled)
+        name = op_name(node.target)
+        backends = backends_for(node.target, device, triton=cfg.triton,
+                                compiled=False if name in cfg.no_compile_ops else compiled)
         if len(backends) == 1:
             continue
         bound = bound_args(node)
