@@ -5,3 +5,4 @@ Importing this package registers every op; `autodeploy.ops` does it for users of
 
 from autodeploy.backends.torch import attention, gated_mlp, moe, rmsnorm, rope  # noqa: F401
 from autodeploy.backends.torch import cached_attention  # noqa: F401
+from autodeploy.backends.torch import quant_linear  # noqa: F401
