@@ -7,7 +7,8 @@ Skipped (listed with the reason, never run) are architectures that are not decod
 cannot fit the paged-KV design:
 
     encoder-decoder      the config says is_encoder_decoder (the *ForCausalLM is the decoder half)
-    multimodal           a *ForConditionalGeneration class or a composite config with vision / audio parts
+    multimodal           a *ForConditionalGeneration class, a composite config with vision / audio parts,
+                         or a config declaring an image placeholder token
     bidirectional        BERT-style encoders, causal only when configured as a decoder
     recurrent            state-space / linear-attention / convolution layers: a fixed-size state per
                          sequence, not a growing KV cache (named by the config's layer_types, or
@@ -34,6 +35,7 @@ DECODER_HALF: dict[str, str] = {
 # layer_types values that name a layer without a KV cache
 _STATE_LAYER_WORDS = ("linear", "conv", "mamba", "hybrid", "recurrent", "ssm", "rnn")
 _MULTIMODAL_PARTS = ("vision", "audio", "image", "vq", "speech", "text_encoder", "depth_decoder")
+_IMAGE_TOKEN_FIELDS = ("image_token_id", "image_token_index")  # a placeholder token for image features
 
 
 @dataclass
@@ -72,6 +74,7 @@ def skip_reason(model_type: str, class_name: str) -> str | None:
     if model_type in DECODER_HALF:
         return f"encoder-decoder: {DECODER_HALF[model_type]}"
     parts = [name for name in (getattr(cls, "sub_configs", None) or {}) if any(w in name for w in _MULTIMODAL_PARTS)]
+    parts += [name for name in _IMAGE_TOKEN_FIELDS if name in _own_fields(cls)]
     if class_name.endswith("ForConditionalGeneration") or parts:
         what = ", ".join(sorted(parts)) or "a ForConditionalGeneration class"
         return f"multimodal: {what}; text-only variants are listed under their own model_type"

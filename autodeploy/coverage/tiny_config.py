@@ -40,6 +40,10 @@ ROLES: dict[str, tuple[int, tuple[str, ...]]] = {
 # read head_dim unconditionally; hidden / heads keeps every derivation consistent.
 ALWAYS_SET = {"kv_heads", "head_dim"}
 
+# Fields whose presence (not None) means one KV head per query head: MLA decompresses one latent
+# into every head's K and V, and the modeling code does not repeat KV heads.
+MHA_WHEN = ("kv_lora_rank",)
+
 # Counts: at most this many (a family that only supports top-1 routing keeps 1); set over None too
 # (DeepSeek-style configs leave the expert count None in the class and set it per checkpoint).
 AT_MOST: dict[str, int] = {
@@ -149,6 +153,11 @@ def tiny_kwargs(cls) -> dict[str, Any]:
             real = _real_name(cls, name, defaults)
             if real in defaults and (defaults[real] is not None or role in ALWAYS_SET):
                 kw[real] = value
+    if any(defaults.get(f) is not None for f in MHA_WHEN):
+        for name in ROLES["kv_heads"][1]:
+            real = _real_name(cls, name, defaults)
+            if real in kw:
+                kw[real] = ROLES["heads"][0]
     for name, cap in AT_MOST.items():
         real = _real_name(cls, name, defaults)
         if real in defaults:
@@ -168,14 +177,26 @@ def tiny_kwargs(cls) -> dict[str, Any]:
                 kw[real] = len(keep)
     vocab = kw.get(_real_name(cls, "vocab_size", defaults), ROLES["vocab"][0])
     for name, value in defaults.items():
+        if "vocab" in name and name not in kw and isinstance(value, int) and not isinstance(value, bool) and value > vocab:
+            kw[name] = vocab  # secondary vocabularies (BLT's hash n-gram tables)
         if name.endswith(TOKEN_ID_SUFFIXES):
             if isinstance(value, int) and value >= vocab:
                 kw[name] = value % vocab
             elif isinstance(value, (list, tuple)) and any(isinstance(v, int) and v >= vocab for v in value):
                 kw[name] = [v % vocab if isinstance(v, int) else v for v in value]
     for name, sub_cls in (getattr(cls, "sub_configs", None) or {}).items():
-        if name in defaults and isinstance(sub_cls, type):
+        if name not in defaults:
+            continue
+        # AutoConfig stands for "whatever the checkpoint names": the default instance's type says which
+        sub_default = defaults[name]
+        if isinstance(sub_default, dict) and "model_type" in sub_default:
+            sub_cls = config_class(sub_default["model_type"])
+        elif sub_default is not None and not isinstance(sub_default, dict):
+            sub_cls = type(sub_default)
+        if isinstance(sub_cls, type) and (dataclasses.is_dataclass(sub_cls) or "model_type" in vars(sub_cls)):
             kw[name] = tiny_kwargs(sub_cls)
+            if getattr(sub_cls, "model_type", ""):
+                kw[name]["model_type"] = sub_cls.model_type
     return kw
 
 
@@ -185,7 +206,13 @@ def tiny_config(model_type: str):
     kw = tiny_kwargs(cls)
     try:
         return cls(**kw)
-    except Exception as e:  # strict dataclass validators raise many types; the first line says which field
+    except Exception as e:  # strict dataclass validators raise many types; the last line says which field
+        mha = {n: ROLES["heads"][0] for n in kw if n in ROLES["kv_heads"][1]}
+        if mha and any(kw[n] != v for n, v in mha.items()):
+            try:  # families that validate KV heads == heads (no GQA)
+                return cls(**(kw | mha))
+            except Exception:
+                pass
         # the innermost cause is the last line (strict dataclasses wrap it in "Class validation error")
         last = next((ln.strip() for ln in reversed(str(e).splitlines()) if ln.strip()), type(e).__name__)
         raise UnsupportedModelError(f"tiny {cls.__name__} rejected: {last}") from None

@@ -27,6 +27,7 @@ import torch
 NEW_TOKENS = 16
 PROMPT_LENS = (5, 11)  # two prefills of different length; 11 + 16 tokens crosses the tiny sliding window (8)
 SEED = 0
+MAX_PARAMS = 20_000_000  # a tiny config above this left some size field at its full default
 # Runtime sizes for a tiny model (the cpu recipe's 1 GiB KV budget would be allocated per architecture).
 RUNTIME_SIZES = dict(max_batch_size=4, max_seq_len=128, kv_num_pages=64)
 
@@ -102,6 +103,23 @@ def build_reference(cfg, workdir: Path):
     return model
 
 
+def oversized(cfg) -> str | None:
+    """Why the tiny config is not tiny (a size field it did not shrink), from a meta-device build; else None."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except Exception:  # the real build reports it, at the build stage
+        return None
+    params = dict(model.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    if total <= MAX_PARAMS:
+        return None
+    name, p = max(params.items(), key=lambda kv: kv[1].numel())
+    return f"tiny config has {total / 1e6:.0f}M parameters (largest {name} {tuple(p.shape)}): a size field was not shrunk"
+
+
 @torch.no_grad()
 def reference_generate(model, prompt: list[int]) -> tuple[list[int], list[torch.Tensor]]:
     """transformers greedy generate: NEW_TOKENS tokens, eos never stops it; returns tokens and step logits."""
@@ -170,6 +188,9 @@ def _run(model_type: str, workdir: Path, on_stage, result: dict[str, Any]) -> No
         raise StageError("config", describe(e)) from None
 
     on_stage("build")
+    too_big = oversized(cfg)
+    if too_big:
+        raise StageError("config", too_big)
     try:
         model = build_reference(cfg, workdir)
     except Exception as e:
