@@ -131,6 +131,37 @@ def _is_param(node, ndim: int) -> bool:
     return isinstance(node, fx.Node) and node.op == "get_attr" and (v is None or v.dim() == ndim)
 
 
+def _is_sentinel_mask(node: fx.Node) -> bool:
+    """masked_fill(t, (ids >= E)[:, None], 0): transformers' expert-parallel sentinel rows (none without EP)."""
+    if not is_op(node, (aten.masked_fill.Scalar, aten.masked_fill_.Scalar)) or node.args[2] != 0:
+        return False
+    mask = _peel(node.args[1], (aten.unsqueeze,))
+    return is_op(mask, aten.ge.Scalar)
+
+
+def _skip_sentinel(node: fx.Node) -> fx.Node:
+    """Step over the sentinel masks applied to a GEMM result (transformers 5.17's grouped_mm path)."""
+    while True:
+        users = [u for u in node.users if not is_op(u, aten._assert_tensor_metadata)]
+        if len(users) == 1 and _is_sentinel_mask(users[0]) and users[0].args[0] is node:
+            node = users[0]
+        else:
+            return node
+
+
+def _peel_input(node) -> fx.Node:
+    """The activation fed to an expert GEMM, past casts and sentinel pre-masks."""
+    while isinstance(node, fx.Node) and (is_op(node, CASTS) or _is_sentinel_mask(node)):
+        node = node.args[0]
+    return node
+
+
+def _same_ids(a, b) -> bool:
+    """Expert ids equal up to transformers' in-range clamp (ids.clamp(0, E - 1): a no-op for router ids)."""
+    clamps = (aten.clamp, aten.clamp_)
+    return _peel(a, clamps) is _peel(b, clamps)
+
+
 def _batched_gemm(node: fx.Node) -> _Gemm:
     a, b = node.args[:2]
     if is_op(a, aten.index.Tensor) and _is_param(a.args[0], 3):  # W[ids] @ x[..., None]
@@ -142,8 +173,7 @@ def _batched_gemm(node: fx.Node) -> _Gemm:
     _need(is_op(vec, aten.unsqueeze) and len(gathered.args[1]) == 1, f"{node}: unexpected bmm operands")
     squeeze = _only_user(node, aten.squeeze)
     _need(squeeze.args[1] in (squeeze_dim, 2 if squeeze_dim == -1 else squeeze_dim), f"{squeeze}: unexpected squeeze dim")
-    act_in = _peel(vec.args[0], CASTS)
-    return _Gemm(node, act_in, gathered.args[0], transposed, gathered.args[1][0], squeeze)
+    return _Gemm(node, _peel_input(vec.args[0]), gathered.args[0], transposed, gathered.args[1][0], squeeze)
 
 
 def _grouped_gemm(node: fx.Node) -> _Gemm:
@@ -156,7 +186,7 @@ def _grouped_gemm(node: fx.Node) -> _Gemm:
     # offs = cumsum(histc(sorted ids)): walk back to the sort that ordered the pairs by expert
     cur = _peel(offs, CASTS + (aten.cumsum, aten.histc))
     sort = _getitem_of(cur, 0, (aten.sort,))
-    return _Gemm(node, _peel(act, CASTS), weight, transposed, sort, node)
+    return _Gemm(node, _peel_input(act), weight, transposed, sort, node)
 
 
 def expert_gemm(node: fx.Node) -> _Gemm | None:
@@ -176,7 +206,7 @@ def _bias_after(out: fx.Node, ids: fx.Node) -> tuple[fx.Node, fx.Node | None]:
     if len(users) == 1 and is_op(users[0], ADDS):
         add = users[0]
         other = add.args[1] if add.args[0] is out else add.args[0]
-        if is_op(other, aten.index.Tensor) and _is_param(other.args[0], 2) and other.args[1][0] is ids:
+        if is_op(other, aten.index.Tensor) and _is_param(other.args[0], 2) and _same_ids(other.args[1][0], ids):
             return add, other.args[0]
     return out, None
 
@@ -349,8 +379,10 @@ def read_block(up: _Gemm, down: _Gemm) -> MoeMatch:
     _need(up.ids is down.ids and up.transposed == down.transposed, f"{down.node}: experts GEMMs disagree")
     bias_ids = _sorted_ids(up.ids) if grouped else up.ids  # bias rows are gathered per (sorted) pair
     gu, b_gu = _bias_after(up.out, bias_ids)
+    gu = _skip_sentinel(gu)
     act = _activation(gu, down.act_in)
     y, b_d = _bias_after(down.out, bias_ids)
+    y = _skip_sentinel(y)
     perm = None
     if grouped:
         sort = up.ids
@@ -366,6 +398,10 @@ def read_block(up: _Gemm, down: _Gemm) -> MoeMatch:
         _need(is_op(rep, aten.repeat_interleave.self_int) and rep.args[2] == 0, f"{rep}: tokens not repeated per slot")
         x, k_rep = rep.args[0], rep.args[1]
         flat_ids = up.ids
+        if is_op(flat_ids, aten.clamp):  # transformers 5.17 clamps ids into [0, E - 1]: a no-op for router ids
+            n_experts = val(up.weight).shape[0]
+            _need(flat_ids.args[1] in (0, None) and flat_ids.args[2] == n_experts - 1, f"{flat_ids}: ids clamped off range")
+            flat_ids = flat_ids.args[0]
     out, weights = _weighted_sum(y, perm)
     _need(is_op(flat_ids, RESHAPES), f"{flat_ids}: expert ids not flattened from [t, k]")
     logits, score_bias, routing = read_router(weights, flat_ids.args[0])
@@ -381,43 +417,28 @@ def _sorted_ids(sort: fx.Node) -> fx.Node | None:
     return next((u for u in sort.users if u.target is operator.getitem and u.args[1] == 0), None)
 
 
-def _downstream_gemm(gemm: _Gemm, gemms: dict[fx.Node, _Gemm], limit: int = 40) -> _Gemm | None:
-    """The first expert GEMM reached from `gemm` through its users (the down projection)."""
-    frontier, seen = [gemm.out], set()
-    while frontier and len(seen) < limit:
-        node = frontier.pop(0)
-        for u in node.users:
-            if u in gemms and u is not gemm.node:
-                return gemms[u]
-            if u not in seen:
-                seen.add(u)
-                frontier.append(u)
-    return None
+def _ids_key(g: _Gemm) -> fx.Node:
+    """What the two GEMMs of one block share: the flat expert ids (batched) or their sort (grouped)."""
+    return _peel(g.ids, (aten.clamp,))
 
 
 def find_moe_blocks(gm: fx.GraphModule) -> tuple[list[MoeMatch], list[str]]:
     """Every MoE block of the graph: (matches, reasons the remaining expert GEMMs were left alone)."""
-    gemms: dict[fx.Node, _Gemm] = {}
+    by_ids: dict[fx.Node, list[_Gemm]] = {}
     reasons: list[str] = []
-    for node in gm.graph.nodes:
+    for node in gm.graph.nodes:  # graph order: a block's up projection comes before its down
         try:
             g = expert_gemm(node)
         except NoMatch as e:
             reasons.append(str(e))
             continue
         if g is not None:
-            gemms[node] = g
-    downs = {}
-    for g in gemms.values():
-        d = _downstream_gemm(g, gemms)
-        if d is not None:
-            downs[g.node] = d
+            by_ids.setdefault(_ids_key(g), []).append(g)
     matches = []
-    for up_node, down in downs.items():
-        if up_node in {d.node for d in downs.values()}:
-            continue  # a down projection that feeds a later block's GEMM is not an up projection
+    for gemms in by_ids.values():
         try:
-            matches.append(read_block(gemms[up_node], down))
+            _need(len(gemms) == 2, f"{gemms[0].node}: {len(gemms)} expert GEMMs share one routing, expected up + down")
+            matches.append(read_block(*gemms))
         except NoMatch as e:
             reasons.append(str(e))
     return matches, reasons
@@ -434,14 +455,24 @@ def block_region(match: MoeMatch) -> set[fx.Node]:
             continue  # SymInt arithmetic is shared with the rest of the graph
         region.add(node)
         stack.extend(a for a in node.all_input_nodes)
+    # In-place ops nobody reads (transformers 5.17's `sorted_ids.clamp_(max=E - 1)`) hang off the
+    # region without being its ancestors; they go with it.
+    for node in list(region):
+        for user in node.users:
+            if not user.users and _mutates(user) and user.args[0] is node:
+                region.add(user)
     return region
+
+
+def _mutates(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and schema.is_mutable
 
 
 def mutation_escapes(region: set[fx.Node], out: fx.Node) -> fx.Node | None:
     """An in-place op of the region whose mutated tensor is also read outside the region, if any."""
     for node in region:
-        schema = getattr(node.target, "_schema", None)
-        if schema is None or not schema.is_mutable or not node.args or not isinstance(node.args[0], fx.Node):
+        if not _mutates(node) or not node.args or not isinstance(node.args[0], fx.Node):
             continue
         outside = [u for u in node.args[0].users if u not in region and not is_op(u, aten._assert_tensor_metadata)]
         if outside:
