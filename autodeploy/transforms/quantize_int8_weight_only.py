@@ -1,0 +1,42 @@
+"""quantize_int8_weight_only: linears -> autodeploy::int8_wo_linear, int8 weights quantized as they load.
+
+    before:  y = aten.linear(x, get_attr(...down_proj.weight), b)          # weight [N, K] bf16
+    after:   y = autodeploy.int8_wo_linear(x, get_attr(...down_proj.weight),        # [N, K] int8
+                                           get_attr(...down_proj.weight_scale), b)  # [N] fp32
+
+Symmetric, one scale per output channel; activations stay in their dtype. MoE expert stacks are
+stored in int8 and dequantized in the graph before autodeploy::moe:
+
+    w_gu = autodeploy.dequantize_per_channel(get_attr(...experts.gate_up_proj), get_attr(..._scale), bf16)
+
+Layers: include / exclude globs over module names, per-layer overrides ({skip: true}). Off unless
+the recipe enables it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from autodeploy.quantization.apply import quantize_graph
+from autodeploy.quantization.config import Int8WeightOnlyConfig
+from autodeploy.quantization.selection import SelectionFields, check_overrides
+from autodeploy.transforms.pipeline import Stage, TransformInfo, register
+
+
+class QuantizeInt8WeightOnlyConfig(SelectionFields):
+    experts: bool = Field(True, description="Also store MoE expert stacks in int8 (dequantized before the expert op).")
+
+    def build(self, values: dict[str, Any]) -> Int8WeightOnlyConfig:
+        return Int8WeightOnlyConfig(**values)
+
+    @model_validator(mode="after")
+    def _check(self):
+        check_overrides(self.overrides, self.build)
+        return self
+
+
+@register(Stage.QUANTIZE, QuantizeInt8WeightOnlyConfig)
+def apply(gm, ctx, cfg: QuantizeInt8WeightOnlyConfig) -> TransformInfo:
+    return quantize_graph(gm, cfg, cfg.build, experts=cfg.experts)

@@ -1,0 +1,86 @@
+"""quantize_fp8: linears -> autodeploy::fp8_linear (e4m3 weights, per-token activations), on load."""
+
+from __future__ import annotations
+
+import torch
+
+import autodeploy.ops  # noqa: F401  (registers the quantized ops)
+
+from autodeploy.graph import aten
+from autodeploy.models.weights import load_weights
+from autodeploy.quantization.metrics import sqnr
+from tests.helpers.tiny_models import tiny_model
+from tests.helpers.transform_check import check_transform, run_transforms
+from tests.quantization.models import DYN, Block, meta_graph, model_state, quant_recipe, sqnr_at_least, x_in
+
+FP8 = torch.ops.autodeploy.fp8_linear.default
+DEQ = torch.ops.autodeploy.dequantize_per_channel.default
+
+
+def test_every_linear_dynamic_activations():
+    gm = check_transform(
+        Block(), [x_in()], "quantize_fp8",
+        before={aten.linear: 7, FP8: 0}, after={aten.linear: 0, FP8: 7}, matches=7,
+        second_inputs=[x_in(3, 9)], dynamic_shapes=DYN, recipe=quant_recipe(quantize_fp8={}),
+        compare=sqnr_at_least(25.0),  # two e4m3 roundings (weights, activations), ~28 dB; see quantization/fp8.py
+    )
+    params = dict(gm.named_parameters())
+    assert params["q.weight"].dtype == torch.float8_e4m3fn and params["q.weight_scale"].shape == (64,)
+    assert params["q.bias"].dtype == torch.float32  # biases stay
+
+
+def test_weight_only_globs_and_overrides():
+    recipe = quant_recipe(quantize_fp8=dict(
+        activation_scheme="none", exclude=["down"], overrides={"q": {"skip": True}, "k": {"granularity": "per_tensor"}},
+    ))
+    gm = check_transform(
+        Block(), [x_in()], "quantize_fp8",
+        before={aten.linear: 7, FP8: 0}, after={aten.linear: 2, FP8: 5}, matches=5,
+        second_inputs=[x_in(1, 3)], dynamic_shapes=DYN, recipe=recipe, compare=sqnr_at_least(30.0),
+    )
+    params = dict(gm.named_parameters())
+    assert params["k.weight_scale"].shape == () and params["v.weight_scale"].shape == (32,)
+    assert params["q.weight"].dtype == params["down.weight"].dtype == torch.float32
+
+
+def test_bad_override_names_its_glob():
+    import pytest
+
+    from autodeploy.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"override 'k'.*granularity"):
+        quant_recipe(quantize_fp8=dict(overrides={"k": {"granularity": "per_row"}}))
+
+
+def test_quantized_on_load_and_composes_with_fuse_gemms():
+    gm = meta_graph("llama")
+    recipe = quant_recipe(quantize_fp8=dict(exclude=["*lm_head", "*.self_attn.*"]))
+    infos = run_transforms(gm, ["cleanup_export", "quantize_fp8", "fuse_gemms"], recipe=recipe)
+    assert infos["quantize_fp8"].matches == 6  # gate, up, down in two layers
+    # q/k/v stayed plain linears and fuse; the quantized gate/up are left alone by fuse_gemms
+    assert infos["fuse_gemms"].matches == 2 and infos["fuse_gemms"].details["linears_fused"] == 6
+    assert all(p.is_meta for p in gm.parameters())
+
+    model = tiny_model("llama")
+    ids, pos = torch.randint(0, 256, (2, 7)), torch.arange(7).expand(2, 7)
+    with torch.no_grad():
+        expected = model(input_ids=ids, position_ids=pos).logits
+    load_weights(gm, model_state(model), "cpu")
+    assert dict(gm.named_parameters())["model.model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
+    with torch.no_grad():
+        assert sqnr(gm(ids, pos), expected) >= 25.0
+
+
+def test_moe_expert_stacks_weight_only():
+    gm = meta_graph("mixtral")
+    recipe = quant_recipe(quantize_fp8=dict(include=["*.experts"]), match_moe={})
+    infos = run_transforms(gm, ["cleanup_export", "match_moe", "quantize_fp8"], recipe=recipe)
+    assert infos["quantize_fp8"].matches == 4 and infos["quantize_fp8"].details["expert_stacks"] == 4
+    assert sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is DEQ) == 4
+    model = tiny_model("mixtral")
+    ids, pos = torch.randint(0, 256, (1, 6)), torch.arange(6).expand(1, 6)
+    with torch.no_grad():
+        expected = model(input_ids=ids, position_ids=pos).logits
+    load_weights(gm, model_state(model), "cpu")
+    with torch.no_grad():
+        assert sqnr(gm(ids, pos), expected) >= 25.0
