@@ -29,8 +29,9 @@ and default values agree), tries both operand orders of add/mul, and keeps a mat
 inner node's users are inside it. A pattern with several outputs (RoPE of q and k) finds the later
 outputs near the nodes already matched. `check(match)` then decides: False rejects, True accepts,
 a dict accepts and adds keyword arguments for the replacement. The replacement runs on FX proxies,
-inserted right after the last input it reads; new nodes get `meta["val"]` from the fake tensors of
-their inputs, and the anchor's `nn_module_stack` / `stack_trace`.
+inserted where the first output was (or right after the last input it reads, if that is later);
+new nodes get `meta["val"]` from the fake tensors of their inputs, and the first output's
+`nn_module_stack` / `stack_trace`.
 """
 
 from __future__ import annotations
@@ -351,20 +352,27 @@ def _replace(gm: fx.GraphModule, m: Match, extra: dict[str, Any]) -> bool:
     kwargs = {**m.inputs, **extra}
     inputs = [v for v in torch.utils._pytree.tree_leaves(list(kwargs.values())) if isinstance(v, fx.Node)]
     last = max(inputs, key=order.__getitem__)
+    first_out = min(m.outputs, key=order.__getitem__)
     matched = set(m.nodes.values())
     users = [u for o in m.outputs for u in o.users if u not in matched]
-    if users and min(order[u] for u in users) <= order[last]:
+    if order[last] < order[first_out]:
+        # Where the pattern's first output was: anything it read in place (DeepSeek fills its key
+        # buffer with copy_) has happened by then.
+        anchor = first_out
+    elif not users or min(order[u] for u in users) > order[last]:
+        anchor = last.next
+    else:
         log.debug("pattern %s: an output is used before the last input is computed; skipped", m.pattern.name)
         return False
     tracer = fx.proxy.GraphAppendingTracer(graph)
     wrap = lambda v: fx.Proxy(v, tracer) if isinstance(v, fx.Node) else v  # noqa: E731
-    anchor = last.next
+    before = anchor.prev
     with graph.inserting_before(anchor):
         result = m.pattern.replace(**{k: torch.utils._pytree.tree_map(wrap, v) for k, v in kwargs.items()})
     results = list(result) if isinstance(result, (list, tuple)) else [result]
     if len(results) != len(m.outputs):
         raise ValueError(f"pattern {m.pattern.name}: replacement returns {len(results)} values, pattern {len(m.outputs)}")
-    new_nodes, n = [], last.next
+    new_nodes, n = [], before.next
     while n is not anchor:
         new_nodes.append(n)
         n = n.next
