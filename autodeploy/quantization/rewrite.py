@@ -91,7 +91,7 @@ class _Parts:
         self.parts: dict[str, torch.Tensor] | None = None
 
     def part(self, leaf: str, fetch: Fetch) -> torch.Tensor:
-        if self.parts is None:
+        if self.parts is None or leaf not in self.parts:  # (a calibration pass may have taken one early)
             self.parts = self.make(fetch)
         t = self.parts.pop(leaf)
         if not self.parts:

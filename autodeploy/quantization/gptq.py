@@ -1,0 +1,85 @@
+"""GPTQ: int4 rounding with Hessian-based error feedback (Frantar et al., 2022), one layer at a time.
+
+Minimizes |X W^T - X Q^T|^2 over the calibration inputs X [n, K] of the layer. The columns of W
+are quantized left to right; each column's rounding error is spread over the columns not yet
+quantized through the inverse Hessian H^-1 (H = 2 X^T X / n), so later columns compensate it:
+
+    for column i:  q_i = round(w_i);   e = (w_i - q_i) / Hinv[i, i];   W[:, i+1:] -= e Hinv[i, i+1:]
+
+Hinv is the upper Cholesky factor of (H + damp I)^-1, which gives the same updates as the
+sequential eliminations of OBQ without re-inverting. Columns go in blocks of 128 whose updates to
+the rest are applied once per block (lazy batch updates). A group's scale and zero point are set
+from the group's *updated* weights when its first column comes up. The layer-to-layer "sequential"
+part (each layer calibrated on inputs that went through the already-quantized layers before it) is
+the graph runner's job: see calibrate.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from autodeploy.quantization import int4
+
+BLOCK = 128  # a multiple of every group size: groups never straddle a block
+
+
+def hessian(x: Tensor) -> Tensor:
+    """x [n, K] -> H = 2 X^T X / n [K, K] in fp32."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    return (2.0 / max(1, x.shape[0])) * (x.T @ x)
+
+
+def _inverse_factor(h: Tensor, damp: float) -> Tensor:
+    h = h.clone()
+    diag = torch.arange(h.shape[0], device=h.device)
+    h[diag, diag] += damp * h.diagonal().mean().clamp(min=1e-8)
+    for extra in (0.0, 1e-2, 1e-1, 1.0):  # a near-singular H (few tokens, K large) gets more damping
+        if extra:
+            h[diag, diag] += extra * h.diagonal().mean()
+        chol, info = torch.linalg.cholesky_ex(h)
+        if info == 0:
+            inv = torch.cholesky_inverse(chol)
+            chol2, info2 = torch.linalg.cholesky_ex(inv, upper=True)
+            if info2 == 0:
+                return chol2
+    raise RuntimeError("GPTQ: the calibration Hessian is not positive definite even with damping")
+
+
+@torch.no_grad()
+def quantize(w: Tensor, h: Tensor, group_size: int, damp: float = 0.01) -> dict[str, Tensor]:
+    """w [N, K], h [K, K] -> {"qweight", "scales", "zeros"} as int4.quantize returns them."""
+    n, k = w.shape
+    W = w.float().clone()
+    h = h.float()
+    dead = h.diagonal() == 0  # inputs never active in calibration: their weights cannot matter
+    if dead.any():
+        h = h.clone()
+        h[dead, dead] = 1.0
+        W[:, dead] = 0.0
+    hinv = _inverse_factor(h, damp)  # upper triangular [K, K]
+    q_all = torch.zeros(n, k, dtype=torch.uint8, device=w.device)
+    scales = torch.zeros(n, k // group_size, device=w.device)
+    zeros = torch.zeros_like(scales)
+    for b0 in range(0, k, BLOCK):
+        b1 = min(b0 + BLOCK, k)
+        W1 = W[:, b0:b1].clone()
+        err = torch.zeros_like(W1)
+        hinv1 = hinv[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            col = b0 + i
+            if col % group_size == 0:
+                g = col // group_size
+                s, z = int4.group_params(W1[:, i : i + group_size], group_size)
+                scales[:, g] = s.squeeze(-1).to(w.dtype).float()  # the grid the stored scales describe
+                zeros[:, g] = z.squeeze(-1)
+            g = col // group_size
+            wcol = W1[:, i]
+            q = torch.clamp(torch.round(wcol / scales[:, g]) + zeros[:, g], 0, int4.QMAX)
+            deq = (q - zeros[:, g]) * scales[:, g]
+            q_all[:, col] = q.to(torch.uint8)
+            e = (wcol - deq) / hinv1[i, i]
+            W1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err[:, i] = e
+        W[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return {"qweight": int4.pack(q_all), "scales": scales.to(w.dtype), "zeros": zeros.to(w.dtype)}
