@@ -8,6 +8,7 @@ import traceback
 
 import click
 import typer
+from rich.markup import escape
 
 from autodeploy.cli import common
 
@@ -25,7 +26,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
-    common.STATE.debug = debug
+    common.STATE.debug = common.STATE.debug or debug  # main() may have taken --debug from anywhere on the line
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -64,17 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     except AutoDeployError as e:
         if common.STATE.debug:
             traceback.print_exc()
-        common.err_console().print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        common.err_console().print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 1
     except Exception as e:  # an internal bug: still one line unless --debug
         if common.STATE.debug:
             traceback.print_exc()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         common.err_console().print(
-            f"[red]internal error:[/red] {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+            f"[red]internal error:[/red] {type(e).__name__}: {escape(first)} (rerun with --debug for the traceback)",
             highlight=False, soft_wrap=True,
         )
         return 2
+    finally:
+        from autodeploy import progress
+
+        progress.disable_console()  # in-process callers (tests, notebooks) get the quiet library back
 
 
 def run() -> None:

@@ -7,9 +7,10 @@ handled by the patches in export/patches/.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
 import traceback
+from typing import Iterator
 
 import torch
 from torch import fx, nn
@@ -39,22 +40,55 @@ def _example_inputs(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, pos
 
 
-def _failing_module(tb) -> str | None:
-    """The innermost nn.Module in the traceback: `ClassName.forward (file:line)`."""
+def _failing_module(tb, model: nn.Module) -> str | None:
+    """The innermost model submodule in the traceback: `layers.0.mlp (LlamaMLP.forward at file.py:12)`."""
+    names = {id(m): n for n, m in model.named_modules()}
     found = None
     for frame, lineno in traceback.walk_tb(tb):
         self_obj = frame.f_locals.get("self")
-        if isinstance(self_obj, nn.Module) and not type(self_obj).__module__.startswith("torch."):
-            found = f"{type(self_obj).__name__}.{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:{lineno})"
+        if isinstance(self_obj, nn.Module) and id(self_obj) in names:
+            where = f"{type(self_obj).__name__}.{frame.f_code.co_name} at {frame.f_code.co_filename.rsplit('/', 1)[-1]}:{lineno}"
+            found = f"{names[id(self_obj)] or 'the model'} ({where})"
     return found
 
 
-def _describe_failure(exc: BaseException) -> str:
+def _describe_failure(exc: BaseException, model: nn.Module) -> str:
     msg = str(exc).strip().splitlines()
-    first = next((line for line in msg if line.strip()), type(exc).__name__)
-    module = _failing_module(exc.__traceback__)
+    first = next((line.strip() for line in msg if line.strip()), type(exc).__name__)
+    module = _failing_module(exc.__traceback__, model)
     where = f" in {module}" if module else ""
     return f"{type(exc).__name__}{where}: {first[:300]}"
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """On a failed export torch prints the whole partial graph to stderr and logs a warning about
+    it (hundreds of lines); the ExportError already names the module. Unless autodeploy logs at
+    DEBUG, those loggers stay at ERROR and torch.export's own module-level `print` is muted."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    from torch.export import _trace
+
+    loggers = [logging.getLogger(n) for n in _NOISY_TORCH_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    had_print = "print" in vars(_trace)
+    saved_print = vars(_trace).get("print")
+    _trace.print = lambda *args, **kwargs: None  # shadows the builtin inside that module only
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if had_print:
+            _trace.print = saved_print
+        else:
+            del _trace.print
+
+
+_NOISY_TORCH_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export", "torch.export", "torch._dynamo")
 
 
 def _flatten_signature(gm: fx.GraphModule) -> None:
@@ -93,9 +127,10 @@ def export_model(
         if applied:
             log.info("export patches: %s", ", ".join(applied))
         try:
-            ep = torch.export.export(wrapper, _example_inputs(device), dynamic_shapes=dynamic_shapes, strict=False)
+            with _quiet_torch():
+                ep = torch.export.export(wrapper, _example_inputs(device), dynamic_shapes=dynamic_shapes, strict=False)
         except Exception as e:  # torch raises many types; the user needs the module and op that failed
-            raise ExportError(f"cannot export {type(model).__name__}: {_describe_failure(e)}") from e
+            raise ExportError(f"cannot export {type(model).__name__}: {_describe_failure(e, model)}") from e
     gm = ep.module()
     _flatten_signature(gm)
     gm.meta["export_patches"] = applied

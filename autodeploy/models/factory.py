@@ -40,6 +40,12 @@ def causal_lm_class(config) -> type[nn.Module]:
     from transformers import AutoModelForCausalLM
 
     mapping = AutoModelForCausalLM._model_mapping
+    name = f"{type(config).__name__} (model_type '{config.model_type}')"
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(f"{name} is an encoder-decoder model, not a causal LM")
+    if getattr(config, "is_decoder", None) is False:
+        # BERT-style configs map to a *LMHeadModel, but attend bidirectionally unless is_decoder is set
+        raise UnsupportedModelError(f"{name} is an encoder with bidirectional attention (is_decoder is false), not a causal LM")
     try:
         return mapping[type(config)]
     except KeyError:

@@ -3,7 +3,8 @@
     org/name                 hub id (safetensors only; needs the hub or its local cache)
     ./dir, /abs/dir          local directory with config.json and *.safetensors
     file.gguf                a GGUF file (transformers dequantizes it on load)
-    example:smollm2          the example GGUF, fetched once into the cache
+    example:smollm2          the example GGUF, fetched once into the cache and converted to a
+                             safetensors folder (see models/example.py)
     random:<x>               random weights; x = a named shape (llama-3.2-1b, llama-3.1-8b,
                              smollm2-135m), a config directory, a hub id, or example:<name>
 
@@ -41,6 +42,7 @@ class ModelSource:
         kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
         if self.gguf_file:
             kw["gguf_file"] = self.gguf_file
+        kw.update(self.load_kwargs)
         return kw
 
 
@@ -97,9 +99,9 @@ def resolve_source(source: str, *, trust_remote_code: bool = False, check_weight
         return ModelSource(source, "random", base.location, base.gguf_file, base.config, trust_remote_code,
                            has_tokenizer=base.has_tokenizer)
     if source.startswith("example:"):
-        from autodeploy.models.example import example_path
+        from autodeploy.models.example import example_dir
 
-        path = example_path(source[len("example:"):])
+        path = example_dir(source[len("example:"):])
         src = resolve_source(str(path), trust_remote_code=trust_remote_code, check_weights=check_weights)
         src.spec = source
         return src
@@ -121,6 +123,47 @@ def resolve_source(source: str, *, trust_remote_code: bool = False, check_weight
         raise SourceError(f"no such file or directory: {source}")
     if source.count("/") != 1 or any(c in source for c in " \t:\\"):
         raise SourceError(f"'{source}' is neither an existing path nor a Hugging Face hub id (org/name)")
-    cfg = _load_config(source, f"hub model '{source}' (not a local path; hub or its cache unreachable?)",
-                       trust_remote_code=trust_remote_code)
-    return ModelSource(source, "hub", source, None, cfg, trust_remote_code)
+    return _resolve_hub(source, trust_remote_code)
+
+
+def _hub_host() -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub: without it, huggingface_hub retries for ~30 s before giving up."""
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection(_hub_host(), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _resolve_hub(source: str, trust_remote_code: bool) -> ModelSource:
+    """The local HF cache first; the hub only when it answers (never a long retry loop offline)."""
+    what = f"hub model '{source}'"
+    online = _hub_reachable()
+    try:
+        cfg = _load_config(source, what, trust_remote_code=trust_remote_code, local_files_only=True)
+    except SourceError:
+        if not online:
+            raise SourceError(
+                f"'{source}' is not a local path and not in the Hugging Face cache, and {_hub_host()[0]} "
+                "is unreachable (offline?); give a local folder or a .gguf file"
+            ) from None
+        cfg = _load_config(source, what, trust_remote_code=trust_remote_code)
+    src = ModelSource(source, "hub", source, None, cfg, trust_remote_code)
+    if not online:
+        src.load_kwargs["local_files_only"] = True  # weights and tokenizer from the cache too
+    return src
