@@ -48,6 +48,16 @@ def test_graph_decode_matches_eager(graphed, batch):
         assert_close(a, b)
 
 
+def test_metadata_built_on_the_device_replays_the_same_graphs(graphed):
+    """The engine may build SequenceInfo on the GPU: device-side packing, same buckets, same tokens."""
+    prompts = _prompts(3, seed=21)
+    want, _ = greedy_decode(toy_cached_model(PAGES, PAGE, "cuda"), prompts, 6, PAGE, pages_per_seq=7)
+    copies, replays = graphed.meta.copies, graphed.replays
+    got, _ = greedy_decode(graphed, prompts, 6, PAGE, pages_per_seq=7, info_device="cuda")
+    assert got == want
+    assert graphed.replays - replays == 5 and graphed.meta.copies == copies  # no host round trip
+
+
 def test_padding_never_writes_live_pages(graphed):
     eager = toy_cached_model(PAGES, PAGE, "cuda")
     prompts = _prompts(3, seed=11)  # bucket 4: one padding sequence per decode step

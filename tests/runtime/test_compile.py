@@ -77,6 +77,20 @@ def test_decode_padded_to_bucket_points_padding_at_the_pad_page():
         buf.pack(_mixed_step(), pad_to=4)
 
 
+@pytest.mark.parametrize("pad_to", [None, 5])
+def test_device_side_packing_matches_the_host_copy(pad_to):
+    """SequenceInfo already on the device: same views, same padding, without the host round trip."""
+    info = _mixed_step() if pad_to is None else SequenceInfo.build(
+        [([9], 4, [1, 2]), ([3], 7, [4, 5]), ([8], 1, [6])], page_size=4, num_prefill=0)
+    host = MetadataBuffers(16, 8, 6, "cpu").pack(info, pad_to=pad_to, pad_page=7, page_cols=6)
+    buf = MetadataBuffers(16, 8, 6, "cpu")
+    dev = buf.pack_device(info, pad_to=pad_to, pad_page=7, page_cols=6)
+    for f in FIELDS:
+        assert torch.equal(getattr(dev.info, f), getattr(host.info, f)), f
+    assert (dev.info.num_prefill, dev.info.num_decode) == (host.info.num_prefill, host.info.num_decode)
+    assert buf.copies == 0  # no host-to-device copy was issued
+
+
 def test_bucket_choice():
     assert normalize_buckets([1, 2, 4, 8, 16, 32], max_batch_size=12) == [1, 2, 4, 8, 12]
     assert normalize_buckets([4, 1, 2, 2], max_batch_size=8) == [1, 2, 4]

@@ -58,14 +58,16 @@ def toy_cached_model(num_pages: int, page_size: int, device="cpu", dtype=torch.f
     return cm
 
 
-def greedy_decode(model, prompts: list[list[int]], steps: int, page_size: int, pages_per_seq: int = 8):
+def greedy_decode(model, prompts: list[list[int]], steps: int, page_size: int, pages_per_seq: int = 8,
+                  info_device: str = "cpu"):
     """Prefill all prompts in one step, then `steps` batched decode steps; returns (tokens, logits) per step.
 
-    Sequence i owns pages i * pages_per_seq ... (the model must have enough pages)."""
+    Sequence i owns pages i * pages_per_seq ... (the model must have enough pages). The metadata
+    is built on `info_device` (the host, as the compile backend wants it, or the model's device)."""
     pages = [list(range(i * pages_per_seq, (i + 1) * pages_per_seq)) for i in range(len(prompts))]
     seqs = [list(p) for p in prompts]
     chunks = [(s, 0, pg) for s, pg in zip(seqs, pages)]
-    info = SequenceInfo.build(chunks, page_size, num_prefill=len(seqs))
+    info = SequenceInfo.build(chunks, page_size, num_prefill=len(seqs), device=info_device)
     all_tokens, all_logits = [], []
     for _ in range(steps):
         logits = model.forward(info)  # [b, V]
@@ -76,5 +78,5 @@ def greedy_decode(model, prompts: list[list[int]], steps: int, page_size: int, p
         for s, pg, t in zip(seqs, pages, toks):
             s.append(t)
             chunks.append(([t], len(s) - 1, pg))
-        info = SequenceInfo.build(chunks, page_size, num_prefill=0)
+        info = SequenceInfo.build(chunks, page_size, num_prefill=0, device=info_device)
     return all_tokens, all_logits

@@ -154,6 +154,51 @@ class MetadataBuffers:
         return PackedStep(packed, dev["temperature"], b)
 
 
+    def pack_device(self, info: SequenceInfo, *, pad_to: int | None = None, pad_page: int = 0,
+                    page_cols: int | None = None) -> PackedStep:
+        """The same views and padding as pack(), filled from a SequenceInfo already on the device.
+
+        Device-to-device copies and fills (about 20 small kernels, no host sync): the fallback
+        when the caller built its metadata on the device instead of the host."""
+        b, T = info.num_seqs, info.num_tokens
+        B = pad_to or b
+        if B != b and T != b:
+            raise ValueError("only decode-only steps (one token per sequence) are padded")
+        w = int(info.page_table.shape[1])
+        P = page_cols or w
+        T_pad = T + (B - b)
+        if T_pad > self.max_tokens or B > self.max_seqs or P > self.max_pages or P < w:
+            raise ValueError(f"step (T={T_pad}, b={B}, P={P}) does not fit the buffers")
+        _, dev = self._shape_views((T_pad, B, P))
+        for name in ("input_ids", "position_ids", "slot_mapping"):
+            dev[name][:T].copy_(getattr(info, name), non_blocking=True)
+        for name in ("last_token_idx", "seq_lens", "input_pos", "cache_lens"):
+            dev[name][:b].copy_(getattr(info, name), non_blocking=True)
+        dev["cu_seqlens"][: b + 1].copy_(info.cu_seqlens, non_blocking=True)
+        dev["page_table"][:b, :w].copy_(info.page_table, non_blocking=True)
+        dev["page_table"][:b, w:].zero_()
+        dev["temperature"].zero_()
+        if B > b:
+            n = B - b
+            steps = torch.arange(1, n + 1, device=self.device, dtype=torch.int32)  # [n]
+            dev["input_ids"][T:].zero_()
+            dev["position_ids"][T:].zero_()
+            dev["slot_mapping"][T:].fill_(pad_page * info.page_size)
+            dev["last_token_idx"][b:].copy_(steps.long() + (T - 1))
+            dev["seq_lens"][b:].fill_(1)
+            torch.add(steps, info.cu_seqlens[b:b + 1].to(self.device), out=dev["cu_seqlens"][b + 1:])
+            dev["input_pos"][b:].zero_()
+            dev["cache_lens"][b:].fill_(1)
+            dev["page_table"][b:].fill_(pad_page)
+        packed = SequenceInfo(
+            **{name: dev[name] for name in _FIELDS},
+            num_prefill=info.num_prefill,
+            num_decode=info.num_decode + (B - b),
+            page_size=info.page_size,
+        )
+        return PackedStep(packed, dev["temperature"], b)
+
+
 _FIELDS = ("input_ids", "position_ids", "seq_lens", "cu_seqlens", "input_pos", "cache_lens",
            "page_table", "slot_mapping", "last_token_idx")
 

@@ -95,17 +95,18 @@ class CompiledModel:
     def _run(self, info: SequenceInfo) -> torch.Tensor:
         return self.fn(*info.graph_inputs(), *self.cached.caches).float()  # [b, V]
 
-    def _host(self, info: SequenceInfo) -> SequenceInfo:
-        if info.input_ids.device.type == "cpu":
-            return info
-        if not self._warned_device_info:  # correct, but costs a device-to-host round trip per step
-            log.warning("SequenceInfo built on %s: build it on the CPU so one copy moves it", info.input_ids.device)
-            self._warned_device_info = True
-        return info.to("cpu")
-
     def pack(self, info: SequenceInfo, pad_to: int | None = None) -> PackedStep:
+        """The step's metadata in the fixed device buffers: one copy from the host, or (when the
+        caller built it on the device) device-side copies with the same layout and padding."""
         cols = self.max_pages if pad_to is not None else None
-        return self.meta.pack(self._host(info), pad_to=pad_to, pad_page=self.pad_page, page_cols=cols)
+        if info.input_ids.device.type == "cpu" or self.device.type == "cpu":
+            host = info if info.input_ids.device.type == "cpu" else info.to("cpu")
+            return self.meta.pack(host, pad_to=pad_to, pad_page=self.pad_page, page_cols=cols)
+        if not self._warned_device_info:
+            log.info("SequenceInfo built on %s: copied on the device (build it on the host for one copy per step)",
+                     info.input_ids.device)
+            self._warned_device_info = True
+        return self.meta.pack_device(info, pad_to=pad_to, pad_page=self.pad_page, page_cols=cols)
 
     @torch.inference_mode()
     def forward(self, info: SequenceInfo) -> torch.Tensor:
