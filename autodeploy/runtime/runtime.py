@@ -104,13 +104,13 @@ class RequestHandle:
     def result(self) -> RequestOutput:
         """Run until the request ends; the stream's unread pieces are dropped."""
         while not self.request.finished:
-            self._rt._advance(self.request)
+            self._rt._advance(self.request, for_events=False)
         self.request.events.clear()
         return self.request.output()
 
     async def aresult(self) -> RequestOutput:
         while not self.request.finished:
-            await asyncio.to_thread(self._rt._advance, self.request)
+            await asyncio.to_thread(self._rt._advance, self.request, False)
         self.request.events.clear()
         return self.request.output()
 
@@ -266,14 +266,15 @@ class Runtime:
         with self._lock:
             return self.engine.step()
 
-    def _advance(self, req: Request) -> None:
-        """Step until `req` has something to stream (another waiter may already have stepped for it)."""
+    def _advance(self, req: Request, for_events: bool = True) -> None:
+        """One step for `req` unless it has ended, or (for_events) already has something to stream:
+        another waiter may have stepped for it meanwhile."""
         with self._lock:
-            if req.events or req.finished:
+            if req.finished or (for_events and req.events):
                 return
             steps = self.engine.num_steps
             self.engine.step()
-            if self.engine.num_steps == steps and not req.events:
+            if self.engine.num_steps == steps:  # req is unfinished, so the scheduler had work
                 raise RuntimeError(f"the engine made no progress on {req.request_id} (scheduler stalled)")
 
     def metrics(self) -> dict[str, Any]:
