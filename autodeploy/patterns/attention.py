@@ -100,9 +100,14 @@ def _example(masked=True, softcap=False, sinks=False, additive=False, mha=False)
     return example
 
 
-def attention_patterns(check) -> list[Pattern]:
-    """Every spelling, the longest first, each accepted by `check(match)` (the mask proof)."""
-    pats = []
+def attention_check(m):
+    """The transform decides (shapes, mask proof, window): `match.context.check(match)`."""
+    return m.context.check(m)
+
+
+def _attention_patterns() -> list[Pattern]:
+    """Every spelling, the longest first."""
+    check, pats = attention_check, []
     for repeat in (True, False):
         tag, mha = ("_repeat_kv", False) if repeat else ("", True)
         pats += [
@@ -121,3 +126,6 @@ def attention_patterns(check) -> list[Pattern]:
         Pattern("sdpa_gqa_causal", _sdpa_pattern(False, True, False), attention_replacement, _example(masked=False), check),
     ]
     return pats
+
+
+ATTENTION_PATTERNS = _attention_patterns()

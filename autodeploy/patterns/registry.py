@@ -71,7 +71,7 @@ class Pattern:
     example: Callable[[SimpleNamespace, torch.dtype], dict[str, Any]]  # (sizes, dtype) -> inputs by name
     check: Callable[["Match"], bool | dict] | None = None
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
-    _compiled: list | None = dataclasses.field(default=None, repr=False)
+    _compiled: dict = dataclasses.field(default_factory=dict, repr=False)  # dtype -> _Compiled
 
 
 @dataclasses.dataclass
@@ -197,19 +197,41 @@ def _signature(c: _Compiled) -> str:
     return "\n".join(rows)
 
 
-def compiled(pattern: Pattern) -> list[_Compiled]:
-    """The pattern's graph variants (one per dtype whose trace differs), built on first use."""
-    if pattern._compiled is None:
-        variants, seen = [], set()
-        for dtype in pattern.dtypes:
-            c = _compile_one(pattern, dtype)
-            sig = _signature(c)
-            if sig not in seen:
-                seen.add(sig)
-                variants.append(c)
-        # The longest variant first: a shorter one (fp32, casts gone) can fit inside a longer one.
-        pattern._compiled = sorted(variants, key=lambda c: -c.size)
-    return pattern._compiled
+def compiled(pattern: Pattern, dtypes=None) -> list[_Compiled]:
+    """The pattern's graph variants for `dtypes` (default: all of `pattern.dtypes`), built on first use.
+
+    Variants whose traces agree are kept once; the longest comes first, since a shorter one (fp32,
+    casts gone) can fit inside a longer one.
+    """
+    variants, seen = [], set()
+    for dtype in pattern.dtypes:
+        if dtypes is not None and dtype not in dtypes:
+            continue
+        if dtype not in pattern._compiled:
+            pattern._compiled[dtype] = _compile_one(pattern, dtype)
+        c = pattern._compiled[dtype]
+        sig = _signature(c)
+        if sig not in seen:
+            seen.add(sig)
+            variants.append(c)
+    return sorted(variants, key=lambda c: -c.size)
+
+
+def graph_dtypes(gm: fx.GraphModule) -> set[torch.dtype]:
+    """Floating dtypes of the graph's inputs and parameters (plus fp32): the pattern variants worth tracing."""
+    found = {torch.float32}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            v = n.meta.get("val")
+        elif n.op == "get_attr":
+            v = gm
+            for part in str(n.target).split("."):
+                v = getattr(v, part, None)
+        else:
+            continue
+        if isinstance(v, torch.Tensor) and v.dtype.is_floating_point:
+            found.add(v.dtype)
+    return found
 
 
 # ---- matching --------------------------------------------------------------------------------
@@ -391,7 +413,7 @@ def _replace(gm: fx.GraphModule, m: Match, extra: dict[str, Any]) -> bool:
 def find_matches(gm: fx.GraphModule, pattern: Pattern, context: Any = None) -> list[Match]:
     """Every non-overlapping match of `pattern` that its check accepts (graph unchanged)."""
     out, taken = [], set()
-    for c in compiled(pattern):
+    for c in compiled(pattern, graph_dtypes(gm)):
         matcher = _Matcher(c)
         for gn in list(gm.graph.nodes):
             if gn in taken or gn.op != "call_function" or gn.target != c.outputs[0].target:

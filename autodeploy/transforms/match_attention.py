@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from autodeploy.graph import aten, nodes_of
-from autodeploy.patterns.attention import attention_patterns
+from autodeploy.patterns.attention import ATTENTION_PATTERNS
 from autodeploy.patterns.attention_mask import MAX_PROBE, MaskInfo, probe_mask
 from autodeploy.patterns.layout import LAYOUT_PATTERNS
 from autodeploy.patterns.registry import Match, apply_patterns
@@ -60,6 +60,9 @@ class _Context:
     def reject(self, reason: str) -> bool:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         return False
+
+    def check(self, m: Match):
+        return attention_check(m)
 
 
 def _shapes_ok(m: Match) -> bool:
@@ -119,7 +122,7 @@ def _leftover_attention(gm) -> list:
 def apply(gm, ctx, cfg) -> TransformInfo:
     windows = config_windows(ctx.hf_config)
     actx = _Context(gm, _probe_len(windows), windows)
-    patterns = attention_patterns(attention_check)
+    patterns = ATTENTION_PATTERNS
     matches = apply_patterns(gm, patterns, context=actx)
     info = TransformInfo(matches=len(matches), changed=bool(matches))
     info.details = {p.name: n for p in patterns if (n := sum(m.pattern is p for m in matches))}
