@@ -12,12 +12,12 @@ names). It anchors on the two expert GEMMs of a block, then reads everything els
   o  = y * w.reshape(-1)[:, None]                  o = (y * w.reshape(-1)[perm][:, None])[inv_perm]
   out = o.view(t, k, h).sum(1)                     out = o.view(t, k, h).sum(1)
 
-and the router that produced (w [t, k], ids [t, k]) from the router logits:
+and then the router that produced (w [t, k], ids [t, k]) from the router logits (moe_router.py).
 
-  Mixtral / Qwen:  w, ids = topk(softmax(logits), k);  [w /= w.sum(-1)]
-  GPT-OSS:         v, ids = topk(logits, k);  w = softmax(v)
-  DeepSeek-V3:     s = sigmoid(logits); c = s + bias; c = c.masked_fill(~group_mask(c), -inf)
-                   ids = topk(c, k).indices; w = s.gather(1, ids); w /= w.sum(-1) + eps; w *= scale
+transformers 5.17 (the GPU image) adds no-op guards for expert-parallel sentinel ids: the ids are
+clamped into [0, E - 1] and, on the grouped path, GEMM inputs and outputs are masked where
+`sorted_ids >= E`; the walk steps over them. The two GEMMs of a block are paired by the routing
+ids they share.
 
 `find_moe_blocks(gm)` returns one MoeMatch per recognized block, and the reasons for expert GEMMs
 whose block it could not read (so the transform can warn instead of guessing).
@@ -33,16 +33,9 @@ import torch
 from torch import fx
 
 from autodeploy.graph import aten, is_op, val
-
-RESHAPES = (aten.reshape, aten.view, aten._unsafe_view)
-CASTS = (aten.to, aten._to_copy)
-ADDS = (aten.add.Tensor, aten.add_.Tensor)
-MULS = (aten.mul.Tensor, aten.mul.Scalar, aten.mul_.Tensor)
-SOFTMAX = (aten.softmax.int, aten._softmax.default)
-
-
-class NoMatch(Exception):
-    """A candidate block whose structure this walk does not know; the message says where it stopped."""
+from autodeploy.patterns.moe_router import read_router
+from autodeploy.patterns.walk import (ADDS, CASTS, RESHAPES, NoMatch, getitem_of, is_param, last_dim, need, only_user,
+                                      peel, scalar_arg)
 
 
 @dataclass
@@ -59,49 +52,6 @@ class MoeMatch:
     config: dict[str, Any] = field(default_factory=dict)  # the moe op's routing + activation kwargs
     path: str = "batched_mm"  # or grouped_mm
     inputs: set[fx.Node] = field(default_factory=set)  # where the block's region stops
-
-
-# ---- small walking helpers ------------------------------------------------------------------
-
-
-def _peel(node, ops) -> Any:
-    while isinstance(node, fx.Node) and is_op(node, ops):
-        node = node.args[0]
-    return node
-
-
-def _need(cond: bool, where: str) -> None:
-    if not cond:
-        raise NoMatch(where)
-
-
-def _getitem_of(node, index: int, ops) -> fx.Node:
-    """node == getitem(producer, index) with producer one of `ops`; returns the producer."""
-    _need(isinstance(node, fx.Node) and node.op == "call_function" and node.target is operator.getitem, f"{node} is not a getitem")
-    src, idx = node.args
-    _need(idx == index and is_op(src, ops), f"{node} is not output {index} of {ops}")
-    return src
-
-
-def _only_user(node: fx.Node, ops=None) -> fx.Node:
-    users = [u for u in node.users if not is_op(u, aten._assert_tensor_metadata)]
-    _need(len(users) == 1 and (ops is None or is_op(users[0], ops)), f"{node} has users {users}, expected one {ops}")
-    return users[0]
-
-
-def _scalar_arg(node: fx.Node) -> tuple[fx.Node, float] | None:
-    """mul(t, c) / mul(c, t) with a Python number c -> (t, c)."""
-    a, b = node.args[0], node.args[1]
-    if isinstance(b, (int, float)) and isinstance(a, fx.Node):
-        return a, float(b)
-    if isinstance(a, (int, float)) and isinstance(b, fx.Node):
-        return b, float(a)
-    return None
-
-
-def _last_dim(node: fx.Node, dim) -> bool:
-    v = val(node)
-    return isinstance(dim, int) and v is not None and dim in (-1, v.dim() - 1)
 
 
 # ---- expert GEMMs ---------------------------------------------------------------------------
@@ -126,16 +76,11 @@ class _Gemm:
     out: fx.Node  # the GEMM result as [S, out] (after the squeeze of the bmm path)
 
 
-def _is_param(node, ndim: int) -> bool:
-    v = val(node) if isinstance(node, fx.Node) else None
-    return isinstance(node, fx.Node) and node.op == "get_attr" and (v is None or v.dim() == ndim)
-
-
 def _is_sentinel_mask(node: fx.Node) -> bool:
     """masked_fill(t, (ids >= E)[:, None], 0): transformers' expert-parallel sentinel rows (none without EP)."""
     if not is_op(node, (aten.masked_fill.Scalar, aten.masked_fill_.Scalar)) or node.args[2] != 0:
         return False
-    mask = _peel(node.args[1], (aten.unsqueeze,))
+    mask = peel(node.args[1], (aten.unsqueeze,))
     return is_op(mask, aten.ge.Scalar)
 
 
@@ -159,20 +104,20 @@ def _peel_input(node) -> fx.Node:
 def _same_ids(a, b) -> bool:
     """Expert ids equal up to transformers' in-range clamp (ids.clamp(0, E - 1): a no-op for router ids)."""
     clamps = (aten.clamp, aten.clamp_)
-    return _peel(a, clamps) is _peel(b, clamps)
+    return peel(a, clamps) is peel(b, clamps)
 
 
 def _batched_gemm(node: fx.Node) -> _Gemm:
     a, b = node.args[:2]
-    if is_op(a, aten.index.Tensor) and _is_param(a.args[0], 3):  # W[ids] @ x[..., None]
+    if is_op(a, aten.index.Tensor) and is_param(a.args[0], 3):  # W[ids] @ x[..., None]
         gathered, vec, squeeze_dim, transposed = a, b, -1, False
-    elif is_op(b, aten.index.Tensor) and _is_param(b.args[0], 3):  # x[:, None] @ W[ids]
+    elif is_op(b, aten.index.Tensor) and is_param(b.args[0], 3):  # x[:, None] @ W[ids]
         gathered, vec, squeeze_dim, transposed = b, a, 1, True
     else:
         raise NoMatch(f"{node}: bmm without an expert-weight gather")
-    _need(is_op(vec, aten.unsqueeze) and len(gathered.args[1]) == 1, f"{node}: unexpected bmm operands")
-    squeeze = _only_user(node, aten.squeeze)
-    _need(squeeze.args[1] in (squeeze_dim, 2 if squeeze_dim == -1 else squeeze_dim), f"{squeeze}: unexpected squeeze dim")
+    need(is_op(vec, aten.unsqueeze) and len(gathered.args[1]) == 1, f"{node}: unexpected bmm operands")
+    squeeze = only_user(node, aten.squeeze)
+    need(squeeze.args[1] in (squeeze_dim, 2 if squeeze_dim == -1 else squeeze_dim), f"{squeeze}: unexpected squeeze dim")
     return _Gemm(node, _peel_input(vec.args[0]), gathered.args[0], transposed, gathered.args[1][0], squeeze)
 
 
@@ -180,19 +125,19 @@ def _grouped_gemm(node: fx.Node) -> _Gemm:
     act, weight, offs = node.args[:3]
     transposed = True
     if is_op(weight, aten.transpose):
-        _need(sorted(d % 3 for d in weight.args[1:3]) == [1, 2], f"{weight}: unexpected transpose")
+        need(sorted(d % 3 for d in weight.args[1:3]) == [1, 2], f"{weight}: unexpected transpose")
         weight, transposed = weight.args[0], False
-    _need(_is_param(weight, 3), f"{node}: weight is not a 3-D parameter")
+    need(is_param(weight, 3), f"{node}: weight is not a 3-D parameter")
     # offs = cumsum(histc(sorted ids)): walk back to the sort that ordered the pairs by expert
-    cur = _peel(offs, CASTS + (aten.cumsum, aten.histc))
-    sort = _getitem_of(cur, 0, (aten.sort,))
+    cur = peel(offs, CASTS + (aten.cumsum, aten.histc))
+    sort = getitem_of(cur, 0, (aten.sort,))
     return _Gemm(node, _peel_input(act), weight, transposed, sort, node)
 
 
 def expert_gemm(node: fx.Node) -> _Gemm | None:
     """The expert GEMM view of `node`, or None when it is not a bmm / grouped_mm over expert weights."""
     if is_op(node, aten.bmm):
-        if not any(is_op(a, aten.index.Tensor) and _is_param(a.args[0], 3) for a in node.args[:2]):
+        if not any(is_op(a, aten.index.Tensor) and is_param(a.args[0], 3) for a in node.args[:2]):
             return None
         return _batched_gemm(node)
     if grouped_mm_ops() and is_op(node, grouped_mm_ops()):
@@ -206,7 +151,7 @@ def _bias_after(out: fx.Node, ids: fx.Node) -> tuple[fx.Node, fx.Node | None]:
     if len(users) == 1 and is_op(users[0], ADDS):
         add = users[0]
         other = add.args[1] if add.args[0] is out else add.args[0]
-        if is_op(other, aten.index.Tensor) and _is_param(other.args[0], 2) and _same_ids(other.args[1][0], ids):
+        if is_op(other, aten.index.Tensor) and is_param(other.args[0], 2) and _same_ids(other.args[1][0], ids):
             return add, other.args[0]
     return out, None
 
@@ -216,26 +161,26 @@ def _bias_after(out: fx.Node, ids: fx.Node) -> tuple[fx.Node, fx.Node | None]:
 
 def _split_halves(gu: fx.Node, gate: fx.Node, up: fx.Node) -> bool:
     """gate, up = the two halves of gu (chunk / split), or interleaved (0::2, 1::2) -> interleaved."""
-    g_src, u_src = _peel(gate, CASTS), _peel(up, CASTS)
+    g_src, u_src = peel(gate, CASTS), peel(up, CASTS)
     if is_op(g_src, aten.slice.Tensor) and is_op(u_src, aten.slice.Tensor):
-        _need(g_src.args[0] is gu and u_src.args[0] is gu, "gate/up slices not of the gate_up GEMM")
+        need(g_src.args[0] is gu and u_src.args[0] is gu, "gate/up slices not of the gate_up GEMM")
         g, u = list(g_src.args[1:]) + [None] * 4, list(u_src.args[1:]) + [None] * 4
-        _need(_last_dim(gu, g[0]) and _last_dim(gu, u[0]), "gate/up slices not on the last dim")
-        _need(g[1] == 0 and u[1] == 1 and g[3] == 2 and u[3] == 2, "gate/up slices are not 0::2 / 1::2")
+        need(last_dim(gu, g[0]) and last_dim(gu, u[0]), "gate/up slices not on the last dim")
+        need(g[1] == 0 and u[1] == 1 and g[3] == 2 and u[3] == 2, "gate/up slices are not 0::2 / 1::2")
         return True
-    chunk = _getitem_of(g_src, 0, (aten.chunk, aten.split.Tensor))
-    _need(_getitem_of(u_src, 1, (aten.chunk, aten.split.Tensor)) is chunk and chunk.args[0] is gu, "gate/up not one split")
+    chunk = getitem_of(g_src, 0, (aten.chunk, aten.split.Tensor))
+    need(getitem_of(u_src, 1, (aten.chunk, aten.split.Tensor)) is chunk and chunk.args[0] is gu, "gate/up not one split")
     dim = chunk.args[2] if len(chunk.args) > 2 else 0
-    _need(_last_dim(gu, dim), "gate/up split not on the last dim")
+    need(last_dim(gu, dim), "gate/up split not on the last dim")
     if is_op(chunk, aten.chunk):
-        _need(chunk.args[1] == 2, "gate_up chunked into more than two")
+        need(chunk.args[1] == 2, "gate_up chunked into more than two")
     else:
-        _need(2 * chunk.args[1] == val(gu).shape[-1], "gate_up split into unequal parts")
+        need(2 * chunk.args[1] == val(gu).shape[-1], "gate_up split into unequal parts")
     return False
 
 
 def _mul_operands(node: fx.Node) -> tuple:
-    _need(is_op(node, aten.mul.Tensor) and all(isinstance(a, fx.Node) for a in node.args[:2]), f"{node}: not a product")
+    need(is_op(node, aten.mul.Tensor) and all(isinstance(a, fx.Node) for a in node.args[:2]), f"{node}: not a product")
     return node.args[0], node.args[1]
 
 
@@ -256,96 +201,14 @@ def _activation(gu: fx.Node, hidden: fx.Node) -> dict[str, Any]:
             g, sig = _mul_operands(glu)
             if is_op(g, aten.sigmoid):
                 g, sig = sig, g
-            _need(is_op(sig, aten.sigmoid) and is_op(g, aten.clamp), "clamped swiglu: no sigmoid gate")
-            g_scaled, alpha = _scalar_arg(sig.args[0]) or (None, None)
-            _need(g_scaled is g, "clamped swiglu: sigmoid not of alpha * gate")
+            need(is_op(sig, aten.sigmoid) and is_op(g, aten.clamp), "clamped swiglu: no sigmoid gate")
+            g_scaled, alpha = scalar_arg(sig.args[0]) or (None, None)
+            need(g_scaled is g, "clamped swiglu: sigmoid not of alpha * gate")
             limit = up_clamp.args[2]
-            _need(g.args[1] is None and g.args[2] == limit and up_clamp.args[1] == -limit, "clamped swiglu: limits differ")
+            need(g.args[1] is None and g.args[2] == limit and up_clamp.args[1] == -limit, "clamped swiglu: limits differ")
             interleaved = _split_halves(gu, g.args[0], up_clamp.args[0])
             return dict(act="swiglu_clamped", interleaved_gate_up=interleaved, swiglu_alpha=alpha, swiglu_limit=float(limit))
     raise NoMatch(f"{hidden}: unknown expert activation")
-
-
-# ---- router ---------------------------------------------------------------------------------
-
-
-def _scores(node: fx.Node) -> tuple[str, fx.Node]:
-    """softmax(logits, -1) / sigmoid(logits) -> (scoring, logits with casts peeled)."""
-    if is_op(node, SOFTMAX) and _last_dim(node, node.args[1]):
-        return "softmax", _peel(node.args[0], CASTS)
-    if is_op(node, aten.sigmoid):
-        return "sigmoid", _peel(node.args[0], CASTS)
-    raise NoMatch(f"{node}: router scores are not softmax / sigmoid of the logits")
-
-
-def _group_limit(sel: fx.Node) -> tuple[fx.Node, int, int]:
-    """masked_fill(c, ~group_mask(c), -inf) -> (c, n_group, topk_group), DeepSeek-V3's spelling."""
-    choice, mask = sel.args[0], sel.args[1]
-    _need(sel.args[2] == float("-inf"), f"{sel}: group mask fills {sel.args[2]}, not -inf")
-    _need(is_op(mask, (aten.bitwise_not, aten.logical_not)), f"{sel}: group mask is not a negation")
-    scatter = _peel(mask.args[0], CASTS + RESHAPES + (aten.expand, aten.unsqueeze))
-    _need(is_op(scatter, (aten.scatter, aten.scatter_)) and scatter.args[1] in (1, -1), f"{scatter}: not the group scatter")
-    group_topk = _getitem_of(scatter.args[2], 1, (aten.topk,))
-    group_scores = group_topk.args[0]  # [t, G] = sum of the top-2 choice scores in each group
-    _need(is_op(group_scores, aten.sum.dim_IntList), f"{group_scores}: group scores are not a sum")
-    inner = _getitem_of(group_scores.args[0], 0, (aten.topk,))
-    _need(inner.args[1] == 2, f"{inner}: group score sums the top {inner.args[1]}, not the top 2")
-    grouped = inner.args[0]
-    _need(is_op(grouped, RESHAPES) and grouped.args[0] is choice, f"{grouped}: group view is not of the choice scores")
-    n_group = int(val(grouped).shape[-2])
-    return choice, n_group, int(group_topk.args[1])
-
-
-def read_router(weights: fx.Node, ids: fx.Node) -> tuple[fx.Node, fx.Node | None, dict[str, Any]]:
-    """(weights [t, k], ids [t, k]) -> (router logits, score bias or None, routing kwargs of the moe op)."""
-    topk = _getitem_of(ids, 1, (aten.topk,))
-    k = topk.args[1]
-    _need(_last_dim(topk.args[0], topk.args[2] if len(topk.args) > 2 else -1), f"{topk}: top-k not over experts")
-    _need(len(topk.args) <= 3 or topk.args[3] is True, f"{topk}: smallest-k routing")
-    cfg: dict[str, Any] = dict(top_k=int(k), scoring="softmax", order="softmax_then_topk", normalize=False,
-                               n_group=1, topk_group=1, routed_scaling_factor=1.0)
-    w = _peel(weights, CASTS)
-    while True:  # peel the post-processing of the k weights: scaling, normalization, casts
-        scaled = _scalar_arg(w) if is_op(w, MULS) else None
-        if scaled is not None:
-            w, factor = scaled
-            cfg["routed_scaling_factor"] *= factor
-        elif is_op(w, (aten.div.Tensor, aten.div_.Tensor)):
-            denom = _peel(w.args[1], CASTS)
-            if is_op(denom, ADDS) and isinstance(denom.args[1], (int, float)) and denom.args[1] < 1e-6:
-                denom = denom.args[0]  # DeepSeek's + 1e-20 guards only an all-zero row
-            _need(is_op(denom, aten.sum.dim_IntList) and denom.args[0] is w.args[0], f"{w}: division is not by the top-k sum")
-            w, cfg["normalize"] = w.args[0], True
-        else:
-            break
-        w = _peel(w, CASTS)
-    sel = topk.args[0]
-    score_bias = None
-    if is_op(w, operator.getitem):  # weights = the top-k values themselves
-        _getitem_of(w, 0, (aten.topk,))
-        _need(w.args[0] is topk, f"{w}: weights from another top-k")
-        cfg["scoring"], logits = _scores(sel)
-    elif is_op(w, SOFTMAX + (aten.sigmoid,)):  # score only the k winners (GPT-OSS)
-        scoring, top_values = _scores(w)
-        _need(_getitem_of(top_values, 0, (aten.topk,)) is topk, f"{w}: scores of another top-k")
-        cfg.update(scoring=scoring, order="topk_then_softmax")
-        logits = _peel(sel, CASTS)
-    elif is_op(w, aten.gather):  # weights = scores at the ids chosen on corrected / masked scores
-        _need(w.args[2] is ids and w.args[1] in (1, -1), f"{w}: gather not at the routed ids")
-        cfg["scoring"], logits = _scores(w.args[0])
-        choice = sel
-        if is_op(choice, aten.masked_fill):
-            choice, cfg["n_group"], cfg["topk_group"] = _group_limit(choice)
-        if is_op(choice, ADDS):
-            other = choice.args[1] if choice.args[0] is w.args[0] else choice.args[0]
-            _need(_is_param(other, 1), f"{choice}: selection bias is not a 1-D parameter")
-            score_bias, choice = other, w.args[0]
-        _need(choice is w.args[0], f"{sel}: selection not on the router scores")
-    else:
-        raise NoMatch(f"{w}: unknown routing weights")
-    v = val(logits)
-    _need(v is not None and v.dim() == 2, f"{logits}: router logits are not [t, E]")
-    return logits, score_bias, cfg
 
 
 # ---- whole block ----------------------------------------------------------------------------
@@ -353,21 +216,21 @@ def read_router(weights: fx.Node, ids: fx.Node) -> tuple[fx.Node, fx.Node | None
 
 def _weighted_sum(y: fx.Node, perm: fx.Node | None) -> tuple[fx.Node, fx.Node]:
     """y [S, h] -> (out [t, h], routing weights [t, k]): the weighting, un-permute and per-token sum."""
-    mul = _only_user(y, aten.mul.Tensor)
+    mul = only_user(y, aten.mul.Tensor)
     wcol = mul.args[1] if mul.args[0] is y else mul.args[0]
-    _need(is_op(wcol, aten.unsqueeze) and wcol.args[1] in (-1, 1), f"{mul}: weights not a column")
+    need(is_op(wcol, aten.unsqueeze) and wcol.args[1] in (-1, 1), f"{mul}: weights not a column")
     wflat = wcol.args[0]
     node = mul
     if perm is not None:  # weights were permuted along with the pairs, the product is un-permuted
-        _need(is_op(wflat, aten.index.Tensor) and wflat.args[1][0] is perm, f"{wflat}: weights not sorted by expert")
+        need(is_op(wflat, aten.index.Tensor) and wflat.args[1][0] is perm, f"{wflat}: weights not sorted by expert")
         wflat = wflat.args[0]
-        node = _only_user(mul, aten.index.Tensor)
+        node = only_user(mul, aten.index.Tensor)
         inv = node.args[1][0]
-        _need(is_op(inv, (aten.index_put_, aten.index_put)) and inv.args[1][0] is perm, f"{node}: order not restored")
-    _need(is_op(wflat, RESHAPES), f"{wflat}: weights not flattened from [t, k]")
-    view = _only_user(node, RESHAPES)
-    out = _only_user(view, aten.sum.dim_IntList)
-    _need(list(out.args[1]) == [1] and val(view).dim() == 3, f"{out}: not the sum over the k experts")
+        need(is_op(inv, (aten.index_put_, aten.index_put)) and inv.args[1][0] is perm, f"{node}: order not restored")
+    need(is_op(wflat, RESHAPES), f"{wflat}: weights not flattened from [t, k]")
+    view = only_user(node, RESHAPES)
+    out = only_user(view, aten.sum.dim_IntList)
+    need(list(out.args[1]) == [1] and val(view).dim() == 3, f"{out}: not the sum over the k experts")
     users = [u for u in out.users if not is_op(u, aten._assert_tensor_metadata)]
     if len(users) == 1 and is_op(users[0], CASTS):
         out = users[0]
@@ -376,7 +239,7 @@ def _weighted_sum(y: fx.Node, perm: fx.Node | None) -> tuple[fx.Node, fx.Node]:
 
 def read_block(up: _Gemm, down: _Gemm) -> MoeMatch:
     grouped = is_op(up.node, grouped_mm_ops()) if grouped_mm_ops() else False
-    _need(up.ids is down.ids and up.transposed == down.transposed, f"{down.node}: experts GEMMs disagree")
+    need(up.ids is down.ids and up.transposed == down.transposed, f"{down.node}: experts GEMMs disagree")
     bias_ids = _sorted_ids(up.ids) if grouped else up.ids  # bias rows are gathered per (sorted) pair
     gu, b_gu = _bias_after(up.out, bias_ids)
     gu = _skip_sentinel(gu)
@@ -388,26 +251,26 @@ def read_block(up: _Gemm, down: _Gemm) -> MoeMatch:
         sort = up.ids
         perm = next(u for u in sort.users if u.target is operator.getitem and u.args[1] == 1)
         x_sel = up.act_in
-        _need(is_op(x_sel, aten.index.Tensor), f"{x_sel}: tokens not gathered by the expert order")
+        need(is_op(x_sel, aten.index.Tensor), f"{x_sel}: tokens not gathered by the expert order")
         div = x_sel.args[1][0]
-        _need(is_op(div, aten.floor_divide) and div.args[0] is perm, f"{div}: not perm // k")
+        need(is_op(div, aten.floor_divide) and div.args[0] is perm, f"{div}: not perm // k")
         x, k_rep = x_sel.args[0], div.args[1]
         flat_ids = sort.args[0]
     else:
         rep = up.act_in
-        _need(is_op(rep, aten.repeat_interleave.self_int) and rep.args[2] == 0, f"{rep}: tokens not repeated per slot")
+        need(is_op(rep, aten.repeat_interleave.self_int) and rep.args[2] == 0, f"{rep}: tokens not repeated per slot")
         x, k_rep = rep.args[0], rep.args[1]
         flat_ids = up.ids
         if is_op(flat_ids, aten.clamp):  # transformers 5.17 clamps ids into [0, E - 1]: a no-op for router ids
             n_experts = val(up.weight).shape[0]
-            _need(flat_ids.args[1] in (0, None) and flat_ids.args[2] == n_experts - 1, f"{flat_ids}: ids clamped off range")
+            need(flat_ids.args[1] in (0, None) and flat_ids.args[2] == n_experts - 1, f"{flat_ids}: ids clamped off range")
             flat_ids = flat_ids.args[0]
     out, weights = _weighted_sum(y, perm)
-    _need(is_op(flat_ids, RESHAPES), f"{flat_ids}: expert ids not flattened from [t, k]")
+    need(is_op(flat_ids, RESHAPES), f"{flat_ids}: expert ids not flattened from [t, k]")
     logits, score_bias, routing = read_router(weights, flat_ids.args[0])
-    _need(routing["top_k"] == k_rep, f"{out}: top-k {routing['top_k']} but tokens repeated {k_rep} times")
+    need(routing["top_k"] == k_rep, f"{out}: top-k {routing['top_k']} but tokens repeated {k_rep} times")
     vx, vo = val(x), val(out)
-    _need(vx is not None and vo is not None and vo.dim() == 2 and vo.dtype == vx.dtype, f"{out}: output not [t, h] in x's dtype")
+    need(vx is not None and vo is not None and vo.dim() == 2 and vo.dtype == vx.dtype, f"{out}: output not [t, h] in x's dtype")
     inputs = {x, logits, up.weight, down.weight} | {n for n in (b_gu, b_d, score_bias) if n is not None}
     return MoeMatch(out, x, logits, up.weight, down.weight, up.transposed, b_gu, b_d, score_bias,
                     config=routing | act, path="grouped_mm" if grouped else "batched_mm", inputs=inputs)
@@ -419,7 +282,7 @@ def _sorted_ids(sort: fx.Node) -> fx.Node | None:
 
 def _ids_key(g: _Gemm) -> fx.Node:
     """What the two GEMMs of one block share: the flat expert ids (batched) or their sort (grouped)."""
-    return _peel(g.ids, (aten.clamp,))
+    return peel(g.ids, (aten.clamp,))
 
 
 def find_moe_blocks(gm: fx.GraphModule) -> tuple[list[MoeMatch], list[str]]:
@@ -437,7 +300,7 @@ def find_moe_blocks(gm: fx.GraphModule) -> tuple[list[MoeMatch], list[str]]:
     matches = []
     for gemms in by_ids.values():
         try:
-            _need(len(gemms) == 2, f"{gemms[0].node}: {len(gemms)} expert GEMMs share one routing, expected up + down")
+            need(len(gemms) == 2, f"{gemms[0].node}: {len(gemms)} expert GEMMs share one routing, expected up + down")
             matches.append(read_block(*gemms))
         except NoMatch as e:
             reasons.append(str(e))

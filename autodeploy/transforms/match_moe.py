@@ -47,6 +47,9 @@ def _rewrite(gm: fx.GraphModule, m: MoeMatch, region: set[fx.Node]) -> None:
         args = (m.x, m.router_logits, w_gate_up, w_down, m.b_gate_up, m.b_down, m.score_bias)
         moe = graph.call_function(torch.ops.autodeploy.moe.default, args, dict(m.config))
     moe.meta["val"] = m.out.meta["val"]
+    for key in ("nn_module_stack", "stack_trace"):  # graph dumps and errors point at the HF block
+        if key in m.out.meta:
+            moe.meta[key] = m.out.meta[key]
     m.out.replace_all_uses_with(moe)
     # The dispatch region holds in-place ops (div_, add_, index_put_, scatter_) that dead-code
     # elimination keeps as side effects; nothing outside reads them (checked), so erase them here.
