@@ -191,7 +191,7 @@ def test_greedy_matches_transformers(arch, tmp_path):
     vocab = rt.hf_config.get_text_config().vocab_size
     gen = torch.Generator().manual_seed(3)
     prompts = [torch.randint(1, vocab, (n,), generator=gen).tolist() for n in (3, 17, 40)]
-    outs = rt.generate(prompts, SamplingParams(max_tokens=32, ignore_eos=True))
+    outs = rt.generate(prompts, SamplingParams(max_tokens=32, min_tokens=32))  # as HF min_new_tokens
     expected = hf_greedy(hf_model(tmp_path), prompts, 32)
     assert [o.token_ids for o in outs] == expected
     # a cache-inserted graph runs as the CachedModel over the paged pool, else the uncached graph does
@@ -199,3 +199,37 @@ def test_greedy_matches_transformers(arch, tmp_path):
     assert isinstance(rt.model, CachedModel) == cached
     # 24 pages of 4 tokens hold 96 of the 153 KV tokens the three need: preemption happened, tokens exact
     assert rt.metrics()["num_preemptions"] > 0
+
+
+# ---- SmolLM2 (the real example model) ----------------------------------------------------------
+SMOL_PROMPTS = ["The capital of France is", "Here is a short poem about the sea:\n",
+                "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return autodeploy.optimize("example:smollm2", "cpu", max_seq_len=256, max_num_tokens=64)
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_matches_transformers(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    rt = smollm2
+    prompts = [rt.encode(p) for p in SMOL_PROMPTS]
+    assert len({len(p) for p in prompts}) == 3  # different lengths, submitted together
+    outs = rt.generate(SMOL_PROMPTS, SamplingParams(max_tokens=32, min_tokens=32))  # as min_new_tokens
+    hf = AutoModelForCausalLM.from_pretrained(rt.source.location, gguf_file=rt.source.gguf_file, dtype=torch.float32)
+    assert [o.token_ids for o in outs] == hf_greedy(hf.eval(), prompts, 32)
+    assert [o.text for o in outs] == [rt.decode(o.token_ids) for o in outs]
+
+
+@pytest.mark.slow
+def test_smollm2_streams_text_and_chats(smollm2):
+    rt = smollm2
+    h = rt.submit(SMOL_PROMPTS[1], SamplingParams(max_tokens=24, ignore_eos=True))
+    deltas = list(h)
+    out = h.request.output()
+    assert "".join(d.text for d in deltas) == out.text == rt.decode(out.token_ids)
+    answer = rt.chat([{"role": "user", "content": "What is the capital of France?"}], SamplingParams(max_tokens=24))
+    assert answer.ok and "Paris" in answer.text
