@@ -89,7 +89,7 @@ def optimize(
     timings["export_s"] = time.perf_counter() - t_export
 
     arch = detect_architecture(src.config, gm)
-    ctx = TransformContext(recipe=rec, hf_config=src.config, arch=arch)
+    ctx = TransformContext(recipe=rec, hf_config=src.config, arch=arch, extra={"source": src})  # calibration reads it
     t_tf = time.perf_counter()
     infos = run_pipeline(gm, ctx, dump_dir=dump_graphs)
     timings["transforms_s"] = time.perf_counter() - t_tf

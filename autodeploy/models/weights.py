@@ -22,6 +22,9 @@ from autodeploy.errors import SourceError
 
 Fetch = Callable[[str], torch.Tensor]
 Producer = Callable[[Fetch], torch.Tensor]
+# Runs before any parameter is produced (calibration): (fetch, peek, device). `peek` reads a
+# checkpoint tensor without taking it, so it stays for its own producer.
+BeforeLoad = Callable[[Fetch, Fetch, torch.device], None]
 
 # The export wrapper holds the HF model as `.model`, so graph names carry this prefix.
 GRAPH_PREFIX = "model."
@@ -37,6 +40,7 @@ class WeightPlan:
     def __init__(self) -> None:
         self.rules: dict[str, Producer] = {}
         self.consumed: set[str] = set()  # checkpoint names only used through rules
+        self.before_load: list[BeforeLoad] = []
 
     def set(self, graph_name: str, producer: Producer, consumes: list[str] | None = None) -> None:
         self.rules[graph_name] = producer
@@ -86,6 +90,16 @@ def load_weights(gm: fx.GraphModule, state: dict[str, torch.Tensor], device: tor
             produced[name] = t
         return t
 
+    def peek(name: str) -> torch.Tensor:
+        if name in produced:
+            return produced[name]
+        if name not in pool:
+            raise SourceError(f"checkpoint has no tensor '{name}' needed by the graph")
+        t = pool[name] = pool[name].to(device)
+        return t
+
+    for hook in plan.before_load:
+        hook(fetch, peek, device)
     params = dict(gm.named_parameters(remove_duplicate=False))
     for name in params:
         _set_tensor(gm, name, plan.produce(name, fetch), is_param=True)

@@ -1,0 +1,99 @@
+"""quantize_int4_weight_only: linears -> autodeploy::int4_wo_linear, group-wise int4 made as weights load.
+
+    before:  y = aten.linear(x, get_attr(...q_proj.weight), b)             # weight [N, K] bf16
+    after:   y = autodeploy.int4_wo_linear(x, get_attr(...q_proj.qweight),   # [N, K/2] uint8 (2 per byte)
+                                           get_attr(...q_proj.scales),       # [N, K/g]
+                                           get_attr(...q_proj.zeros),        # [N, K/g]
+                                           b, group_size)
+
+`method` (per layer through overrides too):
+    rtn   round to nearest, each weight quantized on its own as it loads;
+    gptq  Hessian-based rounding, sequential over the layers;
+    awq   activation-aware input scales (folded into the RMSNorm before q/k/v and gate/up, and into
+          `up` before `down`) plus a clip search.
+gptq and awq run one calibration pass when the weights load (see autodeploy/quantization/calibrate.py)
+on `calibration` text: a file, a list of strings, token ids, or by default the English text shipped
+in autodeploy/data/calibration_en.txt. With awq, a folded RMSNorm weight is produced by the same pass:
+
+    before:  n = autodeploy.rmsnorm(h, get_attr(...input_layernorm.weight), eps)   # w
+    after:   n = autodeploy.rmsnorm(h, get_attr(...input_layernorm.weight), eps)   # w / s (same shape)
+
+Layers: include / exclude globs over module names, per-layer overrides (group_size, method,
+skip). MoE expert stacks are left to the int8 / fp8 transforms. Off unless the recipe enables it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import fx
+
+from autodeploy.models.weights import checkpoint_name, weight_plan
+from autodeploy.quantization.apply import quantize_graph
+from autodeploy.quantization.calibrate import Calibrator
+from autodeploy.quantization.calibration import CalibrationConfig, calibration_tokens, context_tokenizer
+from autodeploy.quantization.config import Int4WeightOnlyConfig
+from autodeploy.quantization.rewrite import LinearSite, weight_source
+from autodeploy.quantization.selection import SelectionFields, check_overrides
+from autodeploy.transforms.pipeline import Stage, TransformInfo, register
+
+
+class QuantizeInt4WeightOnlyConfig(SelectionFields):
+    group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale and zero point.")
+    method: Literal["rtn", "awq", "gptq"] = Field("rtn", description="Round to nearest, AWQ or GPTQ (calibrated).")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Calibration text for awq / gptq (default: shipped English text)."
+    )
+
+    def build(self, values: dict[str, Any]) -> Int4WeightOnlyConfig:
+        return Int4WeightOnlyConfig(**({"group_size": self.group_size, "method": self.method} | values))
+
+    @model_validator(mode="after")
+    def _check(self):
+        check_overrides(self.overrides, self.build)
+        return self
+
+
+def _real_lookup(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    out = {checkpoint_name(n): t.detach() for n, t in gm.named_parameters()}
+    out.update({checkpoint_name(n): b for n, b in gm.named_buffers()})
+    return out
+
+
+def _calibrated(gm: fx.GraphModule, ctx, cfg: QuantizeInt4WeightOnlyConfig, chosen, details: dict):
+    """Producers for the awq / gptq layers, fed by one calibration pass (now, or when weights load)."""
+    layers: list[tuple[LinearSite, Int4WeightOnlyConfig]] = [(s, c) for s, c in chosen if c.method != "rtn"]
+    if not layers:
+        return {}
+    tokens = ctx.extra.get("calibration_tokens")
+    if tokens is None:
+        tokens = calibration_tokens(cfg.calibration, context_tokenizer(ctx))
+    details["calibration_tokens"] = list(tokens.shape)
+    cal = Calibrator(gm, layers, tokens)
+    plan = weight_plan(gm)
+    norms = cal.folded_norms()
+    details["folded_norms"] = len(norms)
+    for target in norms:
+        source, consumes = weight_source(gm, target)
+        plan.set(target, lambda fetch, t=target, src=source: (src(fetch), cal.norm(t))[1], consumes=consumes)
+    if not gm.get_parameter(layers[0][0].weight.target).is_meta:  # weights already in the graph: calibrate now
+        lookup = _real_lookup(gm)
+        device = next(iter(lookup.values())).device
+        cal.run(lookup.__getitem__, lookup.__getitem__, device)
+        for target in norms:
+            owner, _, leaf = target.rpartition(".")
+            mod = gm.get_submodule(owner) if owner else gm
+            mod._parameters[leaf] = torch.nn.Parameter(cal.norm(target), requires_grad=False)
+    else:
+        plan.before_load.append(cal.run)
+    return {site.name: (lambda fetch, name=site.name: cal.parts(name)) for site, _ in layers}
+
+
+@register(Stage.QUANTIZE, QuantizeInt4WeightOnlyConfig)
+def apply(gm, ctx, cfg: QuantizeInt4WeightOnlyConfig) -> TransformInfo:
+    details: dict[str, Any] = {}
+    info = quantize_graph(gm, cfg, cfg.build, makers=lambda chosen: _calibrated(gm, ctx, cfg, chosen, details))
+    info.details.update(details)
+    return info
