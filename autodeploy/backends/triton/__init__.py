@@ -8,6 +8,7 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::gated_mlp_act     -> autodeploy::triton_gated_mlp_act         gated_mlp.py
     autodeploy::cached_attention  -> autodeploy::triton_cached_attention      cached_attention.py
                                      (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
+    autodeploy::int4_wo_linear    -> autodeploy::triton_int4_wo_linear        int4_gemm.py
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
+from autodeploy.backends.triton import int4_gemm  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -42,4 +44,6 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "rope": lambda q, k, cos, sin, *a, **kw: rope.supports(q, k, cos, sin),
     "gated_mlp_act": lambda gate, up, act, *a, **kw: gated_mlp.supports(gate, up, act),
     "cached_attention": _cached_attention_supports,
+    "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
+        x, qweight, scales, zeros, bias, group_size),
 }

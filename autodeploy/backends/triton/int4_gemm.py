@@ -1,0 +1,179 @@
+"""Int4 weight-only GEMM: `autodeploy::triton_int4_wo_linear`, the GPU twin of autodeploy::int4_wo_linear.
+
+    x [.., K] (fp32 / bf16 / fp16),  qweight [N, K/2] uint8,  scales, zeros [N, K/g]  ->  [.., N]
+
+The packed weight is read once and dequantized in registers: at batch-1 decode the GEMM is bound by
+weight bytes, and int4 moves a quarter of bf16's (an 8B model's linears: ~4 GB instead of ~16 GB
+per token). Packing is "half-split" (autodeploy/quantization/int4.py): byte j of a row holds column
+j (low nibble) and column j + K/2 (high nibble), so one [BN, BK] tile of bytes gives two
+contiguous [BN, BK] weight tiles, each multiplied with its own x tile: two tl.dot per step, no
+nibble shuffles.
+
+    program (m, n, k-split):  acc[BM, BN] = sum over its K/2 range of
+        x[:, j]      @ ((lo(q[:, j]) - z) * s)^T   +   x[:, j + K/2] @ ((hi(q[:, j]) - z) * s)^T
+
+Dequantization matches the reference bit for bit ((q - z) * s in fp32, cast to x's dtype) and
+products accumulate in fp32. When a BK tile lies inside one group (GROUP % BK == 0 and K/2 % BK
+== 0: every real model with g = 32..128), scales and zeros load as one [BN] vector per tile;
+otherwise per column. Small M (decode) splits K across programs so a skinny weight (k/v
+projections: N = 1024) still fills the GPU; the fp32 partials are summed by one torch reduction.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from autodeploy.backends.triton._common import dot_precision, num_sms, rows_of, unsupported_device_or_dtype
+
+
+@triton.jit
+def _int4_gemm_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, HALF_K, K_PER_SPLIT,
+    stride_xm, stride_qn, stride_sn, stride_zn, stride_om, stride_split,
+    GROUP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    TILE_GROUP: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+    rn = (pid_n * BN + tl.arange(0, BN)).to(tl.int64)
+    mask_m = rm < M
+    mask_n = rn < N
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, HALF_K)
+    for j0 in range(k_start, k_end, BK):
+        rj = j0 + tl.arange(0, BK)
+        mask_j = rj < k_end
+        packed = tl.load(qw_ptr + rn[:, None] * stride_qn + rj[None, :],
+                         mask=mask_n[:, None] & mask_j[None, :], other=0)  # [BN, BK] uint8
+        lo = (packed & 0xF).to(tl.float32)
+        hi = (packed >> 4).to(tl.float32)
+        if TILE_GROUP:  # one group per tile and half: [BN] vectors
+            g_lo = j0 // GROUP
+            g_hi = (j0 + HALF_K) // GROUP
+            s_lo = tl.load(s_ptr + rn * stride_sn + g_lo, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+            z_lo = tl.load(z_ptr + rn * stride_zn + g_lo, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+            s_hi = tl.load(s_ptr + rn * stride_sn + g_hi, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+            z_hi = tl.load(z_ptr + rn * stride_zn + g_hi, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        else:  # groups change inside the tile: [BN, BK] gathers
+            mask_w = mask_n[:, None] & mask_j[None, :]
+            g_lo = (rj // GROUP)[None, :]
+            g_hi = ((rj + HALF_K) // GROUP)[None, :]
+            s_lo = tl.load(s_ptr + rn[:, None] * stride_sn + g_lo, mask=mask_w, other=0.0).to(tl.float32)
+            z_lo = tl.load(z_ptr + rn[:, None] * stride_zn + g_lo, mask=mask_w, other=0.0).to(tl.float32)
+            s_hi = tl.load(s_ptr + rn[:, None] * stride_sn + g_hi, mask=mask_w, other=0.0).to(tl.float32)
+            z_hi = tl.load(z_ptr + rn[:, None] * stride_zn + g_hi, mask=mask_w, other=0.0).to(tl.float32)
+        w_lo = ((lo - z_lo) * s_lo).to(x_ptr.dtype.element_ty)  # [BN, BK], rounded as the reference rounds
+        w_hi = ((hi - z_hi) * s_hi).to(x_ptr.dtype.element_ty)
+        mask_x = mask_m[:, None] & mask_j[None, :]
+        x_lo = tl.load(x_ptr + rm[:, None] * stride_xm + rj[None, :], mask=mask_x, other=0.0)  # [BM, BK]
+        x_hi = tl.load(x_ptr + rm[:, None] * stride_xm + (rj + HALF_K)[None, :], mask=mask_x, other=0.0)
+        acc += tl.dot(x_lo, tl.trans(w_lo), input_precision=PRECISION)
+        acc += tl.dot(x_hi, tl.trans(w_hi), input_precision=PRECISION)
+    mask_o = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask_o)
+    else:  # fp32 partials [SPLIT_K, M, N]
+        tl.store(out_ptr + pid_k * stride_split + rm[:, None] * stride_om + rn[None, :], acc, mask=mask_o)
+
+
+def unsupported_reason(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Optional[Tensor],
+                       group_size: int) -> Optional[str]:
+    why = unsupported_device_or_dtype(x, scales, zeros, bias)
+    if why:
+        return why
+    if qweight.device != x.device:
+        return "qweight is on another device"
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+        return "qweight must be a [N, K/2] uint8 tensor"
+    n, half_k = qweight.shape
+    if x.shape[-1] != 2 * half_k:
+        return f"x has {x.shape[-1]} input channels, the weight {2 * half_k}"
+    if group_size < 16 or group_size & (group_size - 1) or (2 * half_k) % group_size:
+        return f"group size {group_size} must be a power of two >= 16 dividing K"
+    groups = 2 * half_k // group_size
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if t.shape != (n, groups):
+            return f"{name} must be [{n}, {groups}], got {list(t.shape)}"
+    if bias is not None and bias.shape != (n,):
+        return f"bias must be [{n}]"
+    return None
+
+
+def supports(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Optional[Tensor] = None,
+             group_size: int = 128) -> bool:
+    return unsupported_reason(x, qweight, scales, zeros, bias, group_size) is None
+
+
+def launch_config(m: int, n: int, half_k: int, group_size: int, sms: int) -> dict:
+    """Tile sizes and the K split for one call (heuristic; no run-time autotuning inside CUDA graphs)."""
+    if m <= 16:  # decode: weight-streaming, the M tile is padding
+        bm, bn, bk, warps, stages = 16, 64, 128, 4, 4
+    elif m <= 64:
+        bm, bn, bk, warps, stages = 32, 64, 128, 4, 4
+    else:  # prefill: compute-bound tiles
+        bm, bn, bk, warps, stages = 64, 128, 64, 8, 3
+    bk = max(16, min(bk, triton.next_power_of_2(half_k)))
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    split = 1
+    if m <= 64:  # too few tiles to fill the SMs: split K (each split keeps >= 2 steps of BK)
+        split = max(1, min((2 * sms) // tiles, triton.cdiv(half_k, 2 * bk), 16))
+    k_per_split = triton.cdiv(triton.cdiv(half_k, split), bk) * bk
+    split = triton.cdiv(half_k, k_per_split)
+    tile_group = group_size % bk == 0 and half_k % bk == 0
+    return dict(bm=bm, bn=bn, bk=bk, split=split, k_per_split=k_per_split, tile_group=tile_group,
+                num_warps=warps, num_stages=stages)
+
+
+def launch(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Optional[Tensor], group_size: int,
+           config: Optional[dict] = None) -> Tensor:
+    why = unsupported_reason(x, qweight, scales, zeros, bias, group_size)
+    if why:
+        raise NotImplementedError(f"triton int4_wo_linear: {why}")
+    n, half_k = qweight.shape
+    x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out.reshape(*x.shape[:-1], n)
+    qweight, scales, zeros = qweight.contiguous(), scales.contiguous(), zeros.contiguous()
+    cfg = config or launch_config(m, n, half_k, group_size, num_sms(x.device))
+    split = cfg["split"]
+    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(m, cfg["bm"]), triton.cdiv(n, cfg["bn"]), split)
+    _int4_gemm_kernel[grid](
+        x2, qweight, scales, zeros, bias if bias is not None else scales, dest,
+        m, n, half_k, cfg["k_per_split"],
+        x2.stride(0), qweight.stride(0), scales.stride(0), zeros.stride(0), n, m * n,
+        GROUP=group_size, BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], TILE_GROUP=cfg["tile_group"],
+        SPLIT_K=split, HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split > 1:
+        summed = dest.sum(0)
+        if bias is not None:
+            summed += bias.float()
+        out.copy_(summed)
+    return out.reshape(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("autodeploy::triton_int4_wo_linear", mutates_args=())
+def triton_int4_wo_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Optional[Tensor] = None,
+                          group_size: int = 128) -> Tensor:
+    """x [.., K] @ dequant(qweight [N, K/2])^T (+ bias) -> [.., N] (schema of autodeploy::int4_wo_linear)."""
+    return launch(x, qweight, scales, zeros, bias, group_size)
+
+
+@triton_int4_wo_linear.register_fake
+def _(x, qweight, scales, zeros, bias=None, group_size=128):
+    return x.new_empty(*x.shape[:-1], qweight.shape[0])
