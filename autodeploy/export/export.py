@@ -33,10 +33,13 @@ class LogitsOnly(nn.Module):
         return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
 
+# batch 2, seq 8: neither is 0 or 1, so export keeps both dims symbolic.
+EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 8
+
+
 def _example_inputs(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # batch 2, seq 8: neither is 0 or 1, so export keeps both dims symbolic.
-    ids = torch.zeros(2, 8, dtype=torch.long, device=device)
-    pos = torch.arange(8, device=device).unsqueeze(0).expand(2, 8)
+    ids = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, dtype=torch.long, device=device)
+    pos = torch.arange(EXAMPLE_SEQ, device=device).unsqueeze(0).expand(EXAMPLE_BATCH, EXAMPLE_SEQ)
     return ids, pos
 
 
@@ -120,8 +123,11 @@ def export_model(
     # Dim.DYNAMIC hints, not named Dims: named Dims turn every guard sympy cannot prove over the
     # whole range into a hard error (torch 2.11 fails on `min(16*s, 32*s) == 16*s` from repeat_kv
     # strides); hints keep the dims symbolic and only refuse a specialization to a constant.
-    batch = Dim.DYNAMIC(min=1, max=max(max_batch_size, 2))
-    seq = Dim.DYNAMIC(min=1, max=max(max_seq_len, 9))
+    # The example sizes must lie strictly inside the ranges: an upper bound equal to the example
+    # (max_batch_size 2 or less) makes torch infer the dim static and refuse the hint.
+    max_b, max_s = max(max_batch_size, EXAMPLE_BATCH + 1), max(max_seq_len, EXAMPLE_SEQ + 1)
+    batch = Dim.DYNAMIC(min=1, max=max_b)
+    seq = Dim.DYNAMIC(min=1, max=max_s)
     dynamic_shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
     with apply_patches(model) as applied, torch.inference_mode(False), torch.no_grad():
         if applied:
@@ -134,5 +140,5 @@ def export_model(
     gm = ep.module()
     _flatten_signature(gm)
     gm.meta["export_patches"] = applied
-    gm.meta["dynamic_dims"] = {"batch": (1, max(max_batch_size, 2)), "seq": (1, max(max_seq_len, 9))}
+    gm.meta["dynamic_dims"] = {"batch": (1, max_b), "seq": (1, max_s)}
     return gm
