@@ -73,8 +73,16 @@ def test_decode_padded_to_bucket_points_padding_at_the_pad_page():
     assert p.page_table.tolist() == [[1, 2, 0, 0, 0, 0], [4, 5, 0, 0, 0, 0], [7] * 6, [7] * 6]
     assert p.slot_mapping.tolist() == [8, 23, 28, 28]  # pad tokens write slot 0 of page 7
     assert p.last_token_idx.tolist() == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="only decode-only"):
-        buf.pack(_mixed_step(), pad_to=4)
+
+
+def test_mixed_step_padded_with_one_token_sequences():
+    """torch.compile pads b = 1 / T = 1 steps: the padding goes after the real tokens and sequences."""
+    p = MetadataBuffers(16, 8, 6, "cpu").pack(_mixed_step(), pad_to=4, pad_page=7, page_cols=3).info
+    assert p.num_seqs == 4 and p.num_tokens == 7 and (p.num_prefill, p.num_decode) == (2, 2)
+    assert p.input_ids.tolist() == [5, 6, 7, 1, 2, 9, 0]
+    assert p.cu_seqlens.tolist() == [0, 3, 5, 6, 7]
+    assert p.last_token_idx.tolist() == [2, 4, 5, 6]
+    assert p.slot_mapping.tolist()[-1] == 28 and p.page_table.tolist()[-1] == [7, 7, 7]
 
 
 @pytest.mark.parametrize("pad_to", [None, 5])
@@ -131,7 +139,8 @@ def test_eager_backend_matches_cached_model_and_copies_once_per_step():
 
 def test_cuda_graph_backend_without_a_gpu_compiles_only():
     model = CompiledModel(toy_cached_model(40, 4), "cuda-graph", compile_fn=lambda gm: gm)
-    assert not model.use_graphs and model.graphs == {} and model.num_pages == 40
+    assert not model.use_graphs and model.graphs == {}
+    assert model.num_pages == 39 and model.pad_page == 39  # compiled: b = 1 steps are padded there
     tokens, _ = greedy_decode(model, PROMPTS, 3, 4)
     assert tokens == greedy_decode(toy_cached_model(40, 4), PROMPTS, 3, 4)[0]
 

@@ -14,9 +14,9 @@ same addresses.
           ▼
     device bytes       same layout; SequenceInfo fields and `temperature` are views into it
 
-Decode steps can be padded to a CUDA-graph bucket of B >= b sequences: the padding sequences
-decode one token at position 0 whose KV write goes to `pad_page`, a page no request owns, so
-they never touch a live request's cache.
+A step can be padded to B >= b sequences (a CUDA-graph bucket, or b >= 2 for torch.compile):
+B - b one-token sequences are appended, each decoding position 0 with its KV write going to
+`pad_page`, a page no request owns, so they never touch a live request's cache.
 """
 
 from __future__ import annotations
@@ -119,15 +119,14 @@ class MetadataBuffers:
     ) -> PackedStep:
         """Write `info` (host tensors) into the pinned buffer, copy once, return device views.
 
-        pad_to: pad a decode-only step of b sequences to B = pad_to sequences (and tokens).
+        pad_to: append B - b = pad_to - b one-token padding sequences (CUDA-graph buckets; and
+                torch.compile, which would otherwise specialize a graph for b = 1 or T = 1).
         page_cols: page-table width on the device (CUDA graphs need the same width every step).
         """
         b, T = info.num_seqs, info.num_tokens
         B = pad_to or b
         if B < b:
             raise ValueError(f"cannot pad {b} sequences down to {B}")
-        if B != b and T != b:
-            raise ValueError("only decode-only steps (one token per sequence) are padded")
         T_pad = T + (B - b)
         w = int(info.page_table.shape[1])
         P = page_cols or w
@@ -162,8 +161,8 @@ class MetadataBuffers:
         when the caller built its metadata on the device instead of the host."""
         b, T = info.num_seqs, info.num_tokens
         B = pad_to or b
-        if B != b and T != b:
-            raise ValueError("only decode-only steps (one token per sequence) are padded")
+        if B < b:
+            raise ValueError(f"cannot pad {b} sequences down to {B}")
         w = int(info.page_table.shape[1])
         P = page_cols or w
         T_pad = T + (B - b)
@@ -208,7 +207,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _fill_host(host, info: SequenceInfo, temperature, b: int, B: int, P: int, pad_page: int) -> None:
-    """Real sequences first, then B - b padding decodes that read and write only `pad_page`."""
+    """Real sequences first, then B - b one-token padding sequences that read and write only `pad_page`."""
     T = info.num_tokens
     ps = info.page_size
     host["input_ids"][:T] = _np(info.input_ids)

@@ -64,13 +64,17 @@ class CompiledModel:
         self.use_graphs = backend == "cuda-graph" and self.device.type == "cuda"
         if backend == "cuda-graph" and not self.use_graphs:
             log.warning("cuda-graph backend on %s: CUDA graphs need a GPU; running torch.compile only", self.device)
-        if self.use_graphs and cached.num_pages < 2:
-            raise ValueError("the cuda-graph backend needs a KV pool of at least 2 pages (one is its padding page)")
-        # the last page belongs to the padding sequences of CUDA-graph buckets, never to a request
-        self.pad_page = cached.num_pages - 1 if self.use_graphs else 0
-        self.num_pages = cached.num_pages - 1 if self.use_graphs else cached.num_pages
-        self.max_pages = -(-max_seq_len // self.page_size)
-        self.buckets = normalize_buckets(batch_sizes, max_batch_size) if self.use_graphs else []
+        # the last page belongs to padding sequences (CUDA-graph buckets, b >= 2 for torch.compile),
+        # never to a request: the engine sees one page fewer
+        padded = backend != "eager"
+        if padded and cached.num_pages < 2:
+            raise ValueError(f"the {backend} backend needs a KV pool of at least 2 pages (one is its padding page)")
+        self.pad_page = cached.num_pages - 1 if padded else 0
+        self.num_pages = cached.num_pages - 1 if padded else cached.num_pages
+        self.max_pages = max(2, -(-max_seq_len // self.page_size))  # >= 2: see forward()
+        # no bucket of 1: a batch of one replays bucket 2 (one padding row costs ~nothing in a
+        # memory-bound step) and the compiled graph never specializes for b = 1
+        self.buckets = sorted({max(2, s) for s in normalize_buckets(batch_sizes, max_batch_size)}) if self.use_graphs else []
         if self.device.type == "cuda":
             from autodeploy.transforms.select_backends import select_cache_op_backends
 
@@ -95,18 +99,17 @@ class CompiledModel:
     def _run(self, info: SequenceInfo) -> torch.Tensor:
         return self.fn(*info.graph_inputs(), *self.cached.caches).float()  # [b, V]
 
-    def pack(self, info: SequenceInfo, pad_to: int | None = None) -> PackedStep:
+    def pack(self, info: SequenceInfo, pad_to: int | None = None, page_cols: int | None = None) -> PackedStep:
         """The step's metadata in the fixed device buffers: one copy from the host, or (when the
         caller built it on the device) device-side copies with the same layout and padding."""
-        cols = self.max_pages if pad_to is not None else None
         if info.input_ids.device.type == "cpu" or self.device.type == "cpu":
             host = info if info.input_ids.device.type == "cpu" else info.to("cpu")
-            return self.meta.pack(host, pad_to=pad_to, pad_page=self.pad_page, page_cols=cols)
+            return self.meta.pack(host, pad_to=pad_to, pad_page=self.pad_page, page_cols=page_cols)
         if not self._warned_device_info:
             log.info("SequenceInfo built on %s: copied on the device (build it on the host for one copy per step)",
                      info.input_ids.device)
             self._warned_device_info = True
-        return self.meta.pack_device(info, pad_to=pad_to, pad_page=self.pad_page, page_cols=cols)
+        return self.meta.pack_device(info, pad_to=pad_to, pad_page=self.pad_page, page_cols=page_cols)
 
     @torch.inference_mode()
     def forward(self, info: SequenceInfo) -> torch.Tensor:
@@ -118,11 +121,18 @@ class CompiledModel:
             B = bucket_for(b, self.buckets)
             captured = self.graphs.get(B) if B is not None else None
             if captured is not None:
-                self.pack(info, pad_to=B)
+                self.pack(info, pad_to=B, page_cols=self.max_pages)
                 captured.graph.replay()
                 self.replays += 1
                 return captured.logits[:b]
-        return self._run(self.pack(info).info)
+        if self.backend == "eager":
+            return self._run(self.pack(info).info)
+        # Compiled: keep every step dim >= 2 (one padding sequence where b or T is 1, two page
+        # columns at least), so dynamo's 0/1 specialization never compiles a second graph.
+        pad = b + 1 if b < 2 or info.num_tokens < 2 else None
+        cols = max(2, int(info.page_table.shape[1]))
+        logits = self._run(self.pack(info, pad_to=pad, page_cols=cols).info)
+        return logits[:b] if pad else logits
 
     __call__ = forward
 
@@ -137,7 +147,7 @@ class CompiledModel:
         """Compile the prefill (dynamic T) graph now rather than on the first request."""
         T = max(2, min(num_tokens or self.page_size, self.page_size))
         info = SequenceInfo.build([(list(range(T)), 0, [self.pad_page])], self.page_size, num_prefill=1)
-        self._run(self.pack(info).info)
+        self.forward(info)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -148,7 +158,7 @@ class CompiledModel:
         if self.page_size >= 2:
             self.warmup_prefill()
         for B in sorted(self.buckets, reverse=True):
-            packed = self.pack(self._pad_step(B), pad_to=B)
+            packed = self.pack(self._pad_step(B), pad_to=B, page_cols=self.max_pages)
             try:
                 # warm up off the capture: compiles this shape, initializes cuBLAS / Triton
                 stream.wait_stream(torch.cuda.current_stream(self.device))
