@@ -163,6 +163,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     result["engine_metrics"] = _safe(lambda: rt.metrics())
 
     del rt, model
+    torch._dynamo.reset()  # compiled artifacts may hold the runtime's weights alive
     _free(device)
     if cfg.baselines:
         _run_baselines(cfg, src, rec, device, vocab, workloads, roof)
