@@ -1,6 +1,6 @@
 """The batched sampler: one step's next tokens for every sequence that finished its chunk.
 
-    logits [b, V] ──penalties──▶ ──min_tokens mask──▶ greedy rows: argmax
+    logits [b, V] ──penalties──▶ ──min_tokens mask──▶ ──logits processors──▶ greedy rows: argmax
                                                       sampled rows: /temperature, top-k, top-p,
                                                       min-p, then argmax(probs / Exp(1) noise)
 
@@ -79,6 +79,16 @@ def mask_early_stops(logits: torch.Tensor, reqs: Sequence[Request]) -> torch.Ten
     return logits
 
 
+def apply_logits_processors(logits: torch.Tensor, reqs: Sequence[Request]) -> torch.Tensor:
+    """Each request's own processors rewrite its row (e.g. a grammar's allowed-token mask)."""
+    for i, r in enumerate(reqs):
+        if r.sampling.logits_processors:
+            out = r.output_token_ids
+            for proc in r.sampling.logits_processors:
+                logits[i] = proc(out, logits[i])
+    return logits
+
+
 def filter_logits(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p, row by row in one batch: logits [n, V] -> scores [n, V]."""
     dev = logits.device
@@ -125,6 +135,7 @@ class Sampler:
         vocab, dev = logits.shape[-1], logits.device
         logits = apply_penalties(logits, reqs)
         logits = mask_early_stops(logits, reqs)
+        logits = apply_logits_processors(logits, reqs)
         tokens = logits.argmax(-1)  # greedy rows keep this
         scores = logits
         sampled = [i for i, r in enumerate(reqs) if not r.sampling.greedy]

@@ -7,6 +7,7 @@ and transformers use: penalties on the raw logits, then temperature, then top-k,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from autodeploy.errors import RequestError
 
@@ -27,6 +28,9 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: bool = False  # return the log-probability of each chosen token
+    # callables (output_token_ids, logits [V]) -> logits [V], applied by the sampler after penalties,
+    # before any choice: constrained decoding (server/structured.py) masks disallowed tokens through it
+    logits_processors: list[Callable[[list[int], Any], Any]] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
