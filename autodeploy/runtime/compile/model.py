@@ -6,10 +6,12 @@
     cuda-graph     torch.compile(graph, dynamic=True)    CUDA graph of bucket B >= b, replayed
 
 Every step's metadata reaches the device in one copy (metadata.py). A CUDA graph is captured per
-bucket B over fixed buffers: the metadata views of shape (T=B, b=B, P=max_pages) and the KV
-caches. A decode step of b sequences is padded to B with sequences that decode into the last
-page of the pool, which this wrapper keeps out of the engine's reach (`num_pages` is one less
-than the cache holds), so padding never writes a live request's KV.
+bucket B >= 2 over fixed buffers: the metadata views of shape (T=B, b=B, P=max_pages) and the KV
+caches. A decode step of b sequences is padded to B with one-token sequences that decode into
+the last page of the pool, which this wrapper keeps out of the engine's reach (`num_pages` is
+one less than the cache holds), so padding never writes a live request's KV. Compiled steps of
+one sequence (or one token) get one such padding sequence too: with every dim >= 2, dynamo's
+0/1 specialization never triggers, and one compiled graph serves prefill, mixed and decode.
 
 Custom ops stay opaque to torch.compile (their fake impls give shapes); Inductor fuses the aten
 ops between them. The returned logits of a replayed graph are a view of its static output: valid
@@ -81,7 +83,9 @@ class CompiledModel:
             # the reference cached attention syncs with the host: no CUDA graph could hold it
             self.triton_cache_ops = select_cache_op_backends(cached.gm, self.device)
         top = max(self.buckets, default=1)
-        self.meta = MetadataBuffers(max(max_num_tokens, top), max(max_batch_size, top), self.max_pages, self.device)
+        # + 1: a compiled step of one sequence carries one padding sequence (see forward())
+        self.meta = MetadataBuffers(max(max_num_tokens + 1, top), max(max_batch_size + 1, top), self.max_pages,
+                                    self.device)
         if backend == "eager":
             self.fn = cached.gm
         else:
