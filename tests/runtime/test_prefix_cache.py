@@ -105,3 +105,22 @@ def test_cached_pages_are_evicted_when_the_pool_needs_them():
     finish(e)
     assert again.num_cached_tokens < 256  # its prefix was (partly) evicted, and it still ran
     assert again.finish_reason == "length"
+
+
+def test_recipe_flag_turns_prefix_caching_on_through_optimize(tmp_path):
+    import autodeploy
+    from autodeploy.runtime.cached_model import CachedModel
+    from tests.helpers.tiny_models import save_tiny
+
+    save_tiny("llama", tmp_path)
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    rt = autodeploy.optimize(str(tmp_path), "cpu", max_seq_len=512, kv_num_pages=64, kv_page_size=PAGE_SIZE,
+                             enable_prefix_caching=True)
+    assert isinstance(rt.model, CachedModel)
+    first = rt.generate([A], params)[0]
+    second = rt.generate([B], params)[0]
+    m = rt.metrics()
+    assert second.num_cached_tokens == 256 and m["prefix_cache_hits"] == 16
+    rt_off = autodeploy.optimize(str(tmp_path), "cpu", max_seq_len=512, kv_num_pages=64, kv_page_size=PAGE_SIZE)
+    assert [o.token_ids for o in rt_off.generate([A, B], params)] == [first.token_ids, second.token_ids]
+    assert rt_off.metrics()["prefix_cache_hits"] == 0

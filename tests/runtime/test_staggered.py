@@ -1,27 +1,44 @@
 """Staggered arrivals: 64 requests of random lengths join over time a pool small enough to force
 chunked prefill and preemption, and each produces exactly the tokens it produces alone.
 
-Two paged models: the history double (any paging mistake changes its tokens) and a real
-CachedModel over a one-layer graph with paged attention (the K/V really live in the pages).
+Three paged models: the history double (any paging mistake changes its tokens), a CachedModel
+over a one-layer graph with paged attention, and a tiny Llama through the whole pipeline.
 """
 
+import functools
 import random
+import tempfile
 
 import pytest
 import torch
 
+import autodeploy
+from autodeploy.runtime.cached_model import CachedModel
 from autodeploy.runtime.engine import Engine, EngineConfig
 from autodeploy.runtime.request import Request
 from autodeploy.runtime.sampling import SamplingParams
+from tests.helpers.tiny_models import save_tiny
 from tests.runtime.paged_history_model import PagedHistoryModel
 from tests.runtime.toy_cached_graph import toy_cached_model
 
 VOCAB, PAGES, PAGE_SIZE = 64, 24, 4  # 96 KV slots for up to 8 running requests of up to ~60 tokens
 CFG = dict(max_batch_size=8, max_num_tokens=16, max_seq_len=64)
 
+
+@functools.lru_cache(maxsize=1)
+def tiny_llama_graph():
+    """The cache-inserted graph of a tiny Llama (vocabulary 256), exported once for all engines."""
+    with tempfile.TemporaryDirectory() as d:
+        save_tiny("llama", d)
+        rt = autodeploy.optimize(d, "cpu", kv_num_pages=PAGES, kv_page_size=PAGE_SIZE)
+    assert isinstance(rt.model, CachedModel)
+    return rt.graph_module
+
+
 MODELS = {
     "history_double": lambda: PagedHistoryModel(PAGES, PAGE_SIZE, VOCAB),
     "toy_cached_graph": lambda: toy_cached_model(PAGES, PAGE_SIZE),
+    "tiny_llama": lambda: CachedModel(tiny_llama_graph(), PAGES, PAGE_SIZE),  # fresh caches, shared weights
 }
 
 
