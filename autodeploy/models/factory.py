@@ -119,6 +119,12 @@ def materialize_model(src: ModelSource, recipe, device: str | torch.device) -> n
 
 def materialize_state(src: ModelSource, recipe, device) -> dict[str, torch.Tensor]:
     """Every parameter and buffer by name (tied weights appear under each of their names)."""
+    from autodeploy.quantization.checkpoint import quant_method
+
+    if src.kind != "random" and quant_method(src.config) is not None:  # GPTQ / AWQ / FP8: read as stored
+        from autodeploy.quantization.checkpoint import read_state
+
+        return read_state(src, recipe, device)
     model = materialize_model(src, recipe, device)
     state = {n: p.detach() for n, p in model.named_parameters(remove_duplicate=False)}
     state.update({n: b for n, b in model.named_buffers(remove_duplicate=False)})

@@ -150,15 +150,20 @@ def install_params(
     return nodes
 
 
-def quantize_linear(gm: fx.GraphModule, site: LinearSite, cfg: Any, make: PartsFn | None = None) -> fx.Node:
-    """Rewrite one linear to `cfg`'s quantized op; `make` overrides how the parts are produced."""
+def quantize_linear(
+    gm: fx.GraphModule, site: LinearSite, cfg: Any, make: PartsFn | None = None, *,
+    consumes: list[str] | None = None, spec: dict | None = None,
+) -> fx.Node:
+    """Rewrite one linear to `cfg`'s quantized op. `make` overrides how the parts are produced (with
+    the checkpoint names it alone reads in `consumes`), `spec` the parts' shapes and dtypes."""
     method = method_for(cfg)
     n, k = site.shape
     dtype = val(site.weight).dtype
-    source, consumes = weight_source(gm, site.graph_name)
+    source, own = weight_source(gm, site.graph_name)
     if make is None:
         make = lambda fetch, source=source: method.quantize(source(fetch), cfg)  # noqa: E731
-    nodes = install_params(gm, site.graph_name, method.params(n, k, dtype, cfg), make, consumes, site.weight)
+    spec = spec or method.params(n, k, dtype, cfg)
+    nodes = install_params(gm, site.graph_name, spec, make, own if consumes is None else consumes, site.weight)
     graph = gm.graph
     x = site.node.args[0]
     with graph.inserting_before(site.node):
