@@ -9,7 +9,7 @@ cannot fit the paged-KV design:
     encoder-decoder      the config says is_encoder_decoder (the *ForCausalLM is the decoder half)
     multimodal           a *ForConditionalGeneration class, a composite config with vision / audio parts,
                          or a config declaring an image placeholder token
-    bidirectional        BERT-style encoders, causal only when configured as a decoder
+    bidirectional        BERT-style encoders, causal only when configured as a decoder; XLNet
     recurrent            state-space / linear-attention / convolution layers: a fixed-size state per
                          sequence, not a growing KV cache (named by the config's layer_types, or
                          in STATEFUL for families that do not list their layer kinds)
@@ -31,6 +31,10 @@ STATEFUL: dict[str, str] = {
 # Decoder halves of encoder-decoder models whose config does not set is_encoder_decoder.
 DECODER_HALF: dict[str, str] = {
     "trocr": "the text decoder of TrOCR's VisionEncoderDecoder (cross-attends to image features)",
+}
+# Listed as *ForCausalLM but not causal over the prompt.
+NOT_CAUSAL: dict[str, str] = {
+    "xlnet": "permutation LM: attends over the whole prefix; generate appends a masked dummy token per step",
 }
 # layer_types values that name a layer without a KV cache
 _STATE_LAYER_WORDS = ("linear", "conv", "mamba", "hybrid", "recurrent", "ssm", "rnn")
@@ -78,6 +82,8 @@ def skip_reason(model_type: str, class_name: str) -> str | None:
     if class_name.endswith("ForConditionalGeneration") or parts:
         what = ", ".join(sorted(parts)) or "a ForConditionalGeneration class"
         return f"multimodal: {what}; text-only variants are listed under their own model_type"
+    if model_type in NOT_CAUSAL:
+        return f"bidirectional ({NOT_CAUSAL[model_type]}): not a decoder-only LM"
     if {"is_decoder", "add_cross_attention"} <= _own_fields(cls):
         return "bidirectional encoder (BERT-style): causal only as a configured decoder, not a decoder-only LM"
     layer_types = _layer_types(cfg)

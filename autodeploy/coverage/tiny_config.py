@@ -62,6 +62,8 @@ SMALL: dict[str, Any] = {
     "sliding_window": 8, "attention_chunk_size": 8,
     "attention_types": [[["global", "local"], 1]],  # GPT-Neo: (kinds, repeats) expanded to one per layer
     "num_kv_shared_layers": 0,  # Gemma3n: the last N layers reuse earlier KV; none in 2 layers
+    # the *ForCausalLM runs as a causal decoder (Reformer and XLM default to their masked-LM setup)
+    "is_decoder": True, "causal": True,
 }
 MAX_LAYERS = 4  # enough for every distinct layer kind a family mixes
 TOKEN_ID_SUFFIXES = ("_token_id", "_token_ids", "_token_index")

@@ -47,9 +47,19 @@ class StageError(Exception):
 
 
 def describe(exc: BaseException) -> str:
-    """`Type: first line (file:line)` with the innermost frame, so the failing op or pattern is named."""
+    """`Type: first line (file:line)` with the innermost frame, so the failing op or pattern is named.
+
+    autodeploy's own errors already name their cause in one line: that line alone, without the
+    "cannot export X:" lead of an ExportError (the row names the architecture).
+    """
+    from autodeploy.errors import AutoDeployError, ExportError
+
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     first = lines[0] if lines else ""
+    if isinstance(exc, ExportError) and first.startswith("cannot export") and ": " in first:
+        return first.split(": ", 1)[1][:300]
+    if isinstance(exc, AutoDeployError):
+        return first[:300]
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {first[:300]}{where}"

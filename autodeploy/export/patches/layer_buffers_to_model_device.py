@@ -1,19 +1,23 @@
-"""Boolean / integer buffers of layers with parameters go to the parameters' device while exporting.
+"""Buffers held by layers with parameters go to the parameters' device while exporting.
 
-HF quirk: GPT-Neo's attention keeps its causal (and local-window) mask as a non-persistent bool
-buffer `bias` [1, 1, max_pos, max_pos] and slices it inside forward with no `.to(device)`.
+HF quirk: GPT-Neo's and OpenAI-GPT's attention keep their causal mask as a non-persistent buffer
+`bias` [1, 1, max_pos, max_pos] (bool / float tril) and slice it inside forward with no
+`.to(device)`; XLM indexes a `position_ids` arange buffer the same way.
 Non-persistent buffers stay real on the CPU when the model is built on the meta device
 (models/factory.build_meta_model keeps computed tables real), so export fails in
 `torch.where(causal_mask, attn_weights, mask_value)`:
 
     RuntimeError: Tensor on device meta is not on the expected device cpu!
 
-Fix, during export only: every non-floating buffer on another device than the parameters, held
-by a module that has parameters (its own or its sub-layers'), is swapped for an empty meta tensor of the same shape
-and dtype, and restored on exit. The exported graph keeps it as a buffer; `load_weights` fills it
-from the materialized model (whose state lists non-persistent buffers too). Floating buffers
-(RoPE inv_freq / sin-cos tables) stay real: graph facts and the RoPE matcher read their values,
-and parameter-free rotary modules are handled by buffer_tables_to_model_device.
+Fix, during export only: every buffer on another device than the parameters, held directly by
+a module that has parameters (its own or its sub-layers'), is swapped for an empty meta tensor of
+the same shape and dtype, and restored on exit. The exported graph keeps it as a buffer;
+`load_weights` fills it from the materialized model (whose state lists non-persistent buffers
+too). Parameter-free modules (rotary embeddings) keep their real tables: graph facts read RoPE
+inv_freq values, and buffer_tables_to_model_device moves their outputs instead.
+
+Cost: transforms see these buffers as meta, so a matcher that evaluates a mask buffer's values
+(to prove it causal) cannot, and that attention stays on transformers' path (still exact).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def _param_device(model: nn.Module) -> torch.device | None:
     return next((p.device for p in model.parameters()), None)
 
 
-def _mask_buffers(model: nn.Module) -> list[tuple[nn.Module, str]]:
+def _layer_buffers(model: nn.Module) -> list[tuple[nn.Module, str]]:
     device = _param_device(model)
     if device is None:
         return []
@@ -38,20 +42,20 @@ def _mask_buffers(model: nn.Module) -> list[tuple[nn.Module, str]]:
         if next(mod.parameters(), None) is None:  # parameters of its own or of its sub-layers
             continue
         for name, buf in mod._buffers.items():
-            if buf is not None and buf.device != device and not buf.is_floating_point():
+            if buf is not None and buf.device != device:
                 out.append((mod, name))
     return out
 
 
 def applies(model: nn.Module) -> bool:
-    return bool(_mask_buffers(model))
+    return bool(_layer_buffers(model))
 
 
 @contextlib.contextmanager
 def patch(model: nn.Module) -> Iterator[None]:
     device = _param_device(model)
     saved = []
-    for mod, name in _mask_buffers(model):
+    for mod, name in _layer_buffers(model):
         buf = mod._buffers[name]
         saved.append((mod, name, buf))
         mod._buffers[name] = torch.empty_like(buf, device=device)
