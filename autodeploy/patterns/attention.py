@@ -90,7 +90,8 @@ def _example(masked=True, softcap=False, sinks=False, additive=False, mha=False)
             v=torch.randn(sz.b, n_kv, sz.s, d_v, dtype=dtype), scale=SCALE,
         )
         if masked:
-            ex["mask"] = (torch.zeros if additive else torch.ones)(sz.b, 1, sz.s, sz.s, dtype=dtype if additive else torch.bool)
+            shape = (sz.b, 1, sz.s, sz.s)
+            ex["mask"] = torch.zeros(shape, dtype=dtype) if additive else torch.ones(shape, dtype=torch.bool)
         if softcap:
             ex["softcap"] = SOFTCAP
         if sinks:
@@ -123,7 +124,8 @@ def _attention_patterns() -> list[Pattern]:
         ]
     pats += [
         Pattern("sdpa_gqa", _sdpa_pattern(False, True, True), attention_replacement, _example(), check),
-        Pattern("sdpa_gqa_causal", _sdpa_pattern(False, True, False), attention_replacement, _example(masked=False), check),
+        Pattern("sdpa_gqa_causal", _sdpa_pattern(False, True, False), attention_replacement,
+                _example(masked=False), check),
     ]
     return pats
 

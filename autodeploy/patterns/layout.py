@@ -69,6 +69,7 @@ def _norm_example(sz, dtype):
 LAYOUT_PATTERNS = [
     Pattern("rmsnorm_transpose", *_rmsnorm_through_transpose(False), _norm_example, dtypes=(torch.float32,)),
     Pattern("rmsnorm_unit_offset_transpose", *_rmsnorm_through_transpose(True), _norm_example, dtypes=(torch.float32,)),
-    Pattern("noop_reshape", noop_reshape_pattern, identity_replacement, _example, noop_reshape_check, dtypes=(torch.float32,)),
+    Pattern("noop_reshape", noop_reshape_pattern, identity_replacement, _example, noop_reshape_check,
+            dtypes=(torch.float32,)),
     Pattern("transpose_pair", transpose_pair_pattern, identity_replacement, _example, dtypes=(torch.float32,)),
 ]

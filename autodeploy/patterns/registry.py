@@ -393,7 +393,9 @@ def _replace(gm: fx.GraphModule, m: Match, extra: dict[str, Any]) -> bool:
         result = m.pattern.replace(**{k: torch.utils._pytree.tree_map(wrap, v) for k, v in kwargs.items()})
     results = list(result) if isinstance(result, (list, tuple)) else [result]
     if len(results) != len(m.outputs):
-        raise ValueError(f"pattern {m.pattern.name}: replacement returns {len(results)} values, pattern {len(m.outputs)}")
+        raise ValueError(
+            f"pattern {m.pattern.name}: replacement returns {len(results)} values, the pattern {len(m.outputs)}"
+        )
     new_nodes, n = [], before.next
     while n is not anchor:
         new_nodes.append(n)

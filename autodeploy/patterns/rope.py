@@ -59,7 +59,9 @@ def rope_interleaved_pattern(q, k, cos, sin):
     sin = sin[..., : sin.shape[-1] // 2].unsqueeze(1)
     q1, q2 = q[..., 0::2], q[..., 1::2]
     k1, k2 = k[..., 0::2], k[..., 1::2]
-    return torch.cat([q1 * cos - q2 * sin, q2 * cos + q1 * sin], dim=-1), torch.cat([k1 * cos - k2 * sin, k2 * cos + k1 * sin], dim=-1)
+    q_embed = torch.cat([q1 * cos - q2 * sin, q2 * cos + q1 * sin], dim=-1)
+    k_embed = torch.cat([k1 * cos - k2 * sin, k2 * cos + k1 * sin], dim=-1)
+    return q_embed, k_embed
 
 
 def _deinterleave(x):
@@ -84,7 +86,8 @@ def rope_replacement(q, k, cos, sin):
 
 def rope_half_cos_replacement(q, k, cos, sin):
     # the op takes HF's full-width tables, cat(freqs, freqs)
-    return _bsnd_rope(q, k, torch.ops.aten.cat.default([cos, cos], -1), torch.ops.aten.cat.default([sin, sin], -1), False)
+    cat = torch.ops.aten.cat.default
+    return _bsnd_rope(q, k, cat([cos, cos], -1), cat([sin, sin], -1), False)
 
 
 def rope_interleaved_replacement(q, k, cos, sin):
@@ -137,6 +140,7 @@ ROPE_PATTERNS = [
     Pattern("partial_full", rope_partial_pattern, rope_replacement, _example, _check(False)),
     Pattern("interleaved_view", rope_interleaved_view_pattern, rope_interleaved_replacement, _example, _check(False)),
     Pattern("interleaved", rope_interleaved_pattern, rope_interleaved_replacement, _example, _check(False)),
-    Pattern("half_cos", rope_half_cos_pattern, rope_half_cos_replacement, lambda sz, dt: _example(sz, dt, sz.d // 2), _check(True)),
+    Pattern("half_cos", rope_half_cos_pattern, rope_half_cos_replacement,
+            lambda sz, dt: _example(sz, dt, sz.d // 2), _check(True)),
     Pattern("rotate_half", rope_rotate_half_pattern, rope_replacement, _example, _check(False)),
 ]

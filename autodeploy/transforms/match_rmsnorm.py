@@ -22,5 +22,7 @@ def apply(gm, ctx, cfg) -> TransformInfo:
     info = TransformInfo(matches=len(matches), changed=bool(matches))
     info.details = {p.name: sum(m.pattern is p for m in matches) for p in RMSNORM_PATTERNS}
     if not matches and getattr(ctx.hf_config, "rms_norm_eps", None) is not None:
-        info.warning = "no RMSNorm spelling matched although the config sets rms_norm_eps; the norms stay plain aten ops"
+        info.warning = (
+            "no RMSNorm spelling matched although the config sets rms_norm_eps; the norms stay plain aten ops"
+        )
     return info

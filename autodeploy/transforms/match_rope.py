@@ -33,5 +33,7 @@ def apply(gm, ctx, cfg) -> TransformInfo:
     if matches:
         info.details["transposes_cancelled"] = len(apply_patterns(gm, LAYOUT_PATTERNS))
     elif _expects_rope(ctx.hf_config):
-        info.warning = "no RoPE spelling matched although the config has rotary embeddings; q/k rotation stays plain aten ops"
+        info.warning = (
+            "no RoPE spelling matched although the config has rotary embeddings; q/k rotation stays plain aten ops"
+        )
     return info

@@ -50,4 +50,5 @@ def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = Fal
 @rope.register_fake
 def _(q, k, cos, sin, interleaved=False):
     torch._check(cos.shape[-1] <= q.shape[-1], lambda: "rope: d_rot exceeds the head dim")
-    return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(k, memory_format=torch.contiguous_format)
+    contiguous = torch.contiguous_format
+    return torch.empty_like(q, memory_format=contiguous), torch.empty_like(k, memory_format=contiguous)
