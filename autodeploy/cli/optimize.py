@@ -16,6 +16,11 @@ def optimize_cmd(
     set_: Optional[list[str]] = common.SET,
     dump_graphs: Optional[Path] = common.DUMP,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+    quant_budget: Optional[float] = typer.Option(
+        None, "--quant-budget", min=0.0,
+        help="Keep the layers most sensitive to quantization in higher precision so the output error (logits "
+             "noise-to-signal power, 0.01 = 20 dB) stays within this; with a quantize_* transform enabled.",
+    ),
 ) -> None:
     """Export the model, run the recipe's transforms, load the weights, and print the transform report."""
     import json
@@ -27,7 +32,10 @@ def optimize_cmd(
     from autodeploy.transforms.pipeline import report_table
 
     progress.enable_console(common.err_console())
-    rt = optimize(source, recipe, overrides=set_ or [], dump_graphs=dump_graphs)
+    overrides = list(set_ or [])
+    if quant_budget is not None:  # the recipe setting transforms.plan_quantization.budget
+        overrides += ["transforms.plan_quantization.enabled=true", f"transforms.plan_quantization.budget={quant_budget}"]
+    rt = optimize(source, recipe, overrides=overrides, dump_graphs=dump_graphs)
     out = common.out_console()
     out.print(report_table(rt.report))
     summary = Table(title="Optimized", show_header=False)
@@ -37,6 +45,12 @@ def optimize_cmd(
     for k, v in rt.timings.items():
         summary.add_row(k, f"{v:.2f}")
     out.print(summary)
+    plan = rt.graph_module.meta.get("quantization_plan")
+    if plan and "layers" in plan:  # --quant-budget: the per-layer plan and where it was saved
+        from autodeploy.quantization.sensitivity import plan_table
+
+        out.print(plan_table(plan))
+        out.print(f"quantization plan saved to {plan.get('path')}", highlight=False)
     if dump_graphs:
         out.print(f"graphs written to {dump_graphs}")
     if json_out:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+import autodeploy.transforms.plan_quantization  # noqa: F401  (registers first: its plan feeds this transform)
 from autodeploy.quantization.apply import quantize_graph
 from autodeploy.quantization.config import Fp8Config
 from autodeploy.quantization.selection import SelectionFields, check_overrides

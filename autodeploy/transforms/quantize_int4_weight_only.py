@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from torch import fx
 
 from autodeploy.models.weights import checkpoint_name, weight_plan
+import autodeploy.transforms.plan_quantization  # noqa: F401  (registers first: its plan feeds this transform)
 from autodeploy.quantization.apply import quantize_graph
 from autodeploy.quantization.calibrate import Calibrator
 from autodeploy.quantization.calibration import CalibrationConfig, calibration_tokens, context_tokenizer

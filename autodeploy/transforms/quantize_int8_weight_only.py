@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+import autodeploy.transforms.plan_quantization  # noqa: F401  (registers first: its plan feeds this transform)
 from autodeploy.quantization.apply import quantize_graph
 from autodeploy.quantization.config import Int8WeightOnlyConfig
 from autodeploy.quantization.selection import SelectionFields, check_overrides
