@@ -31,13 +31,14 @@ def _root(
 
 
 def _register() -> None:
-    from autodeploy.cli import bench, coverage, generate, inspect, optimize, recipes
+    from autodeploy.cli import bench, coverage, generate, inspect, optimize, recipes, serve
 
     app.command("optimize")(optimize.optimize_cmd)
     app.command("inspect")(inspect.inspect_cmd)
     app.command("generate")(generate.generate_cmd)
     app.add_typer(recipes.app, name="recipes")
     app.command("bench")(bench.bench_cmd)
+    app.command("serve")(serve.serve_cmd)
     app.command("coverage")(coverage.coverage_cmd)
 
 
