@@ -25,6 +25,7 @@ def optimize_cmd(
     """Export the model, run the recipe's transforms, load the weights, and print the transform report."""
     import json
 
+    from rich.markup import escape
     from rich.table import Table
 
     from autodeploy import progress
@@ -37,7 +38,11 @@ def optimize_cmd(
         overrides += ["transforms.plan_quantization.enabled=true", f"transforms.plan_quantization.budget={quant_budget}"]
     rt = optimize(source, recipe, overrides=overrides, dump_graphs=dump_graphs)
     out = common.out_console()
-    out.print(report_table(rt.report))
+    table = report_table(rt.report)
+    # transform and stage names stay whole on a narrow terminal; the other columns give way
+    for col, items in zip(table.columns[:2], ([i.name for i in rt.report], [i.stage for i in rt.report])):
+        col.no_wrap, col.min_width = True, max(map(len, items), default=None)
+    out.print(table)
     summary = Table(title="Optimized", show_header=False)
     summary.add_row("model", f"{rt.source.spec} ({rt.arch.architecture})")
     summary.add_row("recipe", f"{rt.recipe.name}: {rt.recipe.runtime.device}, {rt.recipe.runtime.dtype}")
@@ -51,7 +56,9 @@ def optimize_cmd(
 
         out.print(plan_table(plan))
         out.print(f"quantization plan saved to {plan.get('path')}", highlight=False)
+    for w in rt.arch.warnings if rt.arch is not None else []:
+        out.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
     if dump_graphs:
-        out.print(f"graphs written to {dump_graphs}")
+        out.print(f"graphs written to {dump_graphs}", highlight=False)
     if json_out:
         json_out.write_text(json.dumps({"transforms": [i.as_dict() for i in rt.report], "timings": rt.timings}, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -66,9 +67,7 @@ def test_registry_keys_are_file_names():
     for name, spec in registry().items():
         assert spec.apply.__module__ == f"autodeploy.transforms.{name}"
         assert issubclass(spec.config_cls, TransformConfig)
-        assert name.split("_")[0] in {"cleanup", "match", "fuse", "quantize", "shard", "insert", "select", "compile"}, (
-            f"{name}: registry keys are verb_object"
-        )
+        assert re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", name), f"{name}: registry keys are verb_object"
 
 
 def test_stages_run_in_order(gm):
