@@ -43,8 +43,11 @@ class ArchResult:
 
 
 def _child(model_type: str, conn) -> None:
+    import faulthandler
+
     import torch
 
+    faulthandler.disable()  # a crash is reported by its signal in the table, not as a stack dump on stderr
     from autodeploy.coverage.worker import describe, run_arch
 
     torch.set_num_threads(1)  # the parent runs `jobs` children on as many cores

@@ -50,6 +50,7 @@ AT_MOST: dict[str, int] = {
     "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
     "num_experts_per_tok": 2, "num_experts_per_token": 2, "moe_k": 2, "moe_topk": 2, "moe_top_k": 2,
     "n_group": 2, "num_expert_group": 2, "topk_group": 1, "first_k_dense_replace": 1,
+    "n_shared_experts": 1, "num_shared_experts": 1,
 }
 
 # MoE, MLA and attention-window sizes, and the few family-specific layouts: small values that keep
