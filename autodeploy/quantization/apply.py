@@ -36,6 +36,7 @@ def selected_linears(gm: fx.GraphModule, cfg: SelectionFields, build: Callable[[
         qcfg = layer_config(site.name, cfg, build, keep)
         if qcfg is None:
             continue
+        qcfg = cfg.adjust(qcfg, *site.shape)
         why = method_for(qcfg).unsupported(*site.shape, qcfg)
         if why:
             skipped[site.name] = why

@@ -35,6 +35,10 @@ class SelectionFields(TransformConfig):
         description="Per-layer settings by module-name glob (first match wins); {skip: true} leaves the layer as is.",
     )
 
+    def adjust(self, qcfg: QuantConfig, n: int, k: int) -> QuantConfig:
+        """A layer's config fitted to its weight shape [n, k] (the int4 transform shrinks groups)."""
+        return qcfg
+
 
 def matches(name: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)

@@ -19,11 +19,14 @@ in autodeploy/data/calibration_en.txt. With awq, a folded RMSNorm weight is prod
     after:   n = autodeploy.rmsnorm(h, get_attr(...input_layernorm.weight), eps)   # w / s (same shape)
 
 Layers: include / exclude globs over module names, per-layer overrides (group_size, method,
-skip). MoE expert stacks are left to the int8 / fp8 transforms. Off unless the recipe enables it.
+skip). A layer whose input size is not a multiple of group_size takes the largest of 64 / 32 that
+divides it (SmolLM2's hidden size 576 = 4.5 x 128), unless group_size_fallback is off. MoE expert
+stacks are left to the int8 / fp8 transforms. Off unless the recipe enables it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import torch
@@ -35,7 +38,7 @@ import autodeploy.transforms.plan_quantization  # noqa: F401  (registers first: 
 from autodeploy.quantization.apply import quantize_graph
 from autodeploy.quantization.calibrate import Calibrator
 from autodeploy.quantization.calibration import CalibrationConfig, calibration_tokens, context_tokenizer
-from autodeploy.quantization.config import Int4WeightOnlyConfig
+from autodeploy.quantization.config import GROUP_SIZES, Int4WeightOnlyConfig
 from autodeploy.quantization.rewrite import LinearSite, weight_source
 from autodeploy.quantization.selection import SelectionFields, check_overrides
 from autodeploy.transforms.pipeline import Stage, TransformInfo, register
@@ -44,12 +47,21 @@ from autodeploy.transforms.pipeline import Stage, TransformInfo, register
 class QuantizeInt4WeightOnlyConfig(SelectionFields):
     group_size: Literal[32, 64, 128] = Field(128, description="Input channels sharing one scale and zero point.")
     method: Literal["rtn", "awq", "gptq"] = Field("rtn", description="Round to nearest, AWQ or GPTQ (calibrated).")
+    group_size_fallback: bool = Field(
+        True, description="A layer whose input size is not a multiple of group_size takes the largest smaller one that divides it."
+    )
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, description="Calibration text for awq / gptq (default: shipped English text)."
     )
 
     def build(self, values: dict[str, Any]) -> Int4WeightOnlyConfig:
         return Int4WeightOnlyConfig(**({"group_size": self.group_size, "method": self.method} | values))
+
+    def adjust(self, qcfg: Int4WeightOnlyConfig, n: int, k: int) -> Int4WeightOnlyConfig:
+        if not self.group_size_fallback or k % qcfg.group_size == 0:
+            return qcfg
+        smaller = [g for g in GROUP_SIZES if g < qcfg.group_size and k % g == 0 and k % 2 == 0]
+        return dataclasses.replace(qcfg, group_size=max(smaller)) if smaller else qcfg
 
     @model_validator(mode="after")
     def _check(self):

@@ -105,3 +105,26 @@ def test_unsupported_shapes_are_reported_and_left():
     )
     info = _history(gm)
     assert "not a multiple of the group size 32" in info["details"]["unsupported"]["b"]
+
+
+def test_group_size_falls_back_to_one_that_divides_the_input():
+    class Wide(torch.nn.Module):  # K = 192 = 1.5 x 128 (SmolLM2: 576 = 4.5 x 128)
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(192, 16), torch.nn.Linear(128, 16)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x[..., :128])
+
+    x = lambda b, s: torch.randn(b, s, 192)  # noqa: E731
+    gm = check_transform(
+        Wide(), [x(2, 3)], "quantize_int4_weight_only", before={aten.linear: 2}, after={aten.linear: 0, INT4: 2},
+        matches=2, dynamic_shapes=DYN, second_inputs=[x(1, 5)], compare=sqnr_at_least(15.0),
+        recipe=quant_recipe(quantize_int4_weight_only=dict(group_size=128)),
+    )
+    assert _history(gm)["details"]["layers"] == {"a": "int4_g64", "b": "int4_g128"}
+    with pytest.raises(AssertionError, match="expected 2"):  # without the fallback `a` stays a linear
+        check_transform(
+            Wide(), [x(2, 3)], "quantize_int4_weight_only", before={}, after={INT4: 2}, dynamic_shapes=DYN,
+            recipe=quant_recipe(quantize_int4_weight_only=dict(group_size=128, group_size_fallback=False)),
+        )
