@@ -246,7 +246,7 @@ class StructuredOutputs:
             if m is not None:
                 self._masks.move_to_end(key)
                 return m
-        if self.tokenizer is None:
+        if self.tokenizer is None and self._vocab is None:
             raise UnsupportedSchemaError("structured output needs the model's tokenizer")
         grammar = compile_schema(schema)
         m = TokenMasks(grammar, self.vocab, self.eos_ids)
