@@ -149,6 +149,17 @@ class _CallStreamer:
                 self.streamed.append(self.index)
                 self.pos, self.in_args, self.depth, self.args_started = m.end(), True, 0, False
                 continue
+            rest = self.buf[self.pos:].lstrip()
+            if not self.args_started and rest.startswith('"'):  # arguments as a JSON string: sent decoded, whole
+                try:
+                    value, end = json.JSONDecoder().raw_decode(rest)
+                except json.JSONDecodeError:
+                    return out  # not complete yet
+                out.append(ToolDelta(self.index, value if isinstance(value, str) else json.dumps(value)))
+                self.pos = len(self.buf) - len(rest) + end
+                self.in_args = False
+                self.index += 1
+                continue
             start = i = self.pos
             while i < len(self.buf):
                 c = self.buf[i]
