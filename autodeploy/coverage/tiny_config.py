@@ -66,6 +66,8 @@ SMALL: dict[str, Any] = {
     # the *ForCausalLM runs as a causal decoder (Reformer and XLM default to their masked-LM setup)
     "is_decoder": True, "causal": True,
 }
+# field -> field it mirrors when the class's defaults agree (MLA families set head_dim to the RoPE part)
+TIED = {"head_dim": "qk_rope_head_dim"}
 MAX_LAYERS = 4  # enough for every distinct layer kind a family mixes
 TOKEN_ID_SUFFIXES = ("_token_id", "_token_ids", "_token_index")
 
@@ -170,6 +172,9 @@ def tiny_kwargs(cls) -> dict[str, Any]:
         real = _real_name(cls, name, defaults)
         if real in defaults and defaults[real] is not None:
             kw[real] = value
+    for name, source in TIED.items():
+        if name in defaults and source in kw and defaults[name] is not None and defaults[name] == defaults.get(source):
+            kw[name] = kw[source]
     keep, per_layer = _layer_subset(defaults, _num_layers(cls, defaults))
     if per_layer:
         for name in per_layer:

@@ -2,19 +2,21 @@
 
 HF quirk: GPT-Neo's and OpenAI-GPT's attention keep their causal mask as a non-persistent buffer
 `bias` [1, 1, max_pos, max_pos] (bool / float tril) and slice it inside forward with no
-`.to(device)`; XLM indexes a `position_ids` arange buffer the same way.
+`.to(device)`; XLM indexes a `position_ids` arange buffer the same way, and XGLM's parameter-free
+sinusoidal embedding `index_select`s its [max_pos, d] table with the (meta) position ids.
 Non-persistent buffers stay real on the CPU when the model is built on the meta device
 (models/factory.build_meta_model keeps computed tables real), so export fails in
 `torch.where(causal_mask, attn_weights, mask_value)`:
 
     RuntimeError: Tensor on device meta is not on the expected device cpu!
 
-Fix, during export only: every buffer on another device than the parameters, held directly by
-a module that has parameters (its own or its sub-layers'), is swapped for an empty meta tensor of
-the same shape and dtype, and restored on exit. The exported graph keeps it as a buffer;
-`load_weights` fills it from the materialized model (whose state lists non-persistent buffers
-too). Parameter-free modules (rotary embeddings) keep their real tables: graph facts read RoPE
-inv_freq values, and buffer_tables_to_model_device moves their outputs instead.
+Fix, during export only: every buffer on another device than the parameters that is held
+directly by a module with parameters (its own or its sub-layers'), or that is a table (2-D or
+more) of a parameter-free module, is swapped for an empty meta tensor of the same shape and
+dtype, and restored on exit. The exported graph keeps it as a buffer; `load_weights` fills it
+from the materialized model (whose state lists non-persistent buffers too). Rotary embeddings'
+1-D inv_freq vectors stay real: graph facts read RoPE theta from them, and
+buffer_tables_to_model_device moves their modules' outputs instead.
 
 Cost: transforms see these buffers as meta, so a matcher that evaluates a mask buffer's values
 (to prove it causal) cannot, and that attention stays on transformers' path (still exact).
@@ -39,10 +41,9 @@ def _layer_buffers(model: nn.Module) -> list[tuple[nn.Module, str]]:
         return []
     out = []
     for mod in model.modules():
-        if next(mod.parameters(), None) is None:  # parameters of its own or of its sub-layers
-            continue
+        layer = next(mod.parameters(), None) is not None  # parameters of its own or of its sub-layers
         for name, buf in mod._buffers.items():
-            if buf is not None and buf.device != device:
+            if buf is not None and buf.device != device and (layer or buf.dim() >= 2):
                 out.append((mod, name))
     return out
 
