@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from autodeploy import progress
 from autodeploy.cli.main import main
 from tests.helpers.tiny_models import save_tiny, tiny_config
 
@@ -42,8 +43,9 @@ def test_inspect_table(capsys, qwen3_moe_dir):
     assert "4 experts, top-2" in out
     assert "graph agrees with the config" in out
     assert "more (--top-ops)" in out
-    # progress on stderr: resolve, build, export
+    # progress on stderr: resolve, build, export; the console is off again once the command returns
     assert "Exporting with torch.export" in err
+    assert progress.console() is None
 
 
 def test_inspect_config_only_folder(capsys, tmp_path):
