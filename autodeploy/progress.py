@@ -30,6 +30,10 @@ def enable_console(console: Console | None = None) -> Console:
     return _console
 
 
+def console() -> Console | None:
+    return _console
+
+
 def disable_console() -> None:
     """Back to logging only (the CLI calls this when a command ends, so in-process callers start clean)."""
     global _console
