@@ -201,6 +201,18 @@ def test_greedy_matches_transformers(arch, tmp_path):
     assert rt.metrics()["num_preemptions"] > 0
 
 
+def test_uncached_graph_runs_behind_the_same_engine(tmp_path):
+    from autodeploy.runtime.runtime import RecomputeModel
+
+    save_tiny("llama", tmp_path)
+    rt = autodeploy.optimize(str(tmp_path), "cpu", max_seq_len=128, kv_num_pages=24, kv_page_size=4,
+                             **{"transforms.insert_kv_cache.enabled": False})
+    assert isinstance(rt.model, RecomputeModel)
+    prompts = [[5, 6, 7], list(range(20, 45))]
+    outs = rt.generate(prompts, SamplingParams(max_tokens=16, min_tokens=16))
+    assert [o.token_ids for o in outs] == hf_greedy(hf_model(tmp_path), prompts, 16)
+
+
 # ---- SmolLM2 (the real example model) ----------------------------------------------------------
 SMOL_PROMPTS = ["The capital of France is", "Here is a short poem about the sea:\n",
                 "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"]
