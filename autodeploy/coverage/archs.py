@@ -10,6 +10,7 @@ cannot fit the paged-KV design:
     multimodal           a *ForConditionalGeneration class, a composite config with vision / audio parts,
                          or a config declaring an image placeholder token
     bidirectional        BERT-style encoders, causal only when configured as a decoder; XLNet
+    not standalone       drafters for speculative decoding (need the target model)
     recurrent            state-space / linear-attention / convolution layers: a fixed-size state per
                          sequence, not a growing KV cache (named by the config's layer_types, or
                          in STATEFUL for families that do not list their layer kinds)
@@ -27,6 +28,13 @@ STATEFUL: dict[str, str] = {
     "xlstm": "xLSTM recurrent cells",
     "zamba": "Mamba layers with a shared attention block",
     "recurrent_gemma": "RG-LRU recurrence",
+    # checkpoints mix short-convolution layers with attention; the class defaults list none
+    "lfm2": "LFM2 short-convolution layers", "lfm2_moe": "LFM2 short-convolution layers",
+}
+# Listed as *ForCausalLM but not standalone language models.
+NOT_STANDALONE: dict[str, str] = {
+    "gemma4_assistant": "a speculative-decoding drafter that reads the target model's hidden states",
+    "gemma4_unified_assistant": "a speculative-decoding drafter that reads the target model's hidden states",
 }
 # Decoder halves of encoder-decoder models whose config does not set is_encoder_decoder.
 DECODER_HALF: dict[str, str] = {
@@ -82,6 +90,8 @@ def skip_reason(model_type: str, class_name: str) -> str | None:
     if class_name.endswith("ForConditionalGeneration") or parts:
         what = ", ".join(sorted(parts)) or "a ForConditionalGeneration class"
         return f"multimodal: {what}; text-only variants are listed under their own model_type"
+    if model_type in NOT_STANDALONE:
+        return f"not standalone: {NOT_STANDALONE[model_type]}"
     if model_type in NOT_CAUSAL:
         return f"bidirectional ({NOT_CAUSAL[model_type]}): not a decoder-only LM"
     if {"is_decoder", "add_cross_attention"} <= _own_fields(cls):

@@ -137,7 +137,9 @@ def propagate_shapes(gm: fx.GraphModule) -> None:
     fake_mode = next((v.fake_mode for v in vals if isinstance(v, torch.Tensor) and hasattr(v, "fake_mode")), None)
     if fake_mode is None:
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake_mode:
+    # no_grad: an inference graph may modify a multi-output view in place (Gemma3n's per-layer
+    # inputs), which autograd's view tracking refuses only when grad mode is on
+    with fake_mode, torch.no_grad():
         FakeTensorProp(gm, mode=fake_mode).propagate_dont_convert_inputs(*vals)
 
 
