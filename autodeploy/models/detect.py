@@ -58,7 +58,7 @@ def _rope(cfg) -> tuple[str | None, float | None]:
         params = params.get("full_attention") or next(iter(params.values()))
     theta = params.get("rope_theta") if isinstance(params, dict) else None
     theta = theta if theta is not None else getattr(cfg, "rope_theta", None)
-    if cfg.model_type in ("gpt2",):
+    if not params and theta is None:  # learned or no positions (GPT-2, OPT): no RoPE
         return None, None
     kind = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
     return kind, float(theta) if theta is not None else None
