@@ -15,6 +15,7 @@ under a second. The .gguf file itself stays a valid source.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 from autodeploy import progress
 from autodeploy.errors import SourceError
@@ -75,12 +77,36 @@ def example_path(name: str) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """One process at a time (pytest workers, two shells) fetches and converts; the others wait."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): the private work dirs below still keep it safe
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def example_dir(name: str) -> Path:
     """The example as a HF model folder (config, safetensors, tokenizer), converted from its GGUF once."""
     _check_name(name)
     target = cache_dir() / "examples" / name / "hf"
     if (target / "config.json").exists():
         return target
+    with _exclusive(target.parent / ".lock"):
+        if (target / "config.json").exists():  # converted by the process we waited for
+            return target
+        return _fetch_and_convert(name, target)
+
+
+def _fetch_and_convert(name: str, target: Path) -> Path:
     gguf = example_path(name)
     work = Path(tempfile.mkdtemp(prefix=".hf-", dir=target.parent))
     try:
