@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import fx
 
-from autodeploy.graph import aten, is_op, nodes_of, val
+from autodeploy.graph import aten, get_attr_tensor, is_op, nodes_of, val
 
 ACTIVATIONS = (aten.silu, aten.gelu, aten.sigmoid, aten.relu)
 # ops that only move or reshape a tensor: walked through when tracing the key back to repeat_kv
@@ -52,8 +52,8 @@ def _inputs(node: fx.Node) -> list[fx.Node]:
     return list(node.all_input_nodes)
 
 
-def _upstream(start: fx.Node, depth: int, pred: Callable[[fx.Node], bool], down: bool = False) -> fx.Node | None:
-    """Breadth-first search over inputs (users when `down`), up to `depth` hops; the first node satisfying `pred`."""
+def _find_near(start: fx.Node, depth: int, pred: Callable[[fx.Node], bool], down: bool = False) -> fx.Node | None:
+    """Breadth-first over inputs (over users when `down`), up to `depth` hops: the first node satisfying `pred`."""
     frontier, seen = [start], {start}
     for _ in range(depth):
         nxt = []
@@ -87,11 +87,11 @@ def _attention_sites(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node
         shape = _shape(node)
         if shape is None or len(shape) != 4:
             continue  # a router softmax is 2-d [tokens, experts]
-        qk = _upstream(node, 6, lambda n: is_op(n, [aten.matmul, aten.bmm]) and len(_shape(n) or ()) == 4)
+        qk = _find_near(node, 6, lambda n: is_op(n, [aten.matmul, aten.bmm]) and len(_shape(n) or ()) == 4)
         if qk is not None:
             # the probabilities reach the PV matmul (through dropout, or a slice dropping sink columns):
             # its second input is v [b, h, s, d_v]
-            pv = _upstream(node, 5, lambda n: is_op(n, [aten.matmul, aten.bmm]), down=True)
+            pv = _find_near(node, 5, lambda n: is_op(n, [aten.matmul, aten.bmm]), down=True)
             sites.append((qk.args[0], qk.args[1], pv.args[1] if pv is not None else None, node))
     return sites
 
@@ -111,17 +111,12 @@ def _kv_heads(key: fx.Node) -> int | None:
     return _int(shape[1]) if shape is not None and len(shape) == 4 else None
 
 
-def _is_param(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return node.op == "get_attr" and isinstance(_attr(gm, node), torch.nn.Parameter)
-
-
 def _attr(gm: fx.GraphModule, node: fx.Node):
-    obj = gm
-    for part in str(node.target).split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
+    return get_attr_tensor(gm, node) if node.op == "get_attr" else None
+
+
+def _is_param(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return isinstance(_attr(gm, node), torch.nn.Parameter)
 
 
 def _one_plus_weight(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -131,7 +126,7 @@ def _one_plus_weight(gm: fx.GraphModule, node: fx.Node) -> bool:
     scalar, tensor = (a, b) if not isinstance(a, fx.Node) else (b, a)
     if not isinstance(tensor, fx.Node) or scalar != 1:
         return False
-    return _is_param(gm, tensor) or _upstream(tensor, 2, lambda n: _is_param(gm, n)) is not None
+    return _is_param(gm, tensor) or _find_near(tensor, 2, lambda n: _is_param(gm, n)) is not None
 
 
 def _gate_site(act: fx.Node) -> bool:
@@ -157,7 +152,7 @@ def _rope_thetas(gm: fx.GraphModule) -> list[float]:
                         continue
                     seen.add(inp)
                     nxt.append(inp)
-                    t = _attr(gm, inp) if inp.op == "get_attr" else None
+                    t = _attr(gm, inp)
                     if isinstance(t, torch.Tensor) and not t.is_meta and t.ndim == 1 and t.numel() >= 2:
                         thetas.append(float(t[1].double() ** (-t.numel())))
             frontier = nxt
@@ -180,9 +175,9 @@ def graph_facts(gm: fx.GraphModule) -> GraphFacts:
         if vs is not None and len(vs) == 4:
             f.v_head_dims.add(_int(vs[3]))
         if eager:
-            cat4 = _upstream(anchor, 2, lambda n: is_op(n, aten.cat) and len(_shape(n) or ()) == 4)
+            cat4 = _find_near(anchor, 2, lambda n: is_op(n, aten.cat) and len(_shape(n) or ()) == 4)
             f.sink_sites += cat4 is not None
-            f.attn_softcap_sites += _upstream(anchor, 4, lambda n: is_op(n, aten.tanh)) is not None
+            f.attn_softcap_sites += _find_near(anchor, 4, lambda n: is_op(n, aten.tanh)) is not None
     f.rmsnorm_sites = len(nodes_of(gm, aten.rsqrt))
     f.layernorm_sites = len(nodes_of(gm, [aten.layer_norm, aten.native_layer_norm]))
     f.one_plus_weight_sites = sum(_one_plus_weight(gm, n) for n in gm.graph.nodes)
@@ -192,5 +187,5 @@ def graph_facts(gm: fx.GraphModule) -> GraphFacts:
     f.has_rotary = bool(nodes_of(gm, aten.cos)) and bool(nodes_of(gm, aten.sin))
     f.rope_thetas = _rope_thetas(gm)
     output = next(n for n in gm.graph.nodes if n.op == "output")
-    f.logit_softcap = _upstream(output, 4, lambda n: is_op(n, aten.tanh)) is not None
+    f.logit_softcap = _find_near(output, 4, lambda n: is_op(n, aten.tanh)) is not None
     return f
