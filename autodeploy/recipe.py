@@ -47,6 +47,10 @@ class RuntimeConfig(_Strict):
         default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], description="Decode batch buckets captured as CUDA graphs."
     )
     seed: int = Field(0, description="Seed for random weights (random: sources).")
+    world_size: int | None = Field(
+        None, ge=1, description="Ranks the model is split over (tensor / expert parallel); null: the launcher's "
+        "WORLD_SIZE (torchrun), else 1.",
+    )
 
 
 class ModelConfig(_Strict):

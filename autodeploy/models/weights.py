@@ -8,7 +8,9 @@ builds every parameter once, on the target device:
     plan.set("fused.qkv_weight", lambda fetch: torch.cat([fetch(q), fetch(k), fetch(v)]))
 
 `fetch(name)` returns a checkpoint tensor by its HF name and drops it from the pool once used, so
-a fused weight replaces its parts instead of living next to them.
+a fused weight replaces its parts instead of living next to them. `fetch(name, index=…)` returns
+only a part (a tuple of slices), read lazily where the pool can (`pool.read_part`, a safetensors
+slice): that is how a sharded rank loads its slice without the whole tensor on its device.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import fx, nn
 
 from autodeploy.errors import SourceError
 
-Fetch = Callable[[str], torch.Tensor]
+Fetch = Callable[..., torch.Tensor]  # fetch(name) or fetch(name, index=(slice, ...))
 Producer = Callable[[Fetch], torch.Tensor]
 # Runs before any parameter is produced (calibration): (fetch, peek, device). `peek` reads a
 # checkpoint tensor without taking it, so it stays for its own producer.
@@ -80,7 +82,23 @@ def load_weights(gm: fx.GraphModule, state: dict[str, torch.Tensor], device: tor
     pool = state
     produced: dict[str, torch.Tensor] = {}  # checkpoint name -> tensor, so tied names share storage
 
-    def fetch(name: str) -> torch.Tensor:
+    def fetch_part(name: str, index: tuple) -> torch.Tensor:
+        if name in produced:
+            t = produced[name][index]
+        elif name not in pool:
+            raise SourceError(f"checkpoint has no tensor '{name}' needed by the graph")
+        elif hasattr(pool, "read_part"):  # lazy: only the part is read from the file
+            t = pool.read_part(name, index)
+        else:  # the whole tensor stays in the pool (other parts may follow); only the part moves
+            t = pool[name][index]
+        t = t.to(device)
+        if t._is_view():  # a view would keep the whole tensor's storage alive
+            t = t.clone()
+        return t
+
+    def fetch(name: str, index: tuple | None = None) -> torch.Tensor:
+        if index is not None:
+            return fetch_part(name, index)
         if name in produced:
             return produced[name]
         if name not in pool:

@@ -1,0 +1,382 @@
+"""Sharded regions: from an anchor (attention heads, a gated MLP's hidden units) to the linears around it.
+
+A region is the set of graph tensors each rank holds only a slice of. The solver starts from an
+anchor's slices and spreads them with one rule per op, in both directions, until every path ends:
+
+    backward, at a linear's output          -> column split (weight rows), the region's opening
+    backward, at a parameter                -> that parameter is sliced (attention sinks)
+    forward, into a linear's input (last)   -> row split (weight columns) + all_reduce, its closing
+    a broadcast input (size 1 on the dim)   -> stays whole (DeepSeek's shared rope key: its expand
+                                               is rewritten to the local head count)
+
+    x ─ q_proj ─ view [b,s,n,d] ─ rope ─┐                     column: q_proj, k_proj, v_proj
+    x ─ k_proj ─ view ─────────── rope ─┼─ attention ─ reshape ─ o_proj   row: o_proj
+    x ─ v_proj ─ view ──────────────────┘   [b,s,n_l,d]
+
+Every op the region touches needs a rule (views map the slice through their dim groups; a split
+on the sharded dim hands each output its part); any other op raises `Unsupported`, and the caller
+leaves the region whole. Nodes whose constant arguments hold a global size (a view to
+[b, s, 32, 128], an expand to 4 heads, split sizes) are rewritten from the slices recorded here.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import deque
+from dataclasses import dataclass, field
+
+import sympy
+import torch
+from torch import fx
+
+from autodeploy.distributed.plan import Slice
+from autodeploy.graph import aten, is_op, val
+
+ops = torch.ops.autodeploy
+
+
+class Unsupported(Exception):
+    """The region reaches an op no rule covers, or two paths disagree on a tensor's slice."""
+
+
+VIEWS = (aten.view, aten.reshape, aten._unsafe_view)
+PASS = (aten.contiguous, aten.clone, aten.alias, aten._to_copy, aten.to, aten.detach, aten.neg, aten.silu,
+        aten.gelu, aten.relu, aten.tanh, aten.sigmoid, aten.exp, aten.sqrt, aten.rsqrt, aten.pow,
+        aten.type_as, aten.lift_fresh_copy)
+BINARY = (aten.add, aten.sub, aten.mul, aten.div, aten.maximum, aten.minimum)
+NEW = (aten.new_empty, aten.new_zeros, aten.new_ones, aten.new_full)
+SPLITS = (aten.split_with_sizes, aten.split)
+
+
+def _ndim(node) -> int:
+    return val(node).dim()
+
+
+def _shape(node) -> list:
+    return list(val(node).shape)
+
+
+def _expr(d):
+    return d.node.expr if isinstance(d, torch.SymInt) else sympy.Integer(int(d))
+
+
+def _eq(a, b) -> bool:
+    return sympy.expand(a - b) == 0
+
+
+def _prod(dims) -> int | None:
+    """Product of static dims; None if one is symbolic."""
+    out = 1
+    for d in dims:
+        if isinstance(d, torch.SymInt):
+            return None
+        out *= int(d)
+    return out
+
+
+def _dim(d: int, ndim: int) -> int:
+    return d % ndim if ndim else 0
+
+
+def view_map(src: list, dst: list, sl: Slice) -> Slice | None:
+    """The slice of `dst` a view `src -> dst` gives when `src` is held as `sl`; None if not expressible."""
+    sa = [sympy.Mul(*[_expr(d) for d in src[i:]]) for i in range(len(src) + 1)]
+    sb = [sympy.Mul(*[_expr(d) for d in dst[j:]]) for j in range(len(dst) + 1)]
+    bounds = [(i, j) for i in range(len(src) + 1) for j in range(len(dst) + 1) if _eq(sa[i], sb[j])]
+    i0 = max(i for i, _ in bounds if i <= sl.dim)
+    i1 = min(i for i, _ in bounds if i > sl.dim)
+    j1 = min(j for i, j in bounds if i == i1)
+    j0 = max((j for i, j in bounds if i == i0 and j < j1), default=None)
+    if j0 is None or any(src[d] != 1 for d in range(i0, sl.dim)):
+        return None  # the dim is not the leading one of its group: its slice is not contiguous
+    inner_src = _prod(src[sl.dim + 1 : i1])
+    dims = [d for d in range(j0, j1) if dst[d] != 1]
+    if inner_src is None or not dims:
+        return None
+    inner_dst = _prod(dst[dims[0] + 1 : j1])
+    if inner_dst is None:
+        return None
+    return sl.scaled(inner_src).divided(inner_dst, dim=dims[0])
+
+
+def _perm(node) -> list[int] | None:
+    """Output dim i of a transpose / permute reads input dim perm[i]."""
+    n = _ndim(node)
+    if is_op(node, aten.transpose):
+        a, b = _dim(node.args[1], n), _dim(node.args[2], n)
+        p = list(range(n))
+        p[a], p[b] = b, a
+        return p
+    if is_op(node, aten.permute):
+        return [_dim(d, n) for d in node.args[1]]
+    return None
+
+
+def _aligned(node_in, out_ndim: int, dim: int) -> int | None:
+    """The dim of a broadcast input that lines up with output dim `dim` (None: absent or size 1)."""
+    if not isinstance(node_in, fx.Node) or not isinstance(val(node_in), torch.Tensor):
+        return None
+    d = dim - (out_ndim - _ndim(node_in))
+    if d < 0 or _shape(node_in)[d] == 1:
+        return None
+    return d
+
+
+def _split_sizes(node) -> list[int]:
+    x = node.args[0]
+    dim = _dim(node.args[2] if len(node.args) > 2 else 0, _ndim(x))
+    if is_op(node, aten.split_with_sizes):
+        return [int(s) for s in node.args[1]]
+    size, total = int(node.args[1]), int(_shape(x)[dim])
+    return [min(size, total - o) for o in range(0, total, size)]
+
+
+def _split_dim(node) -> int:
+    return _dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), _ndim(node.args[0]))
+
+
+@dataclass
+class Region:
+    """What the solver found: tensors with their slices, and the linears / parameters at the edges."""
+
+    slices: dict[fx.Node, Slice] = field(default_factory=dict)
+    columns: dict[fx.Node, Slice] = field(default_factory=dict)  # linear -> slice of its output (last dim)
+    rows: dict[fx.Node, Slice] = field(default_factory=dict)  # linear -> slice of its input (last dim)
+    params: dict[str, Slice] = field(default_factory=dict)  # get_attr target -> slice of the parameter
+    visited: set[fx.Node] = field(default_factory=set)  # every node inside, edges included
+    anchors: set[fx.Node] = field(default_factory=set)
+
+
+class Solver:
+    """Spreads slices from anchors; `solve()` returns the Region or raises Unsupported."""
+
+    def __init__(self) -> None:
+        self.r = Region()
+        self.queue: deque[fx.Node] = deque()
+        self.partial: set[fx.Node] = set()  # held as a union of parts its split users select from
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+    def hold(self, node: fx.Node, sl: Slice, partial: bool = False) -> None:
+        """`node`'s output is held as `sl` on this rank."""
+        if not isinstance(node, fx.Node):
+            return
+        old = self.r.slices.get(node)
+        if old == sl:
+            return
+        if old is not None:
+            if not (partial and node in self.partial) or old.dim != sl.dim:
+                raise Unsupported(f"{node.name}: held as {old.ranges} on dim {old.dim} and as {sl.ranges} on dim {sl.dim}")
+            sl = old.union(sl)
+        if partial:
+            self.partial.add(node)
+        self.r.slices[node] = sl
+        self.r.visited.add(node)
+        self.queue.append(node)
+
+    def anchor(self, node: fx.Node, out: Slice | None, inputs: dict[fx.Node, Slice]) -> None:
+        """An op whose slices the caller knows (attention: heads of q, k, v and of its output)."""
+        self.r.anchors.add(node)
+        self.r.visited.add(node)
+        for n, sl in inputs.items():
+            self.hold(n, sl)
+        if out is not None:
+            self.r.slices[node] = out
+            self.queue.append(node)
+
+    def solve(self) -> Region:
+        while self.queue:
+            node = self.queue.popleft()
+            if node not in self.r.anchors:
+                self.backward(node)
+            self.forward(node)
+        return self.r
+
+    # ---- backward: which slice of each input gives this node's slice ----------------------------
+    def backward(self, node: fx.Node) -> None:
+        sl = self.r.slices[node]
+        if node.op == "get_attr":
+            self.r.params[node.target] = sl
+            return
+        if node.op != "call_function":
+            raise Unsupported(f"{node.name} ({node.op}) would need to be split")
+        if node in self.r.rows:
+            raise Unsupported(f"{node.name}: a linear with both its input and its output split")
+        if is_op(node, aten.linear):
+            if sl.dim != _ndim(node) - 1:
+                raise Unsupported(f"{node.name}: linear split on a leading dim")
+            self.r.columns[node] = sl
+            for p in node.args[1:3]:
+                if isinstance(p, fx.Node):
+                    self.hold(p, sl.with_dim(0))
+            return
+        for inp, in_sl in self.inputs_for(node, sl).items():
+            self.hold(inp, in_sl, partial=node.target is operator.getitem)
+
+    def inputs_for(self, node: fx.Node, sl: Slice) -> dict[fx.Node, Slice]:
+        """The slice each tensor input must hold for `node` to hold `sl` (the backward rules)."""
+        n = _ndim(node)
+        x = node.args[0] if node.args else None
+        if is_op(node, PASS) or is_op(node, (ops.gated_mlp_act,)):
+            ins = [a for a in node.args if isinstance(a, fx.Node)] if is_op(node, ops.gated_mlp_act) else [x]
+            return {a: sl for a in ins}
+        if is_op(node, ops.rmsnorm):
+            if sl.dim == n - 1:
+                raise Unsupported(f"{node.name}: RMSNorm over the split dim")
+            return {x: sl}
+        if is_op(node, BINARY):
+            out = {}
+            for a in node.args[:2]:
+                d = _aligned(a, n, sl.dim)
+                if d is not None:
+                    out[a] = sl.with_dim(d)
+            return out
+        if is_op(node, VIEWS):
+            mapped = view_map(_shape(node), _shape(x), sl)
+            if mapped is None:
+                raise Unsupported(f"{node.name}: a view that scatters the split dim")
+            return {x: mapped}
+        perm = _perm(node)
+        if perm is not None:
+            return {x: sl.with_dim(perm[sl.dim])}
+        if is_op(node, aten.unsqueeze):
+            d = _dim(node.args[1], n)
+            if d == sl.dim:
+                raise Unsupported(f"{node.name}: unsqueeze on the split dim")
+            return {x: sl.with_dim(sl.dim - (d < sl.dim))}
+        if is_op(node, aten.expand):
+            d = _aligned(x, n, sl.dim)
+            return {} if d is None else {x: sl.with_dim(d)}  # size 1: broadcast, rewritten to local
+        if is_op(node, aten.slice):
+            dim = _dim(node.args[1] if len(node.args) > 1 else 0, n)
+            if dim != sl.dim:
+                return {x: sl}
+            if (node.args[4] if len(node.args) > 4 else 1) != 1:
+                raise Unsupported(f"{node.name}: strided slice of the split dim")
+            start = int(node.args[2] or 0) if len(node.args) > 2 else 0
+            return {x: sl.shifted(start, int(_shape(x)[dim]))}
+        if is_op(node, aten.cat):
+            dim = _dim(node.args[1] if len(node.args) > 1 else 0, n)
+            if dim == sl.dim:
+                raise Unsupported(f"{node.name}: concatenation along the split dim")
+            return {a: sl.with_dim(sl.dim - (n - _ndim(a))) for a in node.args[0]}
+        if is_op(node, aten.copy_):
+            return {node.args[0]: sl, **({node.args[1]: sl} if _aligned(node.args[1], n, sl.dim) is not None else {})}
+        if is_op(node, NEW):
+            self.fill_new(node, sl)
+            return {}
+        if node.target is operator.getitem:
+            return self.getitem_inputs(node, sl)
+        raise Unsupported(f"{node.name}: no sharding rule for {node.target}")
+
+    def getitem_inputs(self, node: fx.Node, sl: Slice) -> dict[fx.Node, Slice]:
+        src, i = node.args
+        self.r.visited.add(src)
+        if is_op(src, ops.rope):
+            return {src.args[i]: sl}
+        if is_op(src, SPLITS):
+            x, dim = src.args[0], _split_dim(src)
+            if dim != sl.dim:
+                return {x: sl}
+            sizes = _split_sizes(src)
+            return {x: sl.shifted(sum(sizes[:i]), int(_shape(x)[dim]))}
+        raise Unsupported(f"{node.name}: no sharding rule for an output of {src.target}")
+
+    def fill_new(self, node: fx.Node, sl: Slice) -> None:
+        """A fresh tensor (new_empty) filled through in-place copies into its slices (DeepSeek's k):
+        each slice view holds the same slice, and each copy's source must hold it too."""
+        for view in node.users:
+            if is_op(view, aten.slice) and _dim(view.args[1], _ndim(node)) != sl.dim:
+                self.hold(view, sl)
+
+    # ---- forward: what each user of a held node holds ------------------------------------------
+    def forward(self, node: fx.Node) -> None:
+        sl = self.r.slices[node]
+        if node.op == "get_attr":
+            return  # parameters: their users are the linears that asked for them
+        for user in list(node.users):
+            if user in self.r.anchors:
+                continue
+            if is_op(user, aten.sym_size) and _dim(user.args[1], _ndim(node)) != sl.dim:
+                self.r.visited.add(user)  # a size of an unsplit dim: the same on every rank
+                continue
+            if is_op(user, aten.linear):
+                if user.args[0] is not node:
+                    raise Unsupported(f"{user.name}: a split tensor used as a weight")
+                if sl.dim != _ndim(node) - 1:
+                    raise Unsupported(f"{user.name}: linear over a split leading dim")
+                if user in self.r.columns:
+                    raise Unsupported(f"{user.name}: a linear with both its input and its output split")
+                self.r.rows[user] = sl
+                self.r.visited.add(user)
+                continue
+            if is_op(user, SPLITS) or is_op(user, ops.rope):
+                self.forward_multi(user)
+                continue
+            out = self.output_of(user, node, sl)
+            self.hold(user, out)
+
+    def forward_multi(self, node: fx.Node) -> None:
+        """A split or rope: each getitem holds its part (rope: the slice of its own input)."""
+        self.r.visited.add(node)
+        for item in node.users:
+            if item.target is not operator.getitem:
+                raise Unsupported(f"{node.name}: multi-output op used whole")
+            i = item.args[1]
+            if is_op(node, ops.rope):
+                if node.args[i] in self.r.slices:
+                    self.hold(item, self.r.slices[node.args[i]])
+                continue
+            x, dim = node.args[0], _split_dim(node)
+            sl = self.r.slices[x]
+            if dim != sl.dim:
+                self.hold(item, sl)
+                continue
+            sizes = _split_sizes(node)
+            start = sum(sizes[:i])
+            part = sl.within(start, start + sizes[i]).with_dim(dim)
+            if not part.ranges:
+                raise Unsupported(f"{item.name}: a split part this rank holds nothing of")
+            self.hold(item, part)
+
+    def output_of(self, user: fx.Node, node: fx.Node, sl: Slice) -> Slice:
+        """The forward rules: the slice `user` holds when its input `node` holds `sl`."""
+        n = _ndim(user)
+        if is_op(user, PASS) or is_op(user, (ops.rmsnorm, ops.gated_mlp_act)):
+            if is_op(user, ops.rmsnorm) and sl.dim == n - 1:
+                raise Unsupported(f"{user.name}: RMSNorm over the split dim")
+            return sl
+        if is_op(user, BINARY) or is_op(user, aten.copy_):
+            return sl.with_dim(sl.dim + (n - _ndim(node)))
+        if is_op(user, VIEWS):
+            mapped = view_map(_shape(node), _shape(user), sl)
+            if mapped is None:
+                raise Unsupported(f"{user.name}: a view that scatters the split dim")
+            return mapped
+        perm = _perm(user)
+        if perm is not None:
+            return sl.with_dim(perm.index(sl.dim))
+        if is_op(user, aten.unsqueeze):
+            d = _dim(user.args[1], n)
+            return sl.with_dim(sl.dim + (d <= sl.dim))
+        if is_op(user, aten.slice) and _dim(user.args[1], n) != sl.dim:
+            return sl
+        if is_op(user, aten.cat) and _dim(user.args[1] if len(user.args) > 1 else 0, n) != sl.dim:
+            return sl  # the other inputs must hold the same slice: the backward rule asks them
+        if is_op(user, NEW) and user.args[0] is node:
+            size = user.args[1]
+            if isinstance(size[sl.dim], int) and size[sl.dim] == sl.size:
+                return sl  # a fresh tensor of the same global shape: held the same way
+        raise Unsupported(f"{user.name}: no sharding rule for {user.target}")
+
+
+def static_size(node: fx.Node, dim: int) -> int | None:
+    d = _shape(node)[dim]
+    return None if isinstance(d, torch.SymInt) else int(d)
+
+
+def even_slice(node: fx.Node, dim: int, world: int, rank: int) -> Slice:
+    size = static_size(node, dim)
+    if size is None or size % world:
+        raise Unsupported(f"{node.name}: dim {dim} of size {size} does not split over {world} ranks")
+    return Slice.even(dim, size, world, rank)
+
