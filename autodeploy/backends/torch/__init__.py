@@ -6,3 +6,4 @@ Importing this package registers every op; `autodeploy.ops` does it for users of
 from autodeploy.backends.torch import attention, gated_mlp, moe, rmsnorm, rope  # noqa: F401
 from autodeploy.backends.torch import cached_attention  # noqa: F401
 from autodeploy.backends.torch import quant_linear  # noqa: F401
+from autodeploy.backends.torch import fused_add_rmsnorm  # noqa: F401
