@@ -9,6 +9,8 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::cached_attention  -> autodeploy::triton_cached_attention      cached_attention.py
                                      (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
     autodeploy::int4_wo_linear    -> autodeploy::triton_int4_wo_linear        int4_gemm.py
+    aten.linear (decode rows)     -> autodeploy::triton_linear                linear.py
+                                     (+ max_rows: larger calls stay on cuBLAS)
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
-from autodeploy.backends.triton import int4_gemm  # noqa: F401
+from autodeploy.backends.triton import int4_gemm, linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -46,4 +48,5 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "cached_attention": _cached_attention_supports,
     "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
         x, qweight, scales, zeros, bias, group_size),
+    "linear": lambda input, weight, bias=None, *a, **kw: linear.supports(input, weight, bias),  # aten.linear
 }

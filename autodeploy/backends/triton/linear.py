@@ -1,0 +1,210 @@
+"""Decode-shaped linear: `autodeploy::triton_linear`, aten.linear with a GEMV kernel for few rows.
+
+    triton_linear(x [.., K], weight [N, K], bias [N]?, max_rows=16) -> [.., N]    (= aten.linear)
+        rows = x.numel() / K <= max_rows: the kernel below;  more rows (prefill): aten.linear (cuBLAS)
+
+At decode (M = 1..16 rows) a linear is a matrix-vector product bound by the weight's bytes: every
+weight element is used M times, the x rows are a few KB. cuBLAS picks GEMM tiles for these shapes
+and reaches 30-55% of the bandwidth on the 8-70 MB matrices of a 1B/8B model (H200: 12.6 MB qkv in
+5.9 us, where 4.8 TB/s allows 2.6 us). The kernel reads each weight element exactly once, 16-byte
+vectors along K, and accumulates in fp32:
+
+    program (n-tile, k-split):  acc[BM, BN] = x[:, k-range] @ weight[n-tile, k-range]^T
+        kind "dot":    tl.dot(x [BM=16, BK], w^T [BK, BN])       (x rows padded to the MMA's 16)
+        kind "dot_t":  tl.dot(w [BN, BK], x^T [BK, BM])^T         (weights on the MMA's M side)
+        kind "fma":    sum_k x[:, None, k] * w[None, :, k]         (no padding; for one or two rows)
+
+Enough programs must be in flight to keep ~3 TB/s of loads outstanding: the N tile shrinks until
+every SM has one, and a skinny matrix (N = 2048: 128 tiles of 16 rows) splits K as well. The
+split-K partials (fp32 [split, M, N]) are summed by a second small kernel that also adds the bias
+and casts (no atomics: the result does not depend on program order). Launch configs come from
+`launch_config` (set from benchmarks/triton_linear_sweep.py); inside a CUDA graph nothing is tuned
+at run time.
+
+Calls with more than `max_rows` rows go to aten.linear: select_backends puts this op in place of
+an aten.linear only where the autotuner timed it faster at decode sizes, and the same graph node
+also runs prefill, where cuBLAS's GEMM tiles win. Rows <= max_rows that the kernel cannot take
+(device, dtype, K % 64) raise NotImplementedError, like the other Triton ops.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from autodeploy.backends.triton._common import dot_precision, interpreted, num_sms, rows_of, unsupported_device_or_dtype
+
+MAX_ROWS = 16  # decode batches; the dot kinds pad x to the MMA's 16 rows
+K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
+KINDS = {"fma": 0, "dot": 1, "dot_t": 2}
+
+
+@triton.jit
+def _linear_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr,
+    M, N, K, K_PER_SPLIT,
+    stride_xm, stride_wn, stride_om, stride_split,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr,
+    PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    mask_m = rm < M
+    mask_n = rn < N
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BM, BK]
+    if KIND == 2:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for _ in range(k_start, k_end, BK):
+        w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)  # [BN, BK]: the bytes that matter
+        xk = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
+        if KIND == 0:
+            acc += tl.sum(xk.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        elif KIND == 1:
+            acc += tl.dot(xk, tl.trans(w), input_precision=PRECISION)
+        else:
+            acc += tl.dot(w, tl.trans(xk), input_precision=PRECISION)
+        w_ptrs += BK
+        x_ptrs += BK
+    if KIND == 2:
+        acc = tl.trans(acc)  # [BM, BN]
+    mask_o = mask_m[:, None] & mask_n[None, :]
+    if PARTIAL:  # fp32 partials [split, M, N], summed by _sum_splits_kernel
+        tl.store(out_ptr + pid_k * stride_split + rm[:, None] * stride_om + rn[None, :], acc, mask=mask_o)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask_o)
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, bias_ptr, out_ptr, MN, N, SPLIT, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat index into out [M, N]
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(SPLIT):
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _dtypes() -> tuple[torch.dtype, ...]:
+    # Compiled: the half types models decode in (the configs were timed on those). The interpreter
+    # also takes fp32, so CI checks the kernel's indexing against an fp32 reference exactly.
+    return (torch.float32, torch.bfloat16, torch.float16) if interpreted() else (torch.bfloat16, torch.float16)
+
+
+def unsupported_reason(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
+    why = unsupported_device_or_dtype(x, weight, bias)
+    if why:
+        return why
+    if x.dtype not in _dtypes():
+        return f"dtype {x.dtype} is not one of {_dtypes()}"
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        return "x, weight and bias must share one dtype"
+    if weight.device != x.device or (bias is not None and bias.device != x.device):
+        return "x, weight and bias must be on one device"
+    if weight.dim() != 2 or weight.stride(-1) != 1:
+        return "weight must be a [N, K] matrix with contiguous rows"
+    n, k = weight.shape
+    if x.dim() == 0 or x.shape[-1] != k:
+        return f"x has {x.shape[-1] if x.dim() else 0} input channels, the weight {k}"
+    if k == 0 or k % K_MULTIPLE:
+        return f"K = {k} is not a positive multiple of {K_MULTIPLE}"
+    if bias is not None and bias.shape != (n,):
+        return f"bias must be [{n}], got {list(bias.shape)}"
+    if x.numel() // k > MAX_ROWS:
+        return f"{x.numel() // k} rows: the GEMV kernel takes at most {MAX_ROWS} (decode); cuBLAS takes more"
+    return None
+
+
+def supports(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> bool:
+    return unsupported_reason(x, weight, bias) is None
+
+
+def _largest_bk(k: int, bk: int) -> int:
+    """The largest power of two <= bk dividing k (k % 64 == 0, so at least 64)."""
+    while k % bk:
+        bk //= 2
+    return bk
+
+
+def normalized(config: dict, m: int, n: int, k: int) -> dict:
+    """A config made valid for (m, n, k): BK dividing K, the split a whole number of BK steps."""
+    bk = _largest_bk(k, config["bk"])
+    split = max(1, min(config.get("split", 1), k // bk))
+    k_per_split = triton.cdiv(triton.cdiv(k, split), bk) * bk
+    split = triton.cdiv(k, k_per_split)
+    kind = config.get("kind", "dot")
+    bm = max(1, triton.next_power_of_2(m)) if kind == "fma" else 16
+    return dict(config, kind=kind, bk=bk, split=split, k_per_split=k_per_split, bm=bm)
+
+
+def launch_config(m: int, n: int, k: int, sms: int) -> dict:
+    """Tile sizes and the K split for one call (heuristic, from benchmarks/triton_linear_sweep.py)."""
+    bn = next((b for b in (128, 64, 32) if triton.cdiv(n, b) >= sms), 16)  # every SM gets an N tile
+    tiles = triton.cdiv(n, bn)
+    bk = _largest_bk(k, 256)
+    # a skinny matrix (N = 2048 -> 128 tiles) also splits K, for ~2 programs per SM; each split keeps
+    # >= 4 BK steps so the loads stay pipelined
+    split = 1 if tiles >= 2 * sms else max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
+    return normalized(dict(kind="dot_t", bn=bn, bk=bk, split=split, num_warps=4, num_stages=4), m, n, k)
+
+
+def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Optional[dict] = None) -> Tensor:
+    """x [.., K] @ weight [N, K]^T (+ bias) -> [.., N] on the kernel; raises NotImplementedError when it cannot."""
+    why = unsupported_reason(x, weight, bias)
+    if why:
+        raise NotImplementedError(f"triton linear: {why}")
+    n, k = weight.shape
+    x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)  # [M, N]
+    if m == 0:
+        return out.reshape(*x.shape[:-1], n)
+    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device))
+    split = cfg["split"]
+    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)  # [S, M, N]
+    grid = (triton.cdiv(n, cfg["bn"]), split)
+    _linear_kernel[grid](
+        x2, weight, bias if bias is not None else weight, dest,
+        m, n, k, cfg["k_per_split"],
+        x2.stride(0), weight.stride(0), n, m * n,
+        BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], KIND=KINDS[cfg["kind"]], PARTIAL=split > 1,
+        HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split > 1:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(m * n, block),)](
+            dest, bias if bias is not None else dest, out, m * n, n, split,
+            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
+        )
+    return out.reshape(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("autodeploy::triton_linear", mutates_args=())
+def triton_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, max_rows: int = MAX_ROWS) -> Tensor:
+    """aten.linear(x [.., K], weight [N, K], bias) -> [.., N]: the GEMV kernel up to `max_rows` rows, cuBLAS above."""
+    k = weight.shape[-1]
+    if x.numel() // max(1, k) > max_rows:
+        return F.linear(x, weight, bias)
+    return launch(x, weight, bias)
+
+
+@triton_linear.register_fake
+def _(x, weight, bias=None, max_rows=MAX_ROWS):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
