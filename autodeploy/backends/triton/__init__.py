@@ -9,12 +9,13 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::cached_attention  -> autodeploy::triton_cached_attention      cached_attention.py
                                      (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
     autodeploy::int4_wo_linear    -> autodeploy::triton_int4_wo_linear        int4_gemm.py
+    autodeploy::fused_add_rmsnorm -> autodeploy::triton_fused_add_rmsnorm     rmsnorm.py
+                                     (the canonical op comes from transforms/fuse_add_rmsnorm.py)
     aten.linear (decode rows)     -> autodeploy::triton_linear                linear.py
                                      (+ max_rows: larger calls stay on cuBLAS)
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
-    autodeploy::triton_fused_add_rmsnorm(x, residual, weight, eps, add_unit_offset) -> (normed, x + residual)
     autodeploy::triton_rope_(q, k, cos, sin, interleaved)     in place on q and k
     autodeploy::triton_fused_gated_mlp_act(gate_up, act)      gate_up [..., 2f] from one fused GEMM
     autodeploy::triton_kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
@@ -43,6 +44,7 @@ def _cached_attention_supports(q, k, v, k_cache, v_cache, *meta, sinks=None, **_
 # {canonical op name: predicate over that op's call arguments}
 SUPPORTS: dict[str, Callable[..., bool]] = {
     "rmsnorm": lambda x, weight, *a, **kw: rmsnorm.supports(x, weight),
+    "fused_add_rmsnorm": lambda x, residual, weight, *a, **kw: rmsnorm.supports(x, weight, residual),
     "rope": lambda q, k, cos, sin, *a, **kw: rope.supports(q, k, cos, sin),
     "gated_mlp_act": lambda gate, up, act, *a, **kw: gated_mlp.supports(gate, up, act),
     "cached_attention": _cached_attention_supports,
