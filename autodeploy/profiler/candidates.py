@@ -5,7 +5,9 @@
     torch           the canonical op itself: its reference implementation
     torch-compile   the reference under torch.compile (only where `compiled=True`)
 
-The first entry is the default when autotuning is off.
+The first entry is the default when autotuning is off. aten.linear is no canonical op but has the
+same entry point (`linear_backends`): its Triton twin, autodeploy::triton_linear, is a GEMV kernel
+for decode rows (at most LINEAR_DECODE_ROWS), and "torch" is aten.linear itself (cuBLAS).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from torch._ops import OpOverload
 from autodeploy.profiler.variants import compiled_variant, op_name, reference_fn
 
 log = logging.getLogger(__name__)
+
+LINEAR = torch.ops.aten.linear.default
+LINEAR_DECODE_ROWS = 16  # the most rows autodeploy::triton_linear's kernel takes (backends/triton/linear.py MAX_ROWS)
 
 
 @dataclass
@@ -112,3 +117,13 @@ def backends_for(
         if op is not None:
             out.append(BackendOp("torch-compile", op))
     return out
+
+
+def linear_backends(device: torch.device, *, triton: bool = True) -> list[BackendOp]:
+    """The backends of aten.linear (weights [N, K]), preferred first: aten.linear itself (cuBLAS), then
+    the Triton GEMV twin on CUDA and registered extras (register_backend("linear", ...)). cuBLAS comes
+    first so that without timing (--no-autotune) or on a tie the graph keeps it: the kernel is only
+    worth its place where it was timed faster. No torch.compile candidate: Inductor lowers a lone
+    linear to the same cuBLAS call."""
+    backends = backends_for(LINEAR, device, triton=triton, compiled=False)
+    return [b for b in backends if b.name == "torch"] + [b for b in backends if b.name != "torch"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+import autodeploy.distributed.collectives  # noqa: F401  (registers autodeploy::all_gather)
 from autodeploy.graph import aten, is_op, nodes_of, val
 from autodeploy.ops import bound_args
 from autodeploy.runtime.cached_model import SPEC_KEY
@@ -47,7 +48,8 @@ _SDPA = (aten.scaled_dot_product_attention, aten._scaled_dot_product_flash_atten
 # Ops between the lm_head and the output that act on each token's row alone (casts, final softcap):
 # the last-token gather may move in front of them.
 _ROWWISE = (aten.to.dtype, aten._to_copy, aten.alias, aten.clone, aten.contiguous, aten.tanh,
-            aten.mul.Tensor, aten.div.Tensor, aten.add.Tensor, aten.sub.Tensor)
+            aten.mul.Tensor, aten.div.Tensor, aten.add.Tensor, aten.sub.Tensor,
+            torch.ops.autodeploy.all_gather.default)  # a vocab-parallel lm_head's logits, gathered per row
 
 
 def _uncacheable(gm: fx.GraphModule, ctx, attns: list[fx.Node]) -> str | None:
@@ -95,11 +97,18 @@ def _replace_attention(gm: fx.GraphModule, node: fx.Node, caches: tuple[fx.Node,
     return LayerCacheSpec(n_kv=n_kv, head_dim=d, v_head_dim=d_v, dtype=k.dtype, sliding_window=a["sliding_window"])
 
 
+def _is_linear(node: fx.Node) -> bool:
+    """aten.linear, or autodeploy::triton_linear that select_backends (Stage.FUSE) may have put in its
+    place; that op exists only once the Triton backends are imported, hence the lookup."""
+    twin = getattr(torch.ops.autodeploy, "triton_linear", None)
+    return is_op(node, aten.linear) or (twin is not None and is_op(node, twin))
+
+
 def _lm_head(gm: fx.GraphModule) -> fx.Node | None:
     """The lm_head linear (its input: hidden states [B, S, H]), walking back from the output."""
     x = next(n for n in reversed(gm.graph.nodes) if n.op == "output").args[0]
     while isinstance(x, fx.Node) and x.op == "call_function":
-        if is_op(x, aten.linear):
+        if _is_linear(x):
             h = val(x.args[0])
             return x if isinstance(h, torch.Tensor) and h.dim() == 3 else None
         others = [a for a in x.args[1:] if isinstance(a, fx.Node)]

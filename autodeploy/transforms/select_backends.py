@@ -10,11 +10,22 @@ counts: decode batches (b = 1 and the largest CUDA-graph bucket, s = 1) and one 
 s = prefill_tokens). When every bucket picks the same backend the node calls it directly; else
 it calls `<op>_tuned`, which dispatches per call to the nearest bucket's choice. Choices persist
 (see profiler/autotuner.py). Ops that later stages rewrite (attention -> insert_kv_cache) stay.
+
+aten.linear with a get_attr weight is timed at decode sizes only (rows = min(b, 16) for the decode
+buckets): a GEMV kernel can beat cuBLAS there, never at prefill. Where it wins from b = 1 on:
+
+    before:  y = aten.linear(x, get_attr(w), b)
+    after:   y = autodeploy.triton_linear(x, get_attr(w), b, max_rows)    rows <= max_rows: the kernel
+                                                                          more rows: aten.linear (cuBLAS)
+
+max_rows follows the same nearest-bucket rule as `<op>_tuned` and never exceeds the kernel's 16
+rows. Decisions are per weight shape (a site's [N, K]), not per K alone as for canonical ops.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -24,7 +35,7 @@ from torch._ops import OpOverload
 
 from autodeploy.ops import bound_args
 from autodeploy.profiler.autotuner import Autotuner, Candidate
-from autodeploy.profiler.candidates import backends_for
+from autodeploy.profiler.candidates import LINEAR, LINEAR_DECODE_ROWS, backends_for, linear_backends
 from autodeploy.profiler.variants import op_name, reference_fn, signature, tuned_variant
 from autodeploy.transforms.pipeline import Stage, TransformConfig, TransformInfo, register
 
@@ -120,7 +131,11 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
     choices: dict[str, dict[str, str]] = {}
     decided: dict[tuple, OpOverload] = {}  # (op, signature) -> target
     swapped = 0
+    linear_rows = sorted({min(b, LINEAR_DECODE_ROWS) for b, s in buckets if s == 1}) or [None]
     for node in list(gm.graph.nodes):
+        if _is_weight_linear(node):
+            swapped += _select_linear(node, device, cfg, tuner, linear_rows, (b_sym, s_sym), choices, decided)
+            continue
         if not _is_canonical(node) or op_name(node.target) in cfg.skip_ops:
             continue
         name = op_name(node.target)
@@ -160,6 +175,61 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
         changed=swapped > 0,
         details={"choices": choices, "autotune": tuner.enabled, "cache_hits": tuner.hits, "tuned": tuner.tuned},
     )
+
+
+def _is_weight_linear(node: fx.Node) -> bool:
+    """aten.linear(x, get_attr weight [N, K], bias?): a model projection."""
+    if node.op != "call_function" or node.target is not LINEAR or node.kwargs or len(node.args) < 2:
+        return False
+    w = node.args[1]
+    return isinstance(w, fx.Node) and w.op == "get_attr" and getattr(w.meta.get("val"), "dim", lambda: 0)() == 2
+
+
+def _decode_rows_limit(picks: list[tuple[int, str]]) -> tuple[str, int] | None:
+    """(backend, max_rows) from the picks per timed row count, or None when cuBLAS wins at the fewest rows.
+
+    The backend that won the fewest rows keeps every call up to the last bucket of its winning run,
+    and on to the log-midpoint before the next bucket (the nearest-bucket rule of `<op>_tuned`)."""
+    picks = sorted(picks)
+    name = picks[0][1]
+    if name == "torch":
+        return None
+    lost = next((i for i, (_, p) in enumerate(picks) if p != name), None)
+    if lost is None:
+        return name, LINEAR_DECODE_ROWS
+    return name, int(math.isqrt(picks[lost - 1][0] * picks[lost][0]))
+
+
+def _select_linear(node: fx.Node, device: torch.device, cfg: SelectBackendsConfig, tuner: Autotuner,
+                   rows: list[int | None], syms: tuple[Any, Any], choices: dict, decided: dict) -> bool:
+    """Time aten.linear's decode backends at each row count; swap in the winner with its max_rows."""
+    backends = linear_backends(device, triton=cfg.triton)
+    if len(backends) == 1:
+        return False
+    bound = bound_args(node)
+    names = list(bound)
+    vals = [v.meta.get("val") if isinstance(v, fx.Node) else v for v in bound.values()]
+    key = (LINEAR, signature(tuple(vals)) + (tuple(vals[1].shape),))  # the weight's [N, K]
+    if key not in decided:
+        by_name = {b.name: b.op for b in backends}
+        b_sym, s_sym = syms
+        picks = []
+        for r in rows:  # x [b, s, K] at (b, s) = (r, 1); None: the export's own sizes
+            subs = {k: v for k, v in ((b_sym, r), (s_sym, 1)) if k is not None and r is not None}
+            example = tuple(_materialize(v, subs, device) for v in bound.values())
+            cands = [Candidate(bk.name, bk.op) for bk in backends if bk.can_run(dict(zip(names, example)))]
+            bucket = _bucket_key(names, list(example))
+            pick = tuner.choose("linear", bucket, cands, lambda example=example: example, save=False)
+            choices.setdefault("linear", {})[bucket] = pick
+            picks.append((example[0].numel() // max(1, example[0].shape[-1]), pick))
+        limit = _decode_rows_limit(picks)
+        decided[key] = None if limit is None else (by_name[limit[0]], limit[1])
+    if decided[key] is None:
+        return False
+    op, max_rows = decided[key]
+    node.target = op
+    node.args = (bound["input"], bound["weight"], bound["bias"], max_rows)
+    return True
 
 
 def select_cache_op_backends(gm: fx.GraphModule, device: torch.device | str) -> int:
