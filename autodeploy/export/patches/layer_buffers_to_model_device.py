@@ -2,8 +2,10 @@
 
 HF quirk: GPT-Neo's and OpenAI-GPT's attention keep their causal mask as a non-persistent buffer
 `bias` [1, 1, max_pos, max_pos] (bool / float tril) and slice it inside forward with no
-`.to(device)`; XLM indexes a `position_ids` arange buffer the same way, and XGLM's parameter-free
-sinusoidal embedding `index_select`s its [max_pos, d] table with the (meta) position ids.
+`.to(device)`; XLM indexes a `position_ids` arange buffer the same way; XGLM's parameter-free
+sinusoidal embedding `index_select`s its [max_pos, d] table with the (meta) position ids, and
+CodeGen's / GPT-J's rotary embeddings index their sin/cos table `embed_positions` and hand the
+CPU rows to attention.
 Non-persistent buffers stay real on the CPU when the model is built on the meta device
 (models/factory.build_meta_model keeps computed tables real), so export fails in
 `torch.where(causal_mask, attn_weights, mask_value)`:
@@ -15,8 +17,8 @@ directly by a module with parameters (its own or its sub-layers'), or that is a 
 more) of a parameter-free module, is swapped for an empty meta tensor of the same shape and
 dtype, and restored on exit. The exported graph keeps it as a buffer; `load_weights` fills it
 from the materialized model (whose state lists non-persistent buffers too). Rotary embeddings'
-1-D inv_freq vectors stay real: graph facts read RoPE theta from them, and
-buffer_tables_to_model_device moves their modules' outputs instead.
+1-D inv_freq vectors stay real: graph facts read RoPE theta from them, and those modules move
+their results to the input's device themselves.
 
 Cost: transforms see these buffers as meta, so a matcher that evaluates a mask buffer's values
 (to prove it causal) cannot, and that attention stays on transformers' path (still exact).
