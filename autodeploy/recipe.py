@@ -51,6 +51,9 @@ class RuntimeConfig(_Strict):
         None, ge=1, description="Ranks the model is split over (tensor / expert parallel); null: the launcher's "
         "WORLD_SIZE (torchrun), else 1.",
     )
+    overlap_scheduling: bool = Field(
+        True, description="Launch each step before reading the previous step's tokens (hides host work behind the GPU)."
+    )
 
 
 class ModelConfig(_Strict):

@@ -100,10 +100,10 @@ def drive(rt, prompts: Sequence[Sequence[int]], max_tokens: int, arrivals: Seque
         if not index:
             time.sleep(max(0.0, arrivals[nxt] - (time.perf_counter() - t0)))
             continue
-        steps = rt.engine.num_steps
+        steps = rt.engine.num_progress
         stepped = rt.step()
         now = time.perf_counter()
-        if rt.engine.num_steps == steps and rt.engine.has_unfinished:
+        if rt.engine.num_progress == steps and rt.engine.has_unfinished:
             raise RuntimeError("the engine made no progress (scheduler stalled)")
         for req in stepped:
             observe(req, now)

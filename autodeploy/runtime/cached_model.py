@@ -65,13 +65,28 @@ class CachedModel:
     def num_layers(self) -> int:
         return len(self.specs)
 
+    accepts_token_source = True  # forward() can take next-step input ids from the device
+
     @torch.inference_mode()
-    def forward(self, info: SequenceInfo) -> torch.Tensor:
-        """Writes the step's k / v into the caches and returns each sequence's last-token logits [b, V] (fp32)."""
+    def forward(self, info: SequenceInfo, token_source: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Writes the step's k / v into the caches and returns each sequence's last-token logits [b, V] (fp32).
+
+        token_source = (prev_tokens [n], source [T]): token t of the step is prev_tokens[source[t]]
+        where source[t] >= 0 (a token sampled by the previous step, still on the device).
+        """
         if info.page_size != self.page_size:
             raise ValueError(f"SequenceInfo has page_size {info.page_size}, the cache {self.page_size}")
         if info.input_ids.device != self.device:
             info = info.to(self.device)
+        if token_source is not None:
+            info.input_ids = apply_token_source(info.input_ids, *token_source)
         return self.gm(*info.graph_inputs(), *self.caches).float()
 
     __call__ = forward
+
+
+def apply_token_source(input_ids: torch.Tensor, prev_tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """input_ids [T] with every position whose source >= 0 replaced by prev_tokens[source] (device ops only)."""
+    source = source.to(input_ids.device, non_blocking=True)
+    taken = prev_tokens.to(input_ids.device).index_select(0, source.clamp(min=0))
+    return torch.where(source >= 0, taken, input_ids)

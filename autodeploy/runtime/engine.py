@@ -43,6 +43,9 @@ class EngineConfig:
     max_seq_len: int = 2048
     policy: Policy = "fcfs"
     enable_prefix_caching: bool = False
+    # Launch step N+1 before reading step N's tokens (they reach N+1 on the device), so host
+    # work — scheduling, metadata, detokenization, stop checks — hides behind the GPU's step.
+    overlap: bool = True
 
 
 @dataclass
@@ -86,6 +89,10 @@ class Engine:
         self.num_tokens_computed = 0
         self.num_tokens_generated = 0
         self.finished = Counter()
+        # overlap needs a model that takes next-step input ids from the device (token_source)
+        self.overlap = cfg.overlap and getattr(model, "accepts_token_source", False)
+        self._inflight: _Inflight | None = None  # sampled on the device, not yet read
+        self.num_progress = 0  # forwards run + steps read: a step that changes neither stalled
 
     # ---- requests ------------------------------------------------------------------------------
     def add_request(self, req: Request, problem: str | None = None) -> Request:
@@ -149,6 +156,8 @@ class Engine:
             del self.requests[req.request_id]
         req.status = Status.FINISHED
         req.finish_reason, req.error = reason, error
+        while req.token_ids and req.token_ids[-1] == PLACEHOLDER:  # cancelled with a token in flight
+            req.token_ids.pop()
         if flush:  # a partial character left at the end; not after a stop string cut the text
             req.text += req.detok.flush()
         self.finished[reason] += 1
@@ -172,31 +181,101 @@ class Engine:
     # ---- one step ------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[Request]:
-        """Run one forward over the scheduled chunks; returns the requests that got new events."""
-        sched = self.scheduler.schedule()
-        if not sched.chunks:
-            return []
-        logits = self.model.forward(self._sequence_info(sched))  # [b, V]
-        self.num_steps += 1
-        self.num_tokens_computed += sched.num_tokens
-        for c in sched.chunks:
-            c.request.num_computed += c.num_tokens
-            self.scheduler.register_full_pages(c.request)
-        done = [i for i, c in enumerate(sched.chunks) if c.completes]
-        if not done:
-            return []
-        reqs = [sched.chunks[i].request for i in done]
-        res = self.sampler(logits[torch.tensor(done, device=logits.device)], reqs)
-        for req, token, lp in zip(reqs, res.token_ids, res.logprobs):
-            self._append(req, token, lp)
-        return reqs
+        """Run one forward over the scheduled chunks; returns the requests that got new events.
 
-    def _sequence_info(self, sched: SchedulerOutput) -> SequenceInfo:
+        With overlap, the tokens sampled in this step are read in the next one: each sampled
+        request gets a placeholder token (its value lives on the device) and the next step's
+        forward takes it from there. The order inside a step keeps the GPU busy:
+
+            schedule ─▶ launch forward(N) ─▶ read step N-1's tokens (its copy was queued before N)
+              ─▶ append / stop checks / stream ─▶ sample N on the device ─▶ queue N's copy to host
+        """
+        prev, self._inflight = self._inflight, None
+        sched = self.scheduler.schedule()
+        logits = None
+        if sched.chunks:
+            info, source = self._sequence_info(sched, prev)
+            if source is not None:
+                logits = self.model.forward(info, token_source=(prev.tokens, source))  # [b, V]
+            else:
+                logits = self.model.forward(info)  # [b, V]
+            self.num_steps += 1
+            self.num_progress += 1
+            self.num_tokens_computed += sched.num_tokens
+            for c in sched.chunks:
+                c.request.num_computed += c.num_tokens
+        touched = self._read(prev) if prev is not None else []
+        if logits is None:
+            return touched
+        for c in sched.chunks:  # after _read: every token of a full page is known now
+            self.scheduler.register_full_pages(c.request)
+        done = [i for i, c in enumerate(sched.chunks) if c.completes and not c.request.finished]
+        if not done:
+            return touched
+        launched = self._sample(logits, done, sched)
+        if self.overlap:
+            self._inflight = launched
+            return touched
+        return touched + [r for r in self._read(launched) if r not in touched]
+
+    def _sample(self, logits: torch.Tensor, done: list[int], sched: SchedulerOutput) -> "_Inflight":
+        """Sample on the device, give each request a placeholder token, queue the copy to the host."""
+        reqs = [sched.chunks[i].request for i in done]
+        if done == list(range(done[0], done[-1] + 1)):
+            rows = logits[done[0] : done[-1] + 1]  # a slice: no index tensor to copy
+        else:
+            rows = logits.index_select(0, _device_index(done, logits.device))
+        tokens, logprobs = self.sampler.sample(rows, reqs)  # [n] int64, [n] float32 or None
+        positions = []
+        for req in reqs:
+            positions.append(len(req.token_ids))
+            req.token_ids.append(PLACEHOLDER)
+            # the last token of a request that ends by length: never scheduled again
+            req.finishing = req.num_output >= req.sampling.max_tokens or len(req.token_ids) >= self.config.max_seq_len
+        return _Inflight.launch(reqs, positions, tokens, logprobs)
+
+    def _read(self, inflight: "_Inflight") -> list[Request]:
+        """Wait for a sampled step's tokens on the host, then append, check stops, stream."""
+        tokens, logprobs = inflight.wait()
+        self.num_progress += 1
+        touched = []
+        for req, pos, token, lp in zip(inflight.reqs, inflight.positions, tokens, logprobs):
+            if req.finished:  # cancelled (or failed) while its token was in flight
+                continue
+            req.token_ids[pos] = token
+            self._append(req, token, lp)
+            touched.append(req)
+        return touched
+
+    def flush(self) -> list[Request]:
+        """Read a step still in flight (overlap): its requests' tokens and events become final."""
+        prev, self._inflight = self._inflight, None
+        return self._read(prev) if prev is not None else []
+
+    def _sequence_info(self, sched: SchedulerOutput, prev: "_Inflight | None" = None):
+        """The step's SequenceInfo (built where the model wants it: the host for one copy per step)
+        and, with overlap, token_source [T]: the row of `prev.tokens` that holds each placeholder, else -1."""
         chunks = [(c.request.token_ids[c.start : c.start + c.num_tokens], c.start, c.request.pages) for c in sched.chunks]
-        return SequenceInfo.build(chunks, self.pool.page_size, sched.num_prefill, self.device)
+        device = getattr(self.model, "metadata_device", self.device)
+        info = SequenceInfo.build(chunks, self.pool.page_size, sched.num_prefill, device)
+        if prev is None:
+            return info, None
+        rows = {id(r): i for i, r in enumerate(prev.reqs)}
+        source = []
+        for c, (toks, _, _) in zip(sched.chunks, chunks):
+            for t in toks:
+                if t == PLACEHOLDER:
+                    if id(c.request) not in rows:
+                        raise RuntimeError(f"request {c.request.request_id} has a placeholder token from no step in flight")
+                    source.append(rows[id(c.request)])
+                else:
+                    source.append(-1)
+        if all(v < 0 for v in source):
+            return info, None
+        return info, torch.tensor(source, dtype=torch.long)
 
     def _append(self, req: Request, token: int, logprob: float | None) -> None:
-        req.token_ids.append(token)
+        """`token` is already the request's last token (its placeholder was replaced)."""
         self.num_tokens_generated += 1
         if req.logprobs is not None:
             req.logprobs.append(logprob)
@@ -238,3 +317,49 @@ class Engine:
             num_tokens_computed=self.num_tokens_computed, num_tokens_generated=self.num_tokens_generated,
             finished=dict(self.finished),
         )
+
+
+PLACEHOLDER = -1  # a sampled token whose value is still on the device
+
+
+def _device_index(values: list[int], device: torch.device) -> torch.Tensor:
+    """An index tensor on `device` without a pageable copy (which would wait for the GPU)."""
+    host = torch.tensor(values, dtype=torch.long)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+@dataclass
+class _Inflight:
+    """One step's sampled tokens: on the device, with a copy to pinned host memory queued."""
+
+    reqs: list[Request]
+    positions: list[int]  # index of each request's placeholder in its token_ids
+    tokens: torch.Tensor  # [n] int64 on the model's device: what the next step reads
+    host_tokens: torch.Tensor  # [n] int64, pinned on CUDA
+    host_logprobs: torch.Tensor | None  # [n] float32
+    event: Any  # torch.cuda.Event recorded after the copy, or None on the CPU
+
+    @classmethod
+    def launch(cls, reqs, positions, tokens: torch.Tensor, logprobs: torch.Tensor | None) -> "_Inflight":
+        if tokens.device.type != "cuda":
+            return cls(reqs, positions, tokens, tokens, logprobs, None)
+        host_tokens = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host_tokens.copy_(tokens, non_blocking=True)
+        host_lp = None
+        if logprobs is not None:
+            host_lp = torch.empty(logprobs.shape, dtype=logprobs.dtype, pin_memory=True)
+            host_lp.copy_(logprobs, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(reqs, positions, tokens, host_tokens, host_lp, event)
+
+    def wait(self) -> tuple[list[int], list[float | None]]:
+        if self.event is not None:
+            self.event.synchronize()  # this step's copy only: a step launched after it keeps running
+        tokens = self.host_tokens.tolist()
+        if self.host_logprobs is None:
+            return tokens, [None] * len(tokens)
+        lps = self.host_logprobs.tolist()
+        return tokens, [lp if r.logprobs is not None else None for lp, r in zip(lps, self.reqs)]

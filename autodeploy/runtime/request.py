@@ -60,6 +60,7 @@ class Request:
     detok: Detokenizer | None = None
     events: deque[StreamDelta] = field(default_factory=deque)  # streamed, not yet consumed
     sampler_state: Any = None  # penalty bookkeeping owned by the sampler
+    finishing: bool = False  # its last token is sampled (ends by length): never scheduled again
 
     def __post_init__(self) -> None:
         if not self.request_id:

@@ -188,7 +188,8 @@ class Runtime:
                 self.model = build_paged_model(self.graph_module, rcfg)
             cfg = EngineConfig(max_batch_size=rcfg.max_batch_size, max_num_tokens=rcfg.max_num_tokens,
                                max_seq_len=rcfg.max_seq_len, policy=self.scheduler_policy or getattr(rcfg, "scheduler_policy", "fcfs"),
-                               enable_prefix_caching=getattr(rcfg, "enable_prefix_caching", False))
+                               enable_prefix_caching=getattr(rcfg, "enable_prefix_caching", False),
+                               overlap=getattr(rcfg, "overlap_scheduling", True))
             self._engine = Engine(self.model, cfg, tokenizer=self.tokenizer, eos_token_ids=self.eos_token_ids(),
                                   vocab_size=self.vocab_size, device=self.device)
         return self._engine
@@ -272,9 +273,9 @@ class Runtime:
         with self._lock:
             if req.finished or (for_events and req.events):
                 return
-            steps = self.engine.num_steps
+            steps = self.engine.num_progress
             self.engine.step()
-            if self.engine.num_steps == steps:  # req is unfinished, so the scheduler had work
+            if self.engine.num_progress == steps:  # req is unfinished, so the scheduler had work
                 raise RuntimeError(f"the engine made no progress on {req.request_id} (scheduler stalled)")
 
     def metrics(self) -> dict[str, Any]:
@@ -295,9 +296,9 @@ class Runtime:
         handles = [self.submit(p, s) for p, s in zip(prompts, sampling)]
         with self._lock:
             while any(not h.done for h in handles):
-                steps = self.engine.num_steps
+                steps = self.engine.num_progress
                 self.engine.step()
-                if self.engine.num_steps == steps:
+                if self.engine.num_progress == steps:
                     raise RuntimeError("the engine made no progress (scheduler stalled)")
         return [h.result() for h in handles]
 

@@ -60,11 +60,11 @@ def apply_penalties(logits: torch.Tensor, reqs: Sequence[Request]) -> torch.Tens
     sub = logits[idx]  # [n, V]
     seen = torch.stack([s.seen for s in states])  # [n, V]
     counts = torch.stack([s.counts for s in states])  # [n, V]
-    rep = torch.tensor([p.repetition_penalty for p in params], device=dev)[:, None]
+    rep = _column([p.repetition_penalty for p in params], dev)[:, None]
     # repetition (CTRL / transformers): divide positive logits, multiply negative ones
     sub = torch.where(seen, torch.where(sub > 0, sub / rep, sub * rep), sub)
-    freq = torch.tensor([p.frequency_penalty for p in params], device=dev)[:, None]
-    pres = torch.tensor([p.presence_penalty for p in params], device=dev)[:, None]
+    freq = _column([p.frequency_penalty for p in params], dev)[:, None]
+    pres = _column([p.presence_penalty for p in params], dev)[:, None]
     sub = sub - freq * counts - pres * (counts > 0).float()
     logits[idx] = sub
     return logits
@@ -92,20 +92,20 @@ def apply_logits_processors(logits: torch.Tensor, reqs: Sequence[Request]) -> to
 def filter_logits(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p, row by row in one batch: logits [n, V] -> scores [n, V]."""
     dev = logits.device
-    temp = torch.tensor([p.temperature for p in params], device=dev)[:, None]
+    temp = _column([p.temperature for p in params], dev)[:, None]
     scores = logits / temp
     if not any(p.has_filters for p in params):
         return scores
     vocab = scores.shape[-1]
     sorted_scores, order = scores.sort(dim=-1, descending=True)  # [n, V]
     rank = torch.arange(vocab, device=dev)[None, :]
-    top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=dev)[:, None]
+    top_k = _column([p.top_k if p.top_k > 0 else vocab for p in params], dev)[:, None]
     sorted_scores = sorted_scores.masked_fill(rank >= top_k, NEG_INF)
-    top_p = torch.tensor([p.top_p for p in params], device=dev)[:, None]
+    top_p = _column([p.top_p for p in params], dev)[:, None]
     probs = sorted_scores.softmax(-1)
     # keep the smallest prefix whose mass reaches top_p; the most likely token always stays
     sorted_scores = sorted_scores.masked_fill(probs.cumsum(-1) - probs > top_p, NEG_INF)
-    min_p = torch.tensor([p.min_p for p in params], device=dev)[:, None]
+    min_p = _column([p.min_p for p in params], dev)[:, None]
     probs = sorted_scores.softmax(-1)
     sorted_scores = sorted_scores.masked_fill(probs < min_p * probs[:, :1], NEG_INF)
     return torch.full_like(scores, NEG_INF).scatter(-1, order, sorted_scores)
@@ -129,8 +129,16 @@ class Sampler:
     """Picks the next token of each request from its last-position logits."""
 
     def __call__(self, logits: torch.Tensor, reqs: Sequence[Request]) -> SampleResult:
+        """Tokens and logprobs as Python values (reads them back from the device)."""
         if not reqs:
             return SampleResult([], [])
+        tokens, logprobs = self.sample(logits, reqs)
+        lps = logprobs.tolist() if logprobs is not None else [None] * len(reqs)
+        return SampleResult(tokens.tolist(), [lp if r.sampling.logprobs else None for lp, r in zip(lps, reqs)])
+
+    def sample(self, logits: torch.Tensor, reqs: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens [n] int64 and, when any request asks, logprobs [n] float32 — both left on the
+        logits' device, with no host sync (the overlapped engine reads them a step later)."""
         logits = logits.to(torch.float32, copy=True)  # [b, V]; penalties and masks edit it in place
         vocab, dev = logits.shape[-1], logits.device
         logits = apply_penalties(logits, reqs)
@@ -140,17 +148,24 @@ class Sampler:
         scores = logits
         sampled = [i for i, r in enumerate(reqs) if not r.sampling.greedy]
         if sampled:
-            idx = torch.tensor(sampled, device=dev)
+            idx = _index(sampled, dev)
             sub = filter_logits(logits[idx], [reqs[i].sampling for i in sampled])
             noise = exponential_noise([reqs[i] for i in sampled], vocab, dev)
             tokens[idx] = (sub.softmax(-1) / noise).argmax(-1)
             scores = logits.clone()
             scores[idx] = sub
-        want_lp = [i for i, r in enumerate(reqs) if r.sampling.logprobs]
-        logprobs: list[float | None] = [None] * len(reqs)
-        if want_lp:
-            idx = torch.tensor(want_lp, device=dev)
-            lp = scores[idx].log_softmax(-1).gather(-1, tokens[idx][:, None])[:, 0].tolist()
-            for i, v in zip(want_lp, lp):
-                logprobs[i] = v
-        return SampleResult(tokens.tolist(), logprobs)
+        if not any(r.sampling.logprobs for r in reqs):
+            return tokens, None
+        return tokens, scores.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+
+
+def _column(values: list, device: torch.device) -> torch.Tensor:
+    """Per-row parameters [n] on `device` via pinned memory (a pageable copy would wait for the GPU)."""
+    host = torch.tensor(values)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+
+
+def _index(values: list[int], device: torch.device) -> torch.Tensor:
+    """An index tensor on `device` through pinned memory: a pageable copy would wait for the GPU."""
+    host = torch.tensor(values, dtype=torch.long)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)

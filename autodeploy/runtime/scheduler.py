@@ -132,6 +132,8 @@ class Scheduler:
                 break
             if req.status is not Status.RUNNING:
                 continue  # preempted earlier in this loop
+            if req.finishing or req.num_uncomputed == 0:
+                continue  # its last token is in flight: nothing left to compute
             n = min(req.num_uncomputed, budget)
             if not self._grow(req, req.num_computed + n, scheduled, out):
                 continue  # req itself was preempted

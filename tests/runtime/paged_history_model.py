@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from autodeploy.runtime.cached_model import apply_token_source
 from autodeploy.runtime.sequence_info import SequenceInfo
 
 
@@ -42,7 +43,12 @@ class PagedHistoryModel:
         self.steps: list[SequenceInfo] = []
         self.bytes_per_page = page_size * 16
 
-    def forward(self, info: SequenceInfo) -> torch.Tensor:
+    accepts_token_source = True  # like CachedModel: the overlapped engine feeds sampled tokens back
+
+    def forward(self, info: SequenceInfo, token_source=None) -> torch.Tensor:
+        if token_source is not None:
+            info.input_ids = apply_token_source(info.input_ids, *token_source)
+        assert bool((info.input_ids >= 0).all()), "a placeholder token reached the model"
         self.steps.append(info)
         b, ps = info.num_seqs, self.page_size
         assert info.num_prefill + info.num_decode == b

@@ -165,7 +165,7 @@ def test_resubmitting_the_same_request_object_is_refused():
 
 
 def test_metrics_count_queue_and_tokens():
-    e = engine(max_batch_size=1)
+    e = engine(max_batch_size=1, overlap=False)  # sampled tokens are read in the step that sampled them
     for i in range(3):
         e.add_request(Request(prompt(4, i), SamplingParams(max_tokens=2)))
     e.step()
@@ -191,3 +191,21 @@ def test_seeded_sampling_reproducible_across_runs_and_batches():
     crowded, preemptions = tokens_of(7, [5, 8, 7], num_pages=14, page_size=2, max_num_tokens=8)
     assert crowded == alone and preemptions > 0  # preempted and recomputed: nothing drawn twice
     assert tokens_of(8, [])[0] != alone
+
+
+def test_overlap_reads_each_step_one_step_later():
+    """With overlap a step's token is read by the next step (or flush), never lost or doubled."""
+    e = engine(max_batch_size=1)
+    req = Request(prompt(4, 0), SamplingParams(max_tokens=3))
+    e.add_request(req)
+    e.step()  # prefill sampled on the device: the output holds a placeholder, nothing is read yet
+    assert e.metrics().num_tokens_generated == 0 and req.token_ids[-1] == -1
+    e.step()  # decode launched with that token from the device; the prefill's token read
+    assert e.metrics().num_tokens_generated == 1 and req.token_ids[-2] != -1
+    while e.has_unfinished:
+        e.step()
+    assert req.num_output == 3 and -1 not in req.token_ids and req.finish_reason == "length"
+    sync = engine(max_batch_size=1, overlap=False)
+    twin = Request(prompt(4, 0), SamplingParams(max_tokens=3))
+    run(sync, [twin])
+    assert twin.output_token_ids == req.output_token_ids

@@ -64,6 +64,7 @@ def test_fuzz_submit_cancel_step(seed, prefix_caching):
         ends = [d for d in r.events if d.finished]
         assert len(ends) == 1 and ends[0] is r.events[-1], r
         assert r.finished and r.finish_reason in REASONS
+        assert -1 not in r.token_ids, f"{r}: a placeholder of the overlapped engine leaked into the output"
         assert (r.finish_reason == "error") == (r.error is not None)
         if r.sampling.greedy and r.finish_reason in ("stop", "length"):
             limit = min(r.sampling.max_tokens, cfg.max_seq_len - r.num_prompt)

@@ -29,6 +29,7 @@ import torch
 
 from autodeploy.runtime.compile.buckets import bucket_for, is_decode_only, normalize_buckets
 from autodeploy.runtime.compile.metadata import MetadataBuffers, PackedStep
+from autodeploy.runtime.cached_model import apply_token_source
 from autodeploy.runtime.sequence_info import SequenceInfo
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,25 @@ class CompiledModel:
             self._warned_device_info = True
         return self.meta.pack_device(info, pad_to=pad_to, pad_page=self.pad_page, page_cols=page_cols)
 
+    accepts_token_source = True  # forward() can take next-step input ids from the device
+
+    def _packed(self, info: SequenceInfo, token_source, **pad) -> PackedStep:
+        packed = self.pack(info, **pad)
+        if token_source is not None:
+            # placeholders of the overlapped engine: tokens the previous step sampled, still on
+            # the device, go into the fixed input_ids buffer the graph reads (no host round trip)
+            prev, source = token_source
+            if source.device.type == "cpu" and self.device.type == "cuda":
+                source = source.pin_memory().to(self.device, non_blocking=True)
+            ids = packed.info.input_ids[: info.num_tokens]
+            ids.copy_(apply_token_source(ids, prev, source))
+        return packed
+
     @torch.inference_mode()
-    def forward(self, info: SequenceInfo) -> torch.Tensor:
-        """The step's last-token logits [b, V] (float32), KV caches updated."""
+    def forward(self, info: SequenceInfo, token_source: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The step's last-token logits [b, V] (float32), KV caches updated.
+
+        token_source = (prev_tokens [n], source [T]): see CachedModel.forward."""
         if info.page_size != self.page_size:
             raise ValueError(f"SequenceInfo has page_size {info.page_size}, the cache {self.page_size}")
         b = info.num_seqs
@@ -125,17 +142,17 @@ class CompiledModel:
             B = bucket_for(b, self.buckets)
             captured = self.graphs.get(B) if B is not None else None
             if captured is not None:
-                self.pack(info, pad_to=B, page_cols=self.max_pages)
+                self._packed(info, token_source, pad_to=B, page_cols=self.max_pages)
                 captured.graph.replay()
                 self.replays += 1
                 return captured.logits[:b]
         if self.backend == "eager":
-            return self._run(self.pack(info).info)
+            return self._run(self._packed(info, token_source).info)
         # Compiled: keep every step dim >= 2 (one padding sequence where b or T is 1, two page
         # columns at least), so dynamo's 0/1 specialization never compiles a second graph.
         pad = b + 1 if b < 2 or info.num_tokens < 2 else None
         cols = max(2, int(info.page_table.shape[1]))
-        logits = self._run(self.pack(info, pad_to=pad, page_cols=cols).info)
+        logits = self._run(self._packed(info, token_source, pad_to=pad, page_cols=cols).info)
         return logits[:b] if pad else logits
 
     __call__ = forward
