@@ -21,6 +21,8 @@ and casts (no atomics: the result does not depend on program order). Launch conf
 `launch_config` (set from benchmarks/triton_linear_sweep.py); inside a CUDA graph nothing is tuned
 at run time.
 
+fp32 runs with exact fp32 products (no tf32), like aten.linear's default; the configs were timed in bf16.
+
 Calls with more than `max_rows` rows go to aten.linear: select_backends puts this op in place of
 an aten.linear only where the autotuner timed it faster at decode sizes, and the same graph node
 also runs prefill, where cuBLAS's GEMM tiles win. Rows <= max_rows that the kernel cannot take
@@ -29,6 +31,7 @@ also runs prefill, where cuBLAS's GEMM tiles win. Rows <= max_rows that the kern
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -37,14 +40,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import dot_precision, interpreted, num_sms, rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import DTYPES, dot_precision, num_sms, rows_of, unsupported_device_or_dtype
 
 MAX_ROWS = 16  # decode batches; the dot kinds pad x to the MMA's 16 rows
 K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
 KINDS = {"fma": 0, "dot": 1, "dot_t": 2}
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
 def _linear_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr,
     M, N, K, K_PER_SPLIT,
@@ -101,18 +104,12 @@ def _sum_splits_kernel(part_ptr, bias_ptr, out_ptr, MN, N, SPLIT, BLOCK: tl.cons
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _dtypes() -> tuple[torch.dtype, ...]:
-    # Compiled: the half types models decode in (the configs were timed on those). The interpreter
-    # also takes fp32, so CI checks the kernel's indexing against an fp32 reference exactly.
-    return (torch.float32, torch.bfloat16, torch.float16) if interpreted() else (torch.bfloat16, torch.float16)
-
-
 def unsupported_reason(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
     why = unsupported_device_or_dtype(x, weight, bias)
     if why:
         return why
-    if x.dtype not in _dtypes():
-        return f"dtype {x.dtype} is not one of {_dtypes()}"
+    if not x.is_floating_point():
+        return f"dtype {x.dtype} is not one of {DTYPES}"
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         return "x, weight and bias must share one dtype"
     if weight.device != x.device or (bias is not None and bias.device != x.device):
@@ -153,8 +150,9 @@ def normalized(config: dict, m: int, n: int, k: int) -> dict:
     return dict(config, kind=kind, bk=bk, split=split, k_per_split=k_per_split, bm=bm)
 
 
+@functools.lru_cache(maxsize=1024)  # per call at decode: keep the host's share of a ~5 us GEMV small
 def launch_config(m: int, n: int, k: int, sms: int) -> dict:
-    """Tile sizes and the K split for one call (heuristic, from benchmarks/triton_linear_sweep.py)."""
+    """Tile sizes and the K split for one call (heuristic, from benchmarks/triton_linear_sweep.py); not to be mutated."""
     bn = next((b for b in (128, 64, 32) if triton.cdiv(n, b) >= sms), 16)  # every SM gets an N tile
     tiles = triton.cdiv(n, bn)
     bk = _largest_bk(k, 256)
