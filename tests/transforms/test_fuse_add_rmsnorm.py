@@ -18,7 +18,7 @@ from autodeploy.graph import aten, nodes_of
 from autodeploy.profiler import autotuner
 from autodeploy.profiler.candidates import backends_for, register_backend, unregister_backend
 from autodeploy.profiler.variants import derive_op, reference_fn
-from autodeploy.transforms.pipeline import Stage, ordered_specs
+from autodeploy.transforms.pipeline import Stage, ordered_specs, propagate_shapes
 from tests.helpers.tiny_models import save_tiny, tiny_config, tiny_model
 from tests.helpers.tolerances import assert_close_relative
 from tests.helpers.transform_check import check_transform, export_module, run_transforms
@@ -74,6 +74,8 @@ def test_decoder_layer_adds_fuse(offset, dtype):
         normed, residual = n.meta["val"]
         assert normed.dtype == residual.dtype == dtype and normed.shape[-1] == residual.shape[-1] == H
     assert all("val" in n.meta for n in gm.graph.nodes if n.op == "call_function")
+    propagate_shapes(gm)  # what a later shape-propagating pass runs: the op's fake agrees with the recorded pair
+    assert all(n.meta["val"][0].shape == n.args[0].meta["val"].shape for n in fused)
     with torch.no_grad():  # the reference is the unfused pair: not a bit moves
         for args in (_x(dtype=dtype), _x(4, 3, dtype)):
             assert torch.equal(gm(*args), module(*args))
