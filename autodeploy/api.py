@@ -68,8 +68,10 @@ def optimize(
     key (`**{"transforms.cleanup_export.enabled": False}`); `overrides` takes the same as a dict or
     as `key=value` strings (the CLI's --set).
     """
+    from autodeploy.distributed.checkpoint import rank_state
+    from autodeploy.distributed.launch import setup_ranks
     from autodeploy.models.detect import detect_architecture
-    from autodeploy.models.factory import load_tokenizer, materialize_state
+    from autodeploy.models.factory import load_tokenizer
     from autodeploy.models.weights import load_weights
     from autodeploy.recipe import parse_override
     from autodeploy.transforms.pipeline import TransformContext, run_pipeline
@@ -84,6 +86,7 @@ def optimize(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src, rec = prepare(source, recipe, merged)
+    setup_ranks(rec)  # runtime.world_size > 1 (or torchrun's): join the process group, the rank's device
     t_export = time.perf_counter()
     gm = export_source(src, rec)
     timings["export_s"] = time.perf_counter() - t_export
@@ -97,7 +100,7 @@ def optimize(
     t_load = time.perf_counter()
     device = torch.device(rec.runtime.device)
     with progress.step(f"Loading weights onto {device}"):
-        state = materialize_state(src, rec, device)
+        state = rank_state(src, rec, device)  # sharded: each rank reads only its slices
         load_weights(gm, state, device)
         del state
     tokenizer = load_tokenizer(src)

@@ -55,6 +55,19 @@ def requested_world_size(runtime_config) -> int:
     return env_world_size() if n is None else int(n)
 
 
+def transform_world(ctx) -> tuple[int, int]:
+    """(world size, this rank) for the SHARD transforms: the recipe's runtime.world_size (or the
+    launcher's) and the process group must agree; without a group a plan is detected as rank 0
+    (or ctx.extra["rank"])."""
+    from autodeploy.distributed.plan import ShardingError
+
+    rt = getattr(ctx.recipe, "runtime", None)
+    world = requested_world_size(rt) if rt is not None else 1
+    if is_initialized() and world > 1 and world_size() != world:
+        raise ShardingError(f"runtime.world_size={world} but the process group has {world_size()} ranks")
+    return world, int(ctx.extra.get("rank", rank()))
+
+
 def rank_device(device: str, world: int) -> str:
     """`cuda` becomes `cuda:<local rank>` when sharded; an explicit index or the CPU stays."""
     d = torch.device(device)
@@ -105,9 +118,15 @@ def destroy() -> None:
     _CONTROL = None
 
 
-def agree_min(value: int) -> int:
-    """The smallest `value` over all ranks (KV pool pages: every rank must hold the pages rank 0 hands out)."""
-    if world_size() <= 1:
+def sharded(runtime_config) -> bool:
+    """Whether this runtime is one rank of several (the process group is then set up)."""
+    return requested_world_size(runtime_config) > 1 and is_initialized()
+
+
+def agree_min(value: int, runtime_config) -> int:
+    """The smallest `value` over the ranks of a sharded runtime (KV pool pages: every rank must hold
+    the pages rank 0 hands out); `value` itself otherwise."""
+    if not sharded(runtime_config):
         return value
     t = torch.tensor([value], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=control_group())

@@ -26,6 +26,11 @@ from torch import fx
 from autodeploy.errors import AutoDeployError
 
 
+PLAN_KEY = "shard_plan"  # gm.meta: the ShardPlan this rank applied (every SHARD transform's groups)
+EARLIER_KEY = "shard_groups"  # gm.meta: groups applied by shard_experts, which runs first
+WHOLE_BYTES_KEY = "shard_whole_bytes"  # gm.meta: {param: bytes when whole} of parameters already sliced
+
+
 class ShardingError(AutoDeployError):
     """The model cannot be split over the requested ranks (heads or experts not divisible, a bad tp_plan)."""
 

@@ -151,8 +151,11 @@ def build_paged_model(gm: fx.GraphModule, rcfg: Any) -> Any:
 
         from autodeploy.runtime.compile import compile_model
 
+        from autodeploy.distributed.dist import agree_min
+
         per_page = bytes_per_page(cache_specs(gm), rcfg.kv_page_size)
-        cached = CachedModel(gm, _default_num_pages(rcfg, per_page, device), rcfg.kv_page_size, device)
+        # sharded: every rank holds the pages rank 0 hands out
+        cached = CachedModel(gm, agree_min(_default_num_pages(rcfg, per_page, device), rcfg), rcfg.kv_page_size, device)
         return compile_model(cached, rcfg)  # runtime.compile_backend: torch.compile / CUDA graphs (eager CPU: as is)
     return RecomputeModel(gm, _default_num_pages(rcfg, None, device), rcfg.kv_page_size, device)
 
@@ -190,7 +193,10 @@ class Runtime:
                                max_seq_len=rcfg.max_seq_len, policy=self.scheduler_policy or getattr(rcfg, "scheduler_policy", "fcfs"),
                                enable_prefix_caching=getattr(rcfg, "enable_prefix_caching", False),
                                overlap=getattr(rcfg, "overlap_scheduling", True))
-            self._engine = Engine(self.model, cfg, tokenizer=self.tokenizer, eos_token_ids=self.eos_token_ids(),
+            from autodeploy.distributed.launch import leader_model
+
+            # sharded: rank 0 broadcasts each step to the other ranks (they run launch.follow)
+            self._engine = Engine(leader_model(self.model, rcfg), cfg, tokenizer=self.tokenizer, eos_token_ids=self.eos_token_ids(),
                                   vocab_size=self.vocab_size, device=self.device)
         return self._engine
 

@@ -32,13 +32,9 @@ from pydantic import Field
 
 from autodeploy.distributed import dist
 from autodeploy.distributed.detect import detect_plan
-from autodeploy.distributed.plan import ShardingError, show
+from autodeploy.distributed.plan import EARLIER_KEY, PLAN_KEY, WHOLE_BYTES_KEY, show
 from autodeploy.distributed.rewrite import apply_plan
 from autodeploy.transforms.pipeline import Stage, TransformConfig, TransformInfo, register
-
-PLAN_KEY = "shard_plan"  # gm.meta: the ShardPlan this rank applied
-EARLIER_KEY = "shard_groups"  # gm.meta: groups of earlier SHARD transforms (shard_experts), for the report
-WHOLE_BYTES_KEY = "shard_whole_bytes"  # gm.meta: {param: bytes when whole} of parameters already sliced
 
 
 class ShardTensorParallelConfig(TransformConfig):
@@ -51,19 +47,9 @@ class ShardTensorParallelConfig(TransformConfig):
     vocab_parallel: bool = Field(True, description="Split the embedding and lm_head over the vocabulary.")
 
 
-def tp_world(ctx) -> tuple[int, int]:
-    """(world size, this rank) for the transforms: the recipe's runtime.world_size, the launcher's,
-    and the process group must agree (a plan may also be detected without one, as rank 0)."""
-    rt = getattr(ctx.recipe, "runtime", None)
-    world = dist.requested_world_size(rt) if rt is not None else 1
-    if dist.is_initialized() and world > 1 and dist.world_size() != world:
-        raise ShardingError(f"runtime.world_size={world} but the process group has {dist.world_size()} ranks")
-    return world, int(ctx.extra.get("rank", dist.rank()))
-
-
 @register(Stage.SHARD, ShardTensorParallelConfig, shape_prop=True)
 def apply(gm, ctx, cfg: ShardTensorParallelConfig) -> TransformInfo:
-    world, rank = tp_world(ctx)
+    world, rank = dist.transform_world(ctx)
     if world <= 1:
         return TransformInfo(details={"world_size": 1})
     plan = detect_plan(gm, world, rank, hf_config=ctx.hf_config, tp_plan=cfg.tp_plan, use_hf_plan=cfg.use_hf_plan,
