@@ -4,22 +4,20 @@
         rows = x.numel() / K <= max_rows: the kernel below;  more rows (prefill): aten.linear (cuBLAS)
 
 At decode (M = 1..16 rows) a linear is a matrix-vector product bound by the weight's bytes: every
-weight element is used M times, the x rows are a few KB. cuBLAS picks GEMM tiles for these shapes
-and reaches 30-55% of the bandwidth on the 8-70 MB matrices of a 1B/8B model (H200: 12.6 MB qkv in
-5.9 us, where 4.8 TB/s allows 2.6 us). The kernel reads each weight element exactly once, 16-byte
-vectors along K, and accumulates in fp32:
+weight element is used M times, the x rows are a few KB. The kernel reads each weight element
+exactly once (16-byte vectors along K, cp.async-pipelined for the dot kinds) and accumulates in fp32:
 
     program (n-tile, k-split):  acc[BM, BN] = x[:, k-range] @ weight[n-tile, k-range]^T
-        kind "dot":    tl.dot(x [BM=16, BK], w^T [BK, BN])       (x rows padded to the MMA's 16)
-        kind "dot_t":  tl.dot(w [BN, BK], x^T [BK, BM])^T         (weights on the MMA's M side)
-        kind "fma":    sum_k x[:, None, k] * w[None, :, k]         (no padding; for one or two rows)
+        kind "dot_t":  tl.dot(w [BN, BK], x^T [BK, BM])^T         (weights on the MMA's M side: wgmma)
+        kind "dot":    tl.dot(x [BM=16, BK], w^T [BK, BN])        (x rows padded to the MMA's 16)
+        kind "fma":    sum_k x[:, None, k] * w[None, :, k]        (no padding; not pipelined, lost)
 
-Enough programs must be in flight to keep ~3 TB/s of loads outstanding: the N tile shrinks until
-every SM has one, and a skinny matrix (N = 2048: 128 tiles of 16 rows) splits K as well. The
-split-K partials (fp32 [split, M, N]) are summed by a second small kernel that also adds the bias
-and casts (no atomics: the result does not depend on program order). Launch configs come from
-`launch_config` (set from benchmarks/triton_linear_sweep.py); inside a CUDA graph nothing is tuned
-at run time.
+Measured on an H100 (benchmarks/triton_linear_sweep.py, CUDA-graph replays, weights rotated past
+L2; the same times at M = 1 and 16): on the big matrices the kernel streams at 2.9-3.1 TB/s where
+cuBLAS gets 2.6-2.8 (lm_head 1B 170 vs 189 us, 8B 340 vs 376 us; 8B o 14.9 vs 16.8 us); the
+8-13 MB matrices of a 1B layer take ~7-8 us either way (a fixed ~4 us of launch and ramp-up on
+top of the bytes), so there cuBLAS stays. A split K (fp32 partials [split, M, N] summed with the
+bias by a second small kernel, no atomics) paid only for long rows with fewer N tiles than SMs.
 
 fp32 runs with exact fp32 products (no tf32), like aten.linear's default; the configs were timed in bf16.
 
@@ -151,15 +149,31 @@ def normalized(config: dict, m: int, n: int, k: int) -> dict:
 
 
 @functools.lru_cache(maxsize=1024)  # per call at decode: keep the host's share of a ~5 us GEMV small
-def launch_config(m: int, n: int, k: int, sms: int) -> dict:
-    """Tile sizes and the K split for one call (heuristic, from benchmarks/triton_linear_sweep.py); not to be mutated."""
-    bn = next((b for b in (128, 64, 32) if triton.cdiv(n, b) >= sms), 16)  # every SM gets an N tile
+def launch_config(m: int, n: int, k: int, sms: int, itemsize: int = 2) -> dict:
+    """Tile sizes and the K split for one call; not to be mutated.
+
+    Set from benchmarks/triton_linear_sweep.py on an H100 (132 SMs), bf16, M = 1 and 16 (the same
+    config serves both: x is padded to 16 rows). "dot_t" won every weight there, with no K split
+    except where a long row leaves fewer N tiles than SMs:
+      long rows (K >= 3N: down)   BN 16, BK 256, 4 stages   1B down (128 tiles) splits K in 3
+      wide (N / 64 >= 2/3 SMs)    BN 64, BK 256, 3 stages   qkv 8B, gate_up, lm_head: 0.90-0.98 x cuBLAS
+      otherwise (N <= 4096)       BN 32, BK 128, 5 stages   8B o 0.89 x; 1B qkv / o 1.02 x (cuBLAS kept)
+    fp32 halves BK so a stage holds the same bytes (untimed).
+    """
+    if k >= 3 * n:
+        bn, bk, stages = 16, 256, 4
+    elif triton.cdiv(n, 64) * 3 >= 2 * sms:
+        bn, bk, stages = 64, 256, 3
+    else:
+        bn, bk, stages = 32, 128, 5
+    bk = max(K_MULTIPLE, bk * 2 // itemsize)
     tiles = triton.cdiv(n, bn)
-    bk = _largest_bk(k, 256)
-    # a skinny matrix (N = 2048 -> 128 tiles) also splits K, for ~2 programs per SM; each split keeps
-    # >= 4 BK steps so the loads stay pipelined
-    split = 1 if tiles >= 2 * sms else max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
-    return normalized(dict(kind="dot_t", bn=bn, bk=bk, split=split, num_warps=4, num_stages=4), m, n, k)
+    # K is split only for long rows that leave SMs without an N tile (1B down: 128 tiles, 3 splits
+    # timed 0.94 x no split); elsewhere the second launch lost (1B / 8B qkv, 96 tiles: 1.16-1.18 x)
+    split = 1
+    if k >= 3 * n and tiles < sms:
+        split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
+    return normalized(dict(kind="dot_t", bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages), m, n, k)
 
 
 def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Optional[dict] = None) -> Tensor:
@@ -173,7 +187,7 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)  # [M, N]
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
-    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device))
+    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device), x.element_size())
     split = cfg["split"]
     dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)  # [S, M, N]
     grid = (triton.cdiv(n, cfg["bn"]), split)

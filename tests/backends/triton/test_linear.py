@@ -100,16 +100,34 @@ def test_unsupported():
         torch.ops.autodeploy.triton_linear(randn(2, 96), _weight(16, 96))
 
 
-def test_launch_config_fills_the_sms():
-    sms = 132  # H100
-    qkv = linear.launch_config(1, 3072, 2048, sms)  # Llama-3.2-1B qkv
-    down = linear.launch_config(1, 2048, 8192, sms)
-    head = linear.launch_config(16, 128256, 2048, sms)  # lm_head: tiles enough, no split
-    for cfg, k in ((qkv, 2048), (down, 8192), (head, 2048)):
-        assert k % cfg["bk"] == 0 and cfg["k_per_split"] % cfg["bk"] == 0
-        assert cfg["split"] * cfg["k_per_split"] >= k > (cfg["split"] - 1) * cfg["k_per_split"]
-    assert head["split"] == 1
-    assert -(-2048 // down["bn"]) * down["split"] >= sms
+LLAMA_WEIGHTS = {  # (N, K) of Llama-3.2-1B / Llama-3.1-8B decode GEMMs (qkv and gate_up fused)
+    "1b qkv": (3072, 2048), "1b o": (2048, 2048), "1b gate_up": (16384, 2048), "1b down": (2048, 8192),
+    "1b lm_head": (128256, 2048), "8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b gate_up": (28672, 4096),
+    "8b down": (4096, 14336), "8b lm_head": (128256, 4096),
+}
+
+
+@pytest.mark.parametrize("itemsize", [2, 4])
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("weight", list(LLAMA_WEIGHTS))
+def test_launch_config_is_valid_and_fits_shared_memory(weight, m, itemsize):
+    n, k = LLAMA_WEIGHTS[weight]
+    cfg = linear.launch_config(m, n, k, 132, itemsize)  # an H100
+    assert k % cfg["bk"] == 0 and cfg["k_per_split"] % cfg["bk"] == 0
+    assert cfg["split"] * cfg["k_per_split"] >= k > (cfg["split"] - 1) * cfg["k_per_split"]
+    # the pipelined weight and x tiles stay well inside the 227 KB an H100 block may take
+    assert (cfg["bn"] + cfg["bm"]) * cfg["bk"] * itemsize * cfg["num_stages"] <= 160 * 1024
+
+
+def test_launch_config_follows_the_h100_sweep():
+    def cfg(weight):
+        c = linear.launch_config(1, *LLAMA_WEIGHTS[weight], 132)
+        return c["kind"], c["bn"], c["bk"], c["num_stages"], c["split"]
+
+    assert cfg("8b lm_head") == cfg("1b gate_up") == cfg("8b qkv") == ("dot_t", 64, 256, 3, 1)
+    assert cfg("8b o") == cfg("1b qkv") == ("dot_t", 32, 128, 5, 1)  # 96 N tiles: a K split lost
+    assert cfg("1b down") == ("dot_t", 16, 256, 4, 3)  # long rows, 128 N tiles < 132 SMs: split K
+    assert cfg("8b down") == ("dot_t", 16, 256, 4, 1)
     assert linear.launch_config(1, 64, 64, 4)["bk"] == 64
 
 
