@@ -84,6 +84,7 @@ class Calibrator:
         self.results: dict[str, dict[str, torch.Tensor]] = {}  # module name -> parts
         self.norms: dict[str, torch.Tensor] = {}  # folded norm weights by graph name
         self.groups = self._awq_groups()
+        self._hinv: tuple[fx.Node, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.ran = False
 
     # ---- planning (at transform time) -------------------------------------------------------
@@ -129,6 +130,7 @@ class Calibrator:
         pos = torch.arange(tokens.shape[1], device=device).expand_as(tokens)
         with torch.no_grad():
             _Runner(self, fetch, peek, device).run(tokens, pos)
+        self._hinv = None
         self.ran = True
 
     def parts(self, name: str) -> dict[str, torch.Tensor]:
@@ -145,7 +147,10 @@ class Calibrator:
     def gptq_layer(self, node: fx.Node, x: torch.Tensor, bias, fetch: Fetch) -> torch.Tensor:
         layer = self.layers[node]
         w = self._weight(layer, fetch)
-        parts = gptq.quantize(w, gptq.hessian(x), layer.cfg.group_size)
+        key = node.args[0]
+        if self._hinv is None or self._hinv[0] is not key:  # q/k/v (gate/up) share one inverse Hessian
+            self._hinv = (key, gptq.prepare(gptq.hessian(x)))
+        parts = gptq.quantize(w, self._hinv[1], layer.cfg.group_size)
         self.results[layer.name] = parts
         wq = int4.dequantize(parts["qweight"], parts["scales"], parts["zeros"], layer.cfg.group_size, x.dtype)
         return F.linear(x, wq, bias)  # later layers see the quantized output

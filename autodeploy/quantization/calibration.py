@@ -4,11 +4,12 @@
       text_file: corpus.txt        # a plain text file, or
       texts: ["...", "..."]        # a list of strings, or
       token_ids: [[1, 2, ...]]     # token ids directly (models without a tokenizer)
-      num_sequences: 8             # windows of seq_len tokens cut from the tokenized text
+      num_sequences: 32            # windows of seq_len tokens cut from the tokenized text
       seq_len: 128
 
 With none of the three, the English text shipped in autodeploy/data/calibration_en.txt is used,
-so calibration works offline. Texts are joined with blank lines, tokenized once and cut into
+so calibration works offline (about 3600 SmolLM2 tokens: 28 windows of 128; GPTQ needs a few
+thousand tokens before its Hessian stops overfitting the calibration text). Texts are joined with blank lines, tokenized once and cut into
 consecutive windows; a text too short for num_sequences windows gives fewer (never repeats).
 """
 
@@ -33,7 +34,7 @@ class CalibrationConfig(BaseModel):
     text_file: str | None = Field(None, description="Plain-text file to calibrate on.")
     texts: list[str] | None = Field(None, description="Strings to calibrate on (joined with blank lines).")
     token_ids: list[list[int]] | None = Field(None, description="Token id sequences (skips the tokenizer).")
-    num_sequences: int = Field(8, ge=1, description="Calibration windows (batch) cut from the text.")
+    num_sequences: int = Field(32, ge=1, description="Calibration windows (batch) cut from the text (fewer if it is short).")
     seq_len: int = Field(128, ge=2, description="Tokens per calibration window.")
 
 
