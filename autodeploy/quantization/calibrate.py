@@ -31,6 +31,7 @@ from torch import fx
 from autodeploy.graph import aten, is_op
 from autodeploy.models.weights import Fetch, checkpoint_name, weight_plan
 from autodeploy.quantization import awq, gptq, int4
+from autodeploy.quantization.calibration import fit_batch
 from autodeploy.quantization.config import Int4WeightOnlyConfig
 from autodeploy.quantization.rewrite import LinearSite
 
@@ -77,7 +78,7 @@ class Calibrator:
     def __init__(self, gm: fx.GraphModule, chosen: list[tuple[LinearSite, Int4WeightOnlyConfig]], tokens: torch.Tensor):
         self.snap, val_map = snapshot(gm)
         self.rules = dict(weight_plan(gm).rules)  # parameters produced by earlier transforms
-        self.tokens = tokens  # [n, s]
+        self.tokens = fit_batch(tokens, gm.meta.get("dynamic_dims"))  # [b, s] within the exported limits
         self.layers: dict[fx.Node, _Layer] = {}
         for site, cfg in chosen:
             self.layers[val_map[site.node]] = _Layer(site.name, site.weight.target, cfg, self.rules.get(site.weight.target))

@@ -95,3 +95,21 @@ def context_tokenizer(ctx) -> Any:
     tok = load_tokenizer(src)
     ctx.extra["tokenizer"] = tok
     return tok
+
+
+def fit_batch(tokens: torch.Tensor, dynamic_dims: dict | None) -> torch.Tensor:
+    """Windows [n, w] regrouped into [b, k * w] within the graph's batch / sequence limits.
+
+    Windows are consecutive pieces of one text, so joining k of them is a longer piece of the same
+    text: nothing is lost but a remainder of fewer than k windows.
+    """
+    if not dynamic_dims:
+        return tokens
+    max_b, max_s = dynamic_dims["batch"][1], dynamic_dims["seq"][1]
+    n, w = tokens.shape
+    if w > max_s:
+        return tokens[: min(n, max_b), :max_s]
+    k = min(-(-n // max_b), max(1, max_s // w))  # windows per row
+    b = min(max_b, n // k)
+    return tokens[: b * k].reshape(b, k * w)
+

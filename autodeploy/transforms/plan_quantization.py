@@ -27,7 +27,7 @@ import autodeploy.transforms.map_quantized_checkpoint  # noqa: F401  (registers 
 from autodeploy.errors import RecipeError
 from autodeploy.models.weights import weight_plan
 from autodeploy.quantization.apply import PLAN_KEY, selected_linears
-from autodeploy.quantization.calibration import CalibrationConfig, calibration_tokens, context_tokenizer
+from autodeploy.quantization.calibration import CalibrationConfig, calibration_tokens, context_tokenizer, fit_batch
 from autodeploy.quantization import sensitivity
 from autodeploy.transforms.pipeline import Stage, TransformConfig, TransformInfo, ordered_specs, register
 
@@ -118,7 +118,7 @@ def apply(gm, ctx, cfg: PlanQuantizationConfig) -> TransformInfo:
     tokens = ctx.extra.get("calibration_tokens")
     if tokens is None:
         tokens = calibration_tokens(cfg.calibration, context_tokenizer(ctx))
-    tokens = tokens.to(device)
+    tokens = fit_batch(tokens, gm.meta.get("dynamic_dims")).to(device)
     inputs = (tokens, torch.arange(tokens.shape[1], device=device).expand_as(tokens))
     configs = {name: qcfg for name, (_, qcfg) in layers.items()}
     errors = sensitivity.layer_errors(model, switch, weights, biases, configs, inputs)
