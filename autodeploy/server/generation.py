@@ -21,7 +21,7 @@ from autodeploy.runtime.sampling import SamplingParams
 from autodeploy.server.driver import Stream
 from autodeploy.server.errors import APIError
 
-DISCONNECT_POLL_S = 0.25
+DISCONNECT_POLL_S = 0.1
 
 
 class ClientGone(Exception):

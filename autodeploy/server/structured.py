@@ -11,11 +11,11 @@ whole vocabulary; instead the tokens that are plain string characters (no quote,
 control character) are one precomputed mask that keeps a string-body state unchanged, and only the
 few hundred others are walked there.
 
-The budget: `distance(state)` is the fewest characters that complete the value. Every JSON
-structural character exists as a one-character token in byte-level vocabularies, so a token is
-allowed only if its next state's distance fits the tokens left after it, less one for the end token;
-the value then always closes and ends before max_tokens. The end token is allowed only where the
-text so far is complete.
+The budget: from each state, a canonical shortest completion (the automaton's `distance` counts
+its characters) is split into tokens greedily, longest first; `tokens_to_finish` is how many. A
+token is allowed only if that count from its next state fits the tokens left after it, less one
+for the end token, so the value always closes and ends before max_tokens. The end token is
+allowed only where the text so far is complete.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from autodeploy.server.json_automaton import S_BODY, JSONAutomaton, State
-from autodeploy.server.json_schema import Grammar, UnsupportedSchemaError, compile_schema
+from autodeploy.server.json_schema import INF, Grammar, UnsupportedSchemaError, compile_schema
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +107,61 @@ class TokenMasks:
         self.max_states = max_states
         self._cache: OrderedDict[State, _Entry] = OrderedDict()
         self._lock = threading.Lock()
-        missing = set('{}[]",:0123456789truefalsn') - vocab.single_chars
-        if missing:
-            log.warning("vocabulary lacks one-character tokens for %s: constrained output may run out of tokens",
-                        "".join(sorted(missing)))
+        self._finish: dict[State, int] = {}  # tokens_to_finish memo
+        self._next_char: dict[State, tuple[str, State] | None] = {}
+        chars = set('{}[]",:0')
+        for n in grammar.nodes:
+            chars.update(*(key for _, key, _ in n.props), *n.literals)
+        self._completion_chars = sorted(chars)  # fixed order: the completion path is deterministic
 
     @property
     def min_tokens(self) -> int:
-        """Fewest tokens of a complete output, the end token included."""
-        return self.automaton.distance(self.automaton.start()) + 1
+        """Tokens of the shortest output the budget rule plans for, the end token included."""
+        return self.tokens_to_finish(self.automaton.start()) + 1
+
+    # ---- the budget: tokens that finish the value ---------------------------------------------
+    def _completion_step(self, state: State) -> tuple[str, State] | None:
+        """The next character of the canonical shortest completion (None: complete). Always the first
+        character, in a fixed order, that brings the distance down by one, so the completion from
+        the state it leads to is the rest of this one."""
+        if state not in self._next_char:
+            a = self.automaton
+            d, step = a.distance(state), None
+            if d > 0:
+                step = next(((c, n) for c in self._completion_chars
+                             if (n := a.advance(state, c)) and a.distance(n) == d - 1), None)
+            self._next_char[state] = step
+        return self._next_char[state]
+
+    def tokens_to_finish(self, state: State) -> int:
+        """Tokens that spell the canonical shortest completion, longest vocabulary match first.
+
+        The completion from the state after its first greedy token is the rest of the same text,
+        tokenized by the rest of the same greedy split: so from any state whose count fits the
+        tokens left, the first greedy token keeps it fitting, and the value always closes in time."""
+        path, s = [], state
+        while s not in self._finish:
+            if self.automaton.distance(s) == 0:
+                self._finish[s] = 0
+                break
+            node, best, t = self.vocab.trie, None, s
+            while (step := self._completion_step(t)) is not None:
+                node = node.get(step[0])
+                if node is None:
+                    break
+                t = step[1]
+                if "" in node:
+                    best = t
+            if best is None:  # no token spells the next character: never finishes
+                self._finish[s] = INF
+                break
+            path.append(s)
+            s = best
+        v = self._finish[s]
+        for p in reversed(path):
+            v = min(INF, v + 1)
+            self._finish[p] = v
+        return self._finish[state]
 
     def _walk(self, trie: Trie, state: State) -> dict[int, State]:
         out: dict[int, State] = {}
@@ -143,9 +189,8 @@ class TokenMasks:
                 return e
         fast = all(stack[-1] == S_BODY for stack in state)
         trans = self._walk(self.vocab.special_trie if fast else self.vocab.trie, state)
-        dist = self.automaton.distance
         ids = torch.tensor(list(trans), dtype=torch.long)
-        dists = torch.tensor([dist(s) for s in trans.values()], dtype=torch.long)
+        dists = torch.tensor([self.tokens_to_finish(s) for s in trans.values()], dtype=torch.long)
         e = _Entry(fast, ids, dists, trans)
         with self._lock:
             self._cache[state] = e
@@ -154,10 +199,10 @@ class TokenMasks:
         return e
 
     def allowed(self, state: State, budget: int) -> torch.Tensor:
-        """[width] bool: tokens whose next state can still complete within `budget` characters."""
+        """[width] bool: tokens whose next state can still complete within `budget` tokens."""
         e = self.entry(state)
         mask = torch.zeros(self.vocab.width, dtype=torch.bool)
-        if e.fast and self.automaton.distance(state) <= budget:
+        if e.fast and self.tokens_to_finish(state) <= budget:
             mask |= self.vocab.plain_string
         mask[e.ids[e.dists <= budget]] = True
         if self.automaton.accepting(state) or not mask.any():  # the end; also the way out of a dead state
@@ -260,6 +305,8 @@ class StructuredOutputs:
         m = self.masks(schema)
         if not self.eos_ids:
             raise UnsupportedSchemaError("structured output needs an end-of-sequence token, and this model has none")
+        if m.min_tokens >= INF:
+            raise UnsupportedSchemaError("the model's vocabulary cannot spell a complete value of this schema")
         if max_tokens < m.min_tokens:
             raise UnsupportedSchemaError(f"max_tokens {max_tokens} is too small for the schema: its shortest "
                                          f"valid output takes {m.min_tokens} tokens")

@@ -47,10 +47,10 @@ class ToolDelta:
 
 
 def detect_style(chat_template: str | None, model_type: str | None = None) -> str:
+    """llama3 for templates that write Llama 3's tool turns (python_tag / ipython); else hermes, which
+    is also the format the server describes tools in for templates that cannot render them."""
     t = chat_template or ""
-    if PYTHON_TAG in t or "ipython" in t or (model_type or "").startswith("llama") and "<tool_call>" not in t:
-        return "llama3"
-    return "hermes"
+    return "llama3" if "tools" in t and (PYTHON_TAG in t or "ipython" in t) else "hermes"
 
 
 def _as_calls(value: Any) -> list[ToolCall] | None:

@@ -174,7 +174,7 @@ def test_max_tokens_below_the_shortest_output_is_refused(vocab):
     so._vocab = vocab
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     need = so.masks(schema).min_tokens
-    assert need == len('{"city":""}') + 1
+    assert need == len(['{"', "city", '":', '"', '"}']) + 1  # the shortest text, longest tokens first, + end
     so.processor(schema, need)
     with pytest.raises(UnsupportedSchemaError, match=f"max_tokens {need - 1} is too small.*{need} tokens"):
         so.processor(schema, need - 1)

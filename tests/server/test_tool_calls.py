@@ -85,7 +85,8 @@ def test_arguments_stream_before_the_call_ends():
 
 def test_style_follows_the_chat_template():
     assert detect_style("{% if tools %}<tool_call>{% endif %}") == "hermes"
-    assert detect_style("<|python_tag|>{{ ipython }}") == "llama3"
+    assert detect_style("{% if tools %}<|python_tag|>{{ ipython }}{% endif %}") == "llama3"
+    assert detect_style("{{ messages }}", "llama") == "hermes"  # no tool support: the server's Hermes prompt
     assert detect_style(None) == "hermes"
     with pytest.raises(ValueError, match="unknown tool-call style"):
         ToolStreamParser("xml")
