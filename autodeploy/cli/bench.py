@@ -44,9 +44,9 @@ def bench_cmd(
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot of throughput (needs matplotlib)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A previous --json result: report regressions."),
     threshold: float = typer.Option(5.0, "--threshold", min=0, help="Regression threshold for --compare, in percent."),
+    world_size: Optional[int] = common.WORLD_SIZE,
 ) -> None:
     """Benchmark the optimized model: fixed batches, a serving run, and transformers baselines."""
-    from autodeploy import progress
     from autodeploy.errors import AutoDeployError
     from autodeploy.profiler import report
     from autodeploy.profiler.baselines import MODES
@@ -65,12 +65,16 @@ def bench_cmd(
         raise AutoDeployError(f"--baselines: unknown baseline '{bad[0]}' (known: {', '.join(MODES)})")
     previous = load_result(compare) if compare else None  # a bad file fails before the long run
 
-    cfg = BenchConfig(source=source, recipe=recipe, overrides=list(set_ or []), batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+    if common.spawned_ranks(world_size):
+        return
+    cfg = BenchConfig(source=source, recipe=recipe, overrides=common.rank_overrides(set_, world_size), batch_sizes=_ints(batch_sizes, "--batch-sizes"),
                       input_len=input_len, output_len=output_len, serve_requests=serve_requests, rate=rate_v,
                       serve_input_len=serve_input_len, serve_output_len=serve_output_len, baselines=modes,
                       autotune=not no_autotune, warmup=warmup, seed=seed)
-    progress.enable_console(common.err_console())
+    common.enable_progress()
     result = run_bench(cfg)
+    if result is None:  # a rank other than 0 of a sharded run: it ran rank 0's steps
+        return
     out = common.out_console()
     if out.width < 150:  # a pipe reports 80 columns: keep the table's rows on one line each in logs
         out.width = 150

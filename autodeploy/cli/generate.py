@@ -32,6 +32,7 @@ def generate_cmd(
     system: Optional[str] = typer.Option(None, "--system", help="System message for chat prompts."),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Print text as it is generated."),
     dump_graphs: Optional[Path] = common.DUMP,
+    world_size: Optional[int] = common.WORLD_SIZE,
 ) -> None:
     """Optimize the model, then generate a completion for each prompt."""
     from autodeploy import progress
@@ -40,8 +41,12 @@ def generate_cmd(
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repetition_penalty=repetition_penalty, stop=list(stop or []), seed=seed)
-    progress.enable_console(common.err_console())
-    rt = optimize(source, recipe, overrides=set_ or [], dump_graphs=dump_graphs)
+    if common.spawned_ranks(world_size):
+        return
+    common.enable_progress()
+    rt = optimize(source, recipe, overrides=common.rank_overrides(set_, world_size), dump_graphs=dump_graphs)
+    if common.followed(rt):
+        return
     use_chat = chat and rt.tokenizer is not None and getattr(rt.tokenizer, "chat_template", None)
     handles = []
     for p in prompt:

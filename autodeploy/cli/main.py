@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from autodeploy.errors import AutoDeployError
 
     args = list(argv if argv is not None else sys.argv[1:])
+    common.STATE.argv = list(args)  # --world-size N re-launches this line as N ranks
     # --debug is accepted anywhere on the line, not only before the subcommand
     common.STATE.debug = "--debug" in args
     args = [a for a in args if a != "--debug"]

@@ -15,6 +15,7 @@ def optimize_cmd(
     recipe: str = common.RECIPE,
     set_: Optional[list[str]] = common.SET,
     dump_graphs: Optional[Path] = common.DUMP,
+    world_size: Optional[int] = common.WORLD_SIZE,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
     quant_budget: Optional[float] = typer.Option(
         None, "--quant-budget", min=0.0,
@@ -28,15 +29,18 @@ def optimize_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from autodeploy import progress
     from autodeploy.api import optimize
     from autodeploy.transforms.pipeline import report_table
 
-    progress.enable_console(common.err_console())
-    overrides = list(set_ or [])
+    if common.spawned_ranks(world_size):
+        return
+    common.enable_progress()
+    overrides = common.rank_overrides(set_, world_size)
     if quant_budget is not None:  # the recipe setting transforms.plan_quantization.budget
         overrides += ["transforms.plan_quantization.enabled=true", f"transforms.plan_quantization.budget={quant_budget}"]
     rt = optimize(source, recipe, overrides=overrides, dump_graphs=dump_graphs)
+    if common.followed(rt):
+        return
     out = common.out_console()
     table = report_table(rt.report)
     # transform and stage names stay whole on a narrow terminal; the other columns give way

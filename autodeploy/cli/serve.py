@@ -36,11 +36,11 @@ def serve_cmd(
                                                   help="hermes or llama3 (default: from the chat template)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
     dump_graphs: Optional[Path] = common.DUMP,
+    world_size: Optional[int] = common.WORLD_SIZE,
 ) -> None:
     """Optimize the model, then serve /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics."""
     import uvicorn
 
-    from autodeploy import progress
     from autodeploy.api import optimize
     from autodeploy.errors import RecipeError
     from autodeploy.server.app import ServerConfig, create_app
@@ -49,8 +49,12 @@ def serve_cmd(
         raise RecipeError(f"--reasoning {reasoning!r}: expected auto, on or off")
     if tool_call_style not in (None, "hermes", "llama3"):
         raise RecipeError(f"--tool-call-style {tool_call_style!r}: expected hermes or llama3")
-    progress.enable_console(common.err_console())
-    rt = optimize(source, recipe, overrides=set_ or [], dump_graphs=dump_graphs)
+    if common.spawned_ranks(world_size):
+        return
+    common.enable_progress()
+    rt = optimize(source, recipe, overrides=common.rank_overrides(set_, world_size), dump_graphs=dump_graphs)
+    if common.followed(rt):  # rank 0 serves; the others run its steps
+        return
     config = ServerConfig(model_name=served_model_name or source, api_key=api_key or None,
                           max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens=max_tokens,
                           reasoning=reasoning, tool_call_style=tool_call_style)

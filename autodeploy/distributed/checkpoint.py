@@ -120,14 +120,29 @@ def lazy_state(src, recipe) -> LazySafetensors | None:
     by_id: dict[int, list[str]] = {}
     for name, t in tensors.items():
         by_id.setdefault(id(t), []).append(name)
+    tied = _tied_weights(model)  # the meta model is not tied yet: transformers ties on load
     aliases: dict[str, str] = {}
     for names in by_id.values():
         stored = next((n for n in names if n in files), None)
+        if stored is None and tied.get(names[0]) in files:
+            stored = tied[names[0]]
         if stored is None:
             log.info("checkpoint lacks %s under the model's names: whole-state load", names[0])
             return None
         aliases.update({n: stored for n in names})
     return LazySafetensors(files, aliases, {n: t.dtype for n, t in tensors.items()})
+
+
+def _tied_weights(model) -> dict[str, str]:
+    """{tied name: the name it shares its tensor with}, as transformers ties them on load."""
+    expanded = getattr(model, "get_expanded_tied_weights_keys", None)
+    if expanded is not None:
+        try:
+            return dict(expanded(all_submodels=True))
+        except TypeError:
+            return dict(expanded())
+    keys = getattr(model, "_tied_weights_keys", None)
+    return dict(keys) if isinstance(keys, dict) else {}
 
 
 def _non_persistent(model, buffer_name: str) -> set[str]:

@@ -95,7 +95,7 @@ def _common_path(paths: list[str]) -> str:
         common.append(level[0])
     if len(paths) == 1:
         return ".".join(parts[0][:-1]) or paths[0]
-    return ".".join(common) or paths[0]
+    return ".".join(common) or ",".join(dict.fromkeys(paths))  # modules at the root: name them all
 
 
 # ---- region groups (attention, gated MLP, tp_plan seeds) ------------------------------------------

@@ -97,7 +97,9 @@ def init_distributed(world: int, device: str) -> None:
         backend = "nccl" if d.type == "cuda" else "gloo"
         if d.type == "cuda":
             torch.cuda.set_device(d.index if d.index is not None else local_rank())
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        # a rank that died leaves the others waiting in a collective this long (tests shorten it)
+        timeout = float(os.environ.get("AUTODEPLOY_DIST_TIMEOUT_S", 1800))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
         log.info("rank %d of %d joined (%s)", dist.get_rank(), world, backend)
     if _CONTROL is None:
         # every rank creates it at the same point: group creation is itself collective

@@ -108,10 +108,10 @@ def apply_expert_group(gm: fx.GraphModule, group: ShardGroup) -> None:
     graph = gm.graph
     node = moe
     if group.extra["mode"] == "ep":
-        a = bound_args(moe)
-        args = tuple(a[k] for k in ("x", "router_logits", "w_gate_up", "w_down", "b_gate_up", "b_down",
-                                    "e_score_correction_bias"))
-        kwargs = {k: v for k, v in moe.kwargs.items()}
+        a = bound_args(moe)  # by schema name: export may pass the routing settings positionally
+        tensors = ("x", "router_logits", "w_gate_up", "w_down", "b_gate_up", "b_down", "e_score_correction_bias")
+        args = tuple(a[k] for k in tensors)
+        kwargs = {k: v for k, v in a.items() if k not in tensors}
         kwargs["expert_start"] = group.extra["expert_start"]
         with graph.inserting_before(moe):
             node = graph.call_function(ops.moe_ep.default, args, kwargs)  # this rank's experts' share

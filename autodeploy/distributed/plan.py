@@ -203,7 +203,7 @@ class ShardPlan:
 
         table = Table(title=f"Sharding plan ({self.world_size} ranks)", caption=self.footer())
         for col in ("group", "kind", "split", "collective"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col in ("group", "kind"))
         for r in self.rows():
             table.add_row(*r)
         return table

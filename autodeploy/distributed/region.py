@@ -158,8 +158,8 @@ class Solver:
     # ---- bookkeeping ---------------------------------------------------------------------------
     def hold(self, node: fx.Node, sl: Slice, partial: bool = False) -> None:
         """`node`'s output is held as `sl` on this rank."""
-        if not isinstance(node, fx.Node):
-            return
+        if not isinstance(node, fx.Node) or sl.is_full():
+            return  # every rank holds all of it (a replicated KV head): not part of the region
         old = self.r.slices.get(node)
         if old == sl:
             return

@@ -100,7 +100,7 @@ def _add_roofline(w: dict[str, Any], roof: Roofline) -> None:
     w["pct_roofline"] = 100 * w["batch_size"] * per_seq / w["roofline_tokens_per_s"] if per_seq else None
 
 
-def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig) -> dict[str, Any] | None:
     from autodeploy.api import prepare
     from autodeploy.models.factory import torch_dtype
 
@@ -108,6 +108,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if not cfg.autotune:
         overrides.append("transforms.select_backends.autotune=false")
     src, rec = prepare(cfg.source, cfg.recipe, dict(_split(o) for o in overrides))
+    from autodeploy.distributed.launch import follow_if_worker, setup_ranks
+
+    setup_ranks(rec)  # sharded: the process group, and this rank's device for everything below
     if rec.runtime.kv_memory_gb is None and rec.runtime.kv_num_pages is None:
         overrides.append(f"runtime.kv_memory_gb={_kv_budget_gb(cfg, src, rec):.4f}")
     device = torch.device(rec.runtime.device)
@@ -130,6 +133,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     rt = build_runtime(cfg.source, cfg.recipe, overrides)
+    if follow_if_worker(rt):  # a rank other than 0: run rank 0's steps; rank 0 measures and reports
+        return None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result["optimize_s"] = time.perf_counter() - t0

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def _entry(rank: int, world: int, port: int, out: str, fn, args) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+                      WORLD_SIZE=str(world), AUTODEPLOY_DIST_TIMEOUT_S="300")  # a hung peer fails the test
     torch.set_num_threads(1)
     try:
         result = fn(rank, Path(out), *args)
