@@ -135,3 +135,39 @@ def test_without_alternatives_nothing_is_timed(tmp_path, monkeypatch):
     check_transform(TwoNorms(), INPUTS, "select_backends", before={RMSNORM: 2}, after={RMSNORM: 2}, matches=0,
                     dynamic_shapes=DYN)
     assert timed == []
+
+
+def test_linear_selection_with_a_second_backend_through_optimize(tmp_path):
+    """The decode-linear timing path (GPU-only in production: a second aten.linear backend) over a
+    whole exported model: symbolic dims in the graph must not reach a dict key (torch 2.11 refuses
+    to hash a SymInt), and every linear site is judged."""
+    import autodeploy
+    from autodeploy.profiler.candidates import register_backend, unregister_backend
+    from tests.helpers.tiny_models import save_tiny
+
+    register_backend("linear", "second", _linear_with_max_rows())
+    try:
+        save_tiny("llama", tmp_path)
+        rt = autodeploy.optimize(str(tmp_path), "cpu", **{"transforms.select_backends.autotune": True})
+        info = next(i for i in rt.report if i.name == "select_backends")
+        assert not info.skipped and "linear" in info.details["choices"]
+        ids = torch.randint(0, 256, (1, 6))
+        out = rt.generate([ids[0].tolist()], autodeploy.SamplingParams(max_tokens=4, ignore_eos=True))[0]
+        assert out.error is None and len(out.token_ids) == 4
+    finally:
+        unregister_backend("linear", "second")
+
+
+def _linear_with_max_rows():
+    """A CPU stand-in with triton_linear's schema (x, weight, bias, max_rows): plain F.linear."""
+    if not hasattr(torch.ops, "autodeploy_test") or not hasattr(torch.ops.autodeploy_test, "linear_rows"):
+        @torch.library.custom_op("autodeploy_test::linear_rows", mutates_args=())
+        def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                        max_rows: int = 16) -> torch.Tensor:
+            return torch.nn.functional.linear(x, weight, bias)
+
+        @linear_rows.register_fake
+        def _(x, weight, bias=None, max_rows=16):
+            return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    return torch.ops.autodeploy_test.linear_rows.default
