@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from autodeploy.server.auth import GuardMiddleware
-from autodeploy.server.errors import APIError, error_response, validation_error
+from autodeploy.server.errors import APIError, error_response
 from autodeploy.server.routes import chat, completions, health, models
 from autodeploy.server.state import ServerConfig, ServerState
 
@@ -71,4 +71,4 @@ def create_app(runtime: Any, config: ServerConfig | None = None) -> FastAPI:
     return app
 
 
-__all__ = ["create_app", "ServerConfig", "validation_error"]
+__all__ = ["create_app", "ServerConfig"]
