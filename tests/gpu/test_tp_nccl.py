@@ -1,0 +1,119 @@
+"""Tensor parallelism on 2 GPUs over NCCL (skipped without 2 CUDA devices).
+
+    collectives       autodeploy::all_reduce / all_gather eager and replayed from a CUDA graph
+    tiny llama        h100 recipe (torch.compile + CUDA graphs, overlap scheduling) in fp32, so a
+                      different summation order cannot flip a greedy token: the 2-rank runtime's
+                      greedy tokens equal the 1-rank runtime's, step logits within fp32 tolerance
+    tiny mixtral      the same with expert parallelism, eager (the MoE reference syncs with the host)
+
+NVLink multicast (NVLS) stays off: NCCL_NVLS_ENABLE=0 in every rank's environment.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.distributed.spawn import run_ranks
+from tests.helpers.tiny_models import save_tiny
+from tests.helpers.tolerances import assert_close
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")]
+
+PROMPTS = [[5, 17, 33, 2, 81, 9, 120], [44, 3, 250, 61], [7, 7, 90, 12, 200]]
+SETTINGS = dict(dtype="float32", max_batch_size=4, max_seq_len=64, max_num_tokens=128, kv_num_pages=32,
+                cuda_graph_batch_sizes=[1, 2, 4])
+
+
+@pytest.fixture(autouse=True)
+def _no_nvls(monkeypatch):
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")  # the spawned ranks inherit it
+
+
+def _collectives(rank: int, out) -> dict:
+    from autodeploy.distributed import dist
+
+    dist.init_distributed(2, "cuda")
+    ops = torch.ops.autodeploy
+    import autodeploy.distributed.collectives  # noqa: F401
+
+    dev = torch.device(f"cuda:{rank}")
+    x = torch.full((3, 8), float(rank + 1), device=dev)
+    eager_sum = ops.all_reduce(x)
+    eager_cat = ops.all_gather(x, -1, 2)
+    static = torch.zeros(3, 8, device=dev)
+    ops.all_reduce(static)  # the communicator exists before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = ops.all_reduce(static * 2)
+    replays = []
+    for v in (1.0, 5.0):
+        static.fill_(v + rank)
+        graph.replay()
+        replays.append(y.clone().cpu())
+    torch.cuda.synchronize(dev)
+    return {"sum": eager_sum.cpu(), "cat": eager_cat.cpu(), "replays": replays}
+
+
+def test_collectives_eager_and_in_a_cuda_graph(tmp_path):
+    ranks, _ = run_ranks(_collectives, 2, tmp_path)
+    for r in ranks:
+        assert torch.equal(r["sum"], torch.full((3, 8), 3.0))
+        assert torch.equal(r["cat"], torch.cat([torch.full((3, 8), 1.0), torch.full((3, 8), 2.0)], dim=-1))
+        # 2 * (v + 0) + 2 * (v + 1)
+        assert [float(t[0, 0]) for t in r["replays"]] == [6.0, 22.0]
+
+
+def _steps(model) -> list[torch.Tensor]:
+    from autodeploy.runtime.sequence_info import SequenceInfo
+
+    a, b, c = PROMPTS
+    page = model.page_size
+    steps = [[(a, 0, [0]), (b, 0, [1])],
+             [([11], len(a), [0]), ([12], len(b), [1]), (c, 0, [2])],
+             [([13], len(a) + 1, [0]), ([14], len(b) + 1, [1]), ([15], len(c), [2])],
+             [([16], len(a) + 2, [0]), ([17], len(b) + 2, [1]), ([18], len(c) + 1, [2])]]
+    return [model.forward(SequenceInfo.build(chunks, page)).float().cpu() for chunks in steps]
+
+
+def _greedy(rt) -> list[list[int]]:
+    from autodeploy.runtime.sampling import SamplingParams
+
+    return [o.token_ids for o in rt.generate(PROMPTS, SamplingParams(max_tokens=10, temperature=0.0))]
+
+
+def _tp_worker(rank: int, out, path: str, backend: str) -> dict:
+    import autodeploy
+    from autodeploy.distributed.launch import follow_if_worker, stop_followers
+
+    rt = autodeploy.optimize(path, "h100", world_size=2, compile_backend=backend, **SETTINGS)
+    logits = _steps(rt.model)
+    tokens = None
+    if not follow_if_worker(rt):
+        tokens = _greedy(rt)
+        stop_followers()
+    return {"logits": logits, "tokens": tokens, "replays": getattr(rt.model, "replays", None),
+            "device": str(rt.device)}
+
+
+def _one_rank(path: str, backend: str) -> dict:
+    import autodeploy
+
+    rt = autodeploy.optimize(path, "h100", compile_backend=backend, **SETTINGS)
+    return {"logits": _steps(rt.model), "tokens": _greedy(rt)}
+
+
+@pytest.mark.parametrize("arch, backend", [("llama", "cuda-graph"), ("mixtral", "eager")])
+def test_two_gpus_match_one(tmp_path, arch, backend):
+    path = str(save_tiny(arch, tmp_path / arch))
+    ref = _one_rank(path, backend)
+    torch.cuda.empty_cache()
+    ranks, _ = run_ranks(_tp_worker, 2, tmp_path / "out", path, backend)
+    assert [r["device"] for r in ranks] == ["cuda:0", "cuda:1"]
+    assert ranks[0]["tokens"] == ref["tokens"]
+    if backend == "cuda-graph":  # decode steps replayed from CUDA graphs on both ranks alike
+        assert ranks[0]["replays"] and ranks[0]["replays"] == ranks[1]["replays"]
+    for r in ranks:
+        for got, want in zip(r["logits"], ref["logits"]):
+            assert_close(got, want)
