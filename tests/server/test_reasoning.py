@@ -50,3 +50,16 @@ def test_switched_on_per_family():
     assert reasoning_enabled("llama", "{{ '<think>' }}")
     assert not reasoning_enabled("llama", "{% for m in messages %}{% endfor %}")
     assert prompt_opens_reasoning("<|Assistant|><think>\n") and not prompt_opens_reasoning("<|assistant|>\n")
+
+
+def test_chat_choice_splits_reasoning_before_parsing_tool_calls():
+    from autodeploy.server.routes.chat import Plan, _choice
+
+    text = '<think>The user wants weather.</think>\n<tool_call>{"name": "w", "arguments": {"city": "Paris"}}</tool_call>'
+    c = _choice(0, text, "stop", Plan(True, "hermes", None, None, True, False))
+    assert c.message.reasoning_content == "The user wants weather." and c.message.content is None
+    assert c.finish_reason == "tool_calls" and c.message.tool_calls[0].function.arguments == '{"city": "Paris"}'
+    plain = _choice(0, "<think>hm</think>Paris.", "stop", Plan(False, None, None, None, True, False))
+    assert (plain.message.reasoning_content, plain.message.content, plain.finish_reason) == ("hm", "Paris.", "stop")
+    off = _choice(0, "<think>hm</think>Paris.", "length", Plan(False, None, None, None, False, False))
+    assert off.message.reasoning_content is None and off.message.content == "<think>hm</think>Paris."
