@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 STOP, STEP = 0, 1
 _HEADER = 9  # cmd, T, b, P, num_prefill, num_decode, page_size, has_source, n_prev_tokens
+# One fixed-size message per step; a payload that does not fit after the header (a big prefill)
+# follows in a second broadcast. 4 KiB holds a decode step of ~40 sequences in one round trip.
+_MESSAGE = 512
 _FIELDS = ("input_ids", "position_ids", "seq_lens", "cu_seqlens", "input_pos", "cache_lens", "page_table",
            "slot_mapping", "last_token_idx")
 _pending_stop = False  # rank 0: a follower may be waiting for STOP (set by each optimize())
@@ -77,8 +80,22 @@ def stop_followers() -> None:
 
 
 # ---- the step channel ----------------------------------------------------------------------------
-def _send_header(values: list[int]) -> None:
-    tdist.broadcast(torch.tensor(values, dtype=torch.int64), src=0, group=dist.control_group())
+def _send_header(values: list[int], payload: torch.Tensor | None = None) -> None:
+    """Broadcast one message: the header, and the payload inline when it fits (else right after)."""
+    msg = torch.zeros(_MESSAGE, dtype=torch.int64)
+    msg[:_HEADER] = torch.tensor(values, dtype=torch.int64)
+    inline = payload is not None and payload.numel() <= _MESSAGE - _HEADER
+    if inline:
+        msg[_HEADER : _HEADER + payload.numel()] = payload
+    tdist.broadcast(msg, src=0, group=dist.control_group())
+    if payload is not None and not inline:
+        tdist.broadcast(payload, src=0, group=dist.control_group())
+
+
+def payload_size(T: int, b: int, P: int, has_source: bool) -> int:
+    """int64s of a step: input_ids, position_ids, slot_mapping [T]; seq_lens, input_pos, cache_lens,
+    last_token_idx [b]; cu_seqlens [b+1]; page_table [b, P]; token source [T] with overlap."""
+    return 3 * T + 5 * b + 1 + b * P + (T if has_source else 0)
 
 
 def _pack(info: SequenceInfo, source: torch.Tensor | None) -> torch.Tensor:
@@ -123,8 +140,7 @@ class LeaderModel:
         P = int(info.page_table.shape[1])
         header = [STEP, T, b, P, info.num_prefill, info.num_decode, info.page_size, int(source is not None),
                   int(prev.numel()) if prev is not None else 0]
-        _send_header(header)
-        tdist.broadcast(_pack(info, source), src=0, group=dist.control_group())
+        _send_header(header, _pack(info, source))
         if prev is not None:  # sampled on this device: the followers get them device to device
             tdist.broadcast(prev.contiguous(), src=0)
             return self.model.forward(info, token_source=token_source)
@@ -146,15 +162,18 @@ def follow(model: Any) -> int:
     device = torch.device(getattr(model, "device", "cpu"))
     with torch.inference_mode():
         while True:
-            header = torch.empty(_HEADER, dtype=torch.int64)
-            tdist.broadcast(header, src=0, group=dist.control_group())
-            h = header.tolist()
+            msg = torch.empty(_MESSAGE, dtype=torch.int64)
+            tdist.broadcast(msg, src=0, group=dist.control_group())
+            h = msg[:_HEADER].tolist()
             if h[0] == STOP:
                 return steps
             T, b, P = h[1], h[2], h[3]
-            n = 3 * T + 5 * b + 1 + b * P + (T if h[7] else 0)
-            payload = torch.empty(n, dtype=torch.int64)
-            tdist.broadcast(payload, src=0, group=dist.control_group())
+            n = payload_size(T, b, P, bool(h[7]))
+            if n <= _MESSAGE - _HEADER:
+                payload = msg[_HEADER : _HEADER + n]
+            else:
+                payload = torch.empty(n, dtype=torch.int64)
+                tdist.broadcast(payload, src=0, group=dist.control_group())
             info, source = _unpack(payload, T, b, P, h)
             if h[8]:
                 prev = torch.empty(h[8], dtype=torch.int64, device=device)
