@@ -1,14 +1,16 @@
 """What a rank loads its weights from: a lazy safetensors state, or the whole checkpoint kept off the GPU.
 
     rank_state(src, recipe, device)   world size 1: materialize_state, as before
-                                      sharded, a local safetensors folder whose tensor names are the
-                                      model's own (Llama, Qwen, Mistral, DeepSeek's dense layers …):
+                                      sharded, a safetensors folder (local, or a hub model's snapshot
+                                      in the HF cache) whose tensor names are the model's own (Llama,
+                                      Qwen, Mistral, Gemma …):
                                           LazySafetensors — nothing read until a producer asks;
                                           fetch(name, index=…) reads only the rank's slice
                                       sharded, anything else (per-expert checkpoints that
-                                      transformers converts to stacked 3-D experts, GGUF, hub ids,
+                                      transformers converts to stacked 3-D experts, GGUF,
                                       pre-quantized): transformers loads the whole state on the
-                                      CPU and each rank moves only its slices to its device
+                                      CPU and each rank moves only its slices to its device (the
+                                      GPU never holds it whole; host memory does, once per rank)
                                       random: sources: initialized on the device (every rank with
                                       the same seed, so the slices agree)
 
@@ -110,9 +112,12 @@ def lazy_state(src, recipe) -> LazySafetensors | None:
     from autodeploy.models.factory import build_meta_model
     from autodeploy.quantization.checkpoint import quant_method
 
-    if src.kind != "local" or src.location is None or quant_method(src.config) is not None:
+    folder = _local_folder(src)
+    if folder is None or quant_method(src.config) is not None:
         return None
-    files = _stored_keys(Path(src.location))
+    files = _stored_keys(folder)
+    if not files:
+        return None
     model = build_meta_model(src, recipe)
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update({n: b for n, b in model.named_buffers(remove_duplicate=False)
@@ -143,6 +148,23 @@ def _tied_weights(model) -> dict[str, str]:
             return dict(expanded())
     keys = getattr(model, "_tied_weights_keys", None)
     return dict(keys) if isinstance(keys, dict) else {}
+
+
+def _local_folder(src) -> Path | None:
+    """The folder holding the source's safetensors: a local source's own, a hub model's snapshot in
+    the Hugging Face cache (fetched there first when the hub answers)."""
+    if src.kind == "local" and src.location is not None:
+        return Path(src.location)
+    if src.kind != "hub":
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(src.location, allow_patterns=["*.safetensors", "*.json"],
+                                      local_files_only=bool(src.load_kwargs.get("local_files_only"))))
+    except Exception as e:  # noqa: BLE001 (no snapshot: transformers' own loading reports it)
+        log.info("%s: no local snapshot (%s): whole-state load", src.spec, str(e).splitlines()[0] if str(e) else e)
+        return None
 
 
 def _non_persistent(model, buffer_name: str) -> set[str]:

@@ -98,3 +98,24 @@ def test_random_sources_initialize_whole(tmp_path):
     state = rank_state(src, rec, torch.device("cpu"))  # the same seed on every rank: slices agree
     again = rank_state(src, rec, torch.device("cpu"))
     assert torch.equal(state["model.layers.0.mlp.up_proj.weight"], again["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_hub_model_reads_its_cached_snapshot(tmp_path, monkeypatch):
+    """A hub id whose snapshot is in the Hugging Face cache loads lazily from there (no download)."""
+    from huggingface_hub import constants
+
+    from autodeploy.models.source import ModelSource
+    from autodeploy.recipe import load_recipe
+    from tests.helpers.tiny_models import tiny_config
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-llama"
+    save_tiny("llama", repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    src = ModelSource("acme/tiny-llama", "hub", "acme/tiny-llama", config=tiny_config("llama"),
+                      load_kwargs={"local_files_only": True})
+    state = lazy_state(src, load_recipe("cpu", {"runtime.dtype": "float32"}))
+    assert isinstance(state, LazySafetensors)
+    assert state["model.norm.weight"].shape == (64,)
