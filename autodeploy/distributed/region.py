@@ -45,7 +45,7 @@ PASS = (aten.contiguous, aten.clone, aten.alias, aten._to_copy, aten.to, aten.de
         aten.type_as, aten.lift_fresh_copy)
 BINARY = (aten.add, aten.sub, aten.mul, aten.div, aten.maximum, aten.minimum)
 NEW = (aten.new_empty, aten.new_zeros, aten.new_ones, aten.new_full)
-SPLITS = (aten.split_with_sizes, aten.split)
+SPLITS = (aten.split_with_sizes, aten.split, aten.chunk)
 
 
 def _ndim(node) -> int:
@@ -127,7 +127,8 @@ def _split_sizes(node) -> list[int]:
     dim = _dim(node.args[2] if len(node.args) > 2 else 0, _ndim(x))
     if is_op(node, aten.split_with_sizes):
         return [int(s) for s in node.args[1]]
-    size, total = int(node.args[1]), int(_shape(x)[dim])
+    total = int(_shape(x)[dim])
+    size = -(-total // int(node.args[1])) if is_op(node, aten.chunk) else int(node.args[1])  # chunk: count
     return [min(size, total - o) for o in range(0, total, size)]
 
 
@@ -209,8 +210,10 @@ class Solver:
                 if isinstance(p, fx.Node):
                     self.hold(p, sl.with_dim(0))
             return
+        # a split's part or a slice selects from its input: the input may hold the union of parts
+        selector = node.target is operator.getitem or is_op(node, aten.slice)
         for inp, in_sl in self.inputs_for(node, sl).items():
-            self.hold(inp, in_sl, partial=node.target is operator.getitem)
+            self.hold(inp, in_sl, partial=selector)
 
     def inputs_for(self, node: fx.Node, sl: Slice) -> dict[fx.Node, Slice]:
         """The slice each tensor input must hold for `node` to hold `sl` (the backward rules)."""
@@ -340,6 +343,8 @@ class Solver:
 
     def output_of(self, user: fx.Node, node: fx.Node, sl: Slice) -> Slice:
         """The forward rules: the slice `user` holds when its input `node` holds `sl`."""
+        if not isinstance(val(user), torch.Tensor):
+            raise Unsupported(f"{user.name}: no sharding rule for {user.target} (several outputs)")
         n = _ndim(user)
         if is_op(user, PASS) or is_op(user, (ops.rmsnorm, ops.gated_mlp_act)):
             if is_op(user, ops.rmsnorm) and sl.dim == n - 1:
@@ -358,8 +363,17 @@ class Solver:
         if is_op(user, aten.unsqueeze):
             d = _dim(user.args[1], n)
             return sl.with_dim(sl.dim + (d <= sl.dim))
-        if is_op(user, aten.slice) and _dim(user.args[1], n) != sl.dim:
-            return sl
+        if is_op(user, aten.slice):
+            if _dim(user.args[1], n) != sl.dim:
+                return sl
+            if (user.args[4] if len(user.args) > 4 else 1) != 1:
+                raise Unsupported(f"{user.name}: strided slice of the split dim")
+            start = int(user.args[2] or 0) if len(user.args) > 2 else 0
+            end = min(int(user.args[3]) if len(user.args) > 3 and user.args[3] is not None else sl.size, sl.size)
+            part = sl.within(start, end)
+            if not part.ranges:
+                raise Unsupported(f"{user.name}: a slice this rank holds nothing of")
+            return part
         if is_op(user, aten.cat) and _dim(user.args[1] if len(user.args) > 1 else 0, n) != sl.dim:
             return sl  # the other inputs must hold the same slice: the backward rule asks them
         if is_op(user, NEW) and user.args[0] is node:

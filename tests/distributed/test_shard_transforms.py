@@ -10,6 +10,7 @@ for real, so the output equals eager only if the slices and the all_reduce / all
                          and o (o's added once, after the all_reduce); embedding + lm_head vocab-parallel
     gqa_replicated       1 KV head over 2 ranks (replicated), attention sinks sliced per head
     fused_qkv            one q/k/v GEMM split by sizes: three ranges of its rows per rank
+    fused_slices         Phi-3's fused q/k/v cut by slices and gate_up by chunk: local offsets
     experts_ep           autodeploy::moe -> moe_ep (experts 0-1 / 2-3) + all_reduce, biases per expert
     experts_tp           TP inside experts: gate/up rows, down columns, down bias on rank 0 only
     experts_tp_gptoss    interleaved gate/up stored transposed [E, h, 2f] (GPT-OSS), TP
@@ -41,7 +42,7 @@ def _rope_tables(pos: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]
 class Decoder(nn.Module):
     """embedding ─ rmsnorm ─ q/k/v ─ rope ─ attention ─ o (+x) ─ rmsnorm ─ gated MLP (+x) ─ lm_head."""
 
-    def __init__(self, n: int = 4, n_kv: int = 2, bias: bool = False, sinks: bool = False, fused: bool = False):
+    def __init__(self, n: int = 4, n_kv: int = 2, bias: bool = False, sinks: bool = False, fused: str = ""):
         super().__init__()
         self.n, self.n_kv, self.fused = n, n_kv, fused
         self.embed = nn.Embedding(V, H)
@@ -51,7 +52,10 @@ class Decoder(nn.Module):
             self.q, self.k, self.v = (nn.Linear(H, m * D, bias=bias) for m in (n, n_kv, n_kv))
         self.o = nn.Linear(n * D, H, bias=bias)
         self.sinks = nn.Parameter(torch.randn(n)) if sinks else None
-        self.gate, self.up = nn.Linear(H, F, bias=False), nn.Linear(H, F, bias=False)
+        if fused == "slices":  # Phi-3: one gate_up GEMM, chunked
+            self.gate_up = nn.Linear(H, 2 * F, bias=False)
+        else:
+            self.gate, self.up = nn.Linear(H, F, bias=False), nn.Linear(H, F, bias=False)
         self.down = nn.Linear(F, H, bias=bias)
         self.norm1, self.norm2 = nn.Parameter(1 + 0.1 * torch.randn(H)), nn.Parameter(1 + 0.1 * torch.randn(H))
         self.head = nn.Linear(H, V, bias=False)
@@ -60,8 +64,11 @@ class Decoder(nn.Module):
         b, s = ids.shape
         x = self.embed(ids)  # [b, s, H]
         h = ops.rmsnorm(x, self.norm1, 1e-6, False)
-        if self.fused:
+        if self.fused == "split":
             q, k, v = self.qkv(h).split([self.n * D, self.n_kv * D, self.n_kv * D], dim=-1)
+        elif self.fused == "slices":  # Phi-3 slices its fused q/k/v output
+            qkv, nq, nk = self.qkv(h), self.n * D, self.n_kv * D
+            q, k, v = qkv[..., :nq], qkv[..., nq : nq + nk], qkv[..., nq + nk :]
         else:
             q, k, v = self.q(h), self.k(h), self.v(h)
         q = q.view(b, s, self.n, D)  # literal head counts: rewritten to the local ones
@@ -71,7 +78,8 @@ class Decoder(nn.Module):
         a = ops.attention(q, k, v, self.sinks, D**-0.5, True, None, None)  # [b, s, n, D]
         x = x + self.o(a.reshape(b, s, self.n * D))
         h = ops.rmsnorm(x, self.norm2, 1e-6, False)
-        x = x + self.down(ops.gated_mlp_act(self.gate(h), self.up(h), "silu"))
+        gate, up = self.gate_up(h).chunk(2, dim=-1) if self.fused == "slices" else (self.gate(h), self.up(h))
+        x = x + self.down(ops.gated_mlp_act(gate, up, "silu"))
         return self.head(x)  # [b, s, V]
 
 
@@ -129,20 +137,23 @@ def _run_case(name: str) -> None:
         over = {"runtime.world_size": 2} | {f"transforms.{k}": v for k, v in transforms.items()}
         return load_recipe("cpu", over)
 
-    if name in ("gqa", "gqa_replicated", "fused_qkv"):
+    if name in ("gqa", "gqa_replicated", "fused_qkv", "fused_slices"):
         kw = {"gqa": dict(bias=True), "gqa_replicated": dict(n_kv=1, sinks=True),
-              "fused_qkv": dict(fused=True, bias=True)}[name]
+              "fused_qkv": dict(fused="split", bias=True), "fused_slices": dict(fused="slices")}[name]
         gm = check_transform(Decoder(**kw), _ids(2, 6), "shard_tensor_parallel", before={AR: 0, AG: 0},
                              after={AR: 3, AG: 1, aten.embedding: 1}, matches=4, second_inputs=_ids(3, 9, 1),
                              dynamic_shapes=seq, recipe=recipe())
         params = dict(gm.named_parameters())
         n_kv_local = 1
         assert params["embed.weight"].shape == (V // 2, H) and params["head.weight"].shape == (V // 2, H)
-        if name == "fused_qkv":
+        if name.startswith("fused"):
             assert params["qkv.weight"].shape == ((2 + 2 * n_kv_local) * D, H)
+            if name == "fused_slices":
+                assert params["gate_up.weight"].shape == (F, H)  # half of gate, half of up
         else:
             assert params["q.weight"].shape == (2 * D, H) and params["k.weight"].shape == (n_kv_local * D, H)
         assert params["o.weight"].shape == (H, 2 * D) and params["down.weight"].shape == (H, F // 2)
+        assert not [n for n in gm.graph.nodes if n.target is aten.chunk.default]  # chunk -> local split sizes
         if name == "gqa_replicated":
             assert params["sinks"].shape == (2,)
         if name == "gqa":
@@ -175,7 +186,7 @@ def _run_case(name: str) -> None:
         raise KeyError(name)
 
 
-CASES = ["gqa", "gqa_replicated", "fused_qkv", "experts_ep", "experts_tp", "experts_tp_gptoss", "tp_plan_mlp"]
+CASES = ["gqa", "gqa_replicated", "fused_qkv", "fused_slices", "experts_ep", "experts_tp", "experts_tp_gptoss", "tp_plan_mlp"]
 
 
 def _worker(rank: int, out, cases: list[str]) -> dict[str, str | None]:
