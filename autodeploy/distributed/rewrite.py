@@ -5,6 +5,7 @@
     embedding:                  e = embedding(W, ids)      ->  ids_l = ids - start; out = ids_l outside [0, V_l)
                                                                e = all_reduce(embedding(W_l, ids_l | 0) masked to 0)
     lm_head:                    logits = linear(h, W)      ->  all_gather(linear(h, W_l), -1)
+    two sums added:             all_reduce(a) + all_reduce(b) ->  all_reduce(a + b)   (merge_reductions)
 
 Parameters become meta tensors of their local shape (or, in a graph that already holds real
 weights, their slice) and the graph's WeightPlan gets a producer that reads only the rank's
@@ -197,3 +198,35 @@ def apply_plan(gm: fx.GraphModule, plan: ShardPlan, groups: list[ShardGroup] | N
             counts["all_reduce"] += _rewrite_region(gm, group)
     return counts
 
+
+
+def _reduced(node) -> tuple[fx.Node, list[fx.Node]] | None:
+    """(the all_reduce, the views after it) when `node` is an all_reduce seen through single-use views."""
+    chain = []
+    while isinstance(node, fx.Node) and is_op(node, VIEWS) and len(node.users) == 1:
+        chain.append(node)
+        node = node.args[0]
+    if isinstance(node, fx.Node) and is_op(node, ops.all_reduce) and len(node.users) == 1:
+        return node, chain
+    return None
+
+
+def merge_reductions(gm: fx.GraphModule) -> int:
+    """add(all_reduce(a), all_reduce(b)) -> all_reduce(add(a, b)): one collective instead of two
+    (an MoE block's routed experts and its shared expert). Views between commute with the sum."""
+    merged = 0
+    for add in list(gm.graph.nodes):
+        if not is_op(add, aten.add.Tensor) or add.kwargs or len(add.args) != 2:
+            continue
+        a, b = (_reduced(x) for x in add.args)
+        if a is None or b is None or a[0] is b[0]:
+            continue
+        for reduce, _ in (a, b):
+            reduce.replace_all_uses_with(reduce.args[0])
+            gm.graph.erase_node(reduce)
+        with gm.graph.inserting_after(add):
+            total = gm.graph.call_function(ops.all_reduce.default, (add,))
+        add.replace_all_uses_with(total, delete_user_cb=lambda u, t=total: u is not t)
+        _copy_meta(add, total)
+        merged += 1
+    return merged

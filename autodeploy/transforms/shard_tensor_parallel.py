@@ -15,6 +15,7 @@
         x ─ gate_proj_r [f/W, h], up_proj_r ─ gated_mlp_act ─ down_proj_r [h, f/W] ─ all_reduce ─ + x
         ids ─ (ids - r*V/W, outside -> 0) ─ embedding [V/W, h] ─ zero outside ─ all_reduce
         h ─ lm_head_r [V/W, h] ─ all_gather(-1) ─ logits [.., V]
+        all_reduce(moe) + all_reduce(shared expert) ─> all_reduce(moe + shared expert)
 
 Detection (autodeploy/distributed/detect.py) and rewriting (rewrite.py) are separate steps; the
 plan prints (a table on rank 0) and lands in `gm.meta["shard_plan"]`. The KV cache that
@@ -33,7 +34,7 @@ from pydantic import Field
 from autodeploy.distributed import dist
 from autodeploy.distributed.detect import detect_plan
 from autodeploy.distributed.plan import EARLIER_KEY, PLAN_KEY, WHOLE_BYTES_KEY, show
-from autodeploy.distributed.rewrite import apply_plan
+from autodeploy.distributed.rewrite import apply_plan, merge_reductions
 from autodeploy.transforms.pipeline import Stage, TransformConfig, TransformInfo, register
 
 
@@ -60,6 +61,7 @@ def apply(gm, ctx, cfg: ShardTensorParallelConfig) -> TransformInfo:
     plan.account(gm, whole_bytes=gm.meta.get(WHOLE_BYTES_KEY, {}))
     show(plan)
     counts = apply_plan(gm, plan, mine)
+    counts["all_reduce_merged"] = merge_reductions(gm)  # routed + shared experts: one sum
     gm.meta[PLAN_KEY] = plan
     matched = len(mine)
     warning = None

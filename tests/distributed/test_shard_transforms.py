@@ -14,6 +14,7 @@ for real, so the output equals eager only if the slices and the all_reduce / all
     experts_ep           autodeploy::moe -> moe_ep (experts 0-1 / 2-3) + all_reduce, biases per expert
     experts_tp           TP inside experts: gate/up rows, down columns, down bias on rank 0 only
     experts_tp_gptoss    interleaved gate/up stored transposed [E, h, 2f] (GPT-OSS), TP
+    shared_expert        routed experts (EP) + a shared gated MLP (TP): their two all_reduces merged
     tp_plan_mlp          a plain fc1 -> gelu -> fc2 MLP no heuristic covers, split by a recipe tp_plan
 """
 
@@ -106,6 +107,20 @@ class Experts(nn.Module):
                        order="topk_then_softmax" if self.gptoss else "softmax_then_topk")
 
 
+class SharedExpertMoE(nn.Module):
+    """DeepSeek's block: routed experts plus a shared gated MLP, added (their two sums become one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.experts = Experts()
+        self.gate, self.up, self.down = nn.Linear(H, F, bias=False), nn.Linear(H, F, bias=False), nn.Linear(F, H, bias=False)
+
+    def forward(self, x):  # x [b, s, H]
+        b, s, _ = x.shape
+        routed = self.experts(x.view(-1, H)).view(b, s, H)
+        return routed + self.down(ops.gated_mlp_act(self.gate(x), self.up(x), "silu"))
+
+
 class PlainMLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -173,6 +188,11 @@ def _run_case(name: str) -> None:
             assert p["w_gate_up"].shape == (4, H, 16) and p["w_down"].shape == (4, 8, H)
         else:
             assert p["w_gate_up"].shape == (4, 16, H) and p["w_down"].shape == (4, H, 8)
+    elif name == "shared_expert":
+        x1, x2 = torch.randn(2, 5, H), torch.randn(3, 7, H)
+        check_transform(SharedExpertMoE(), [x1], ["shard_experts", "shard_tensor_parallel"],
+                        before={AR: 0, MOE: 1}, after={AR: 1, EP: 1}, matches=2, second_inputs=[x2],
+                        dynamic_shapes=(bs,), recipe=recipe())
     elif name == "tp_plan_mlp":
         x1, x2 = torch.randn(2, 5, H), torch.randn(3, 7, H)
         plan = {"fc1": "colwise", "fc2": "rowwise"}
@@ -186,7 +206,8 @@ def _run_case(name: str) -> None:
         raise KeyError(name)
 
 
-CASES = ["gqa", "gqa_replicated", "fused_qkv", "fused_slices", "experts_ep", "experts_tp", "experts_tp_gptoss", "tp_plan_mlp"]
+CASES = ["gqa", "gqa_replicated", "fused_qkv", "fused_slices", "experts_ep", "experts_tp", "experts_tp_gptoss", "shared_expert",
+         "tp_plan_mlp"]
 
 
 def _worker(rank: int, out, cases: list[str]) -> dict[str, str | None]:
