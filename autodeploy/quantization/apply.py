@@ -15,7 +15,7 @@ from autodeploy.models.weights import checkpoint_name
 from autodeploy.quantization.config import QuantConfig
 from autodeploy.quantization.registry import method_for
 from autodeploy.quantization.rewrite import (
-    LinearSite, PartsFn, expert_sites, linear_sites, quantize_experts, quantize_linear,
+    LinearSite, PartsFn, expert_sites, fusable_groups, linear_sites, quantize_experts, quantize_fused, quantize_linear,
 )
 from autodeploy.quantization.selection import SelectionFields, layer_config
 from autodeploy.transforms.pipeline import TransformInfo
@@ -58,9 +58,15 @@ def quantize_graph(
     chosen, skipped = selected_linears(gm, cfg, build)
     special = makers(chosen) if makers is not None and chosen else {}
     layers: dict[str, str] = {}
+    groups = fusable_groups(chosen) if cfg.fuse_shared_input else []
+    grouped = {id(site) for group in groups for site, _ in group}
+    for group in groups:
+        quantize_fused(gm, group, special)
     for site, qcfg in chosen:
-        quantize_linear(gm, site, qcfg, special.get(site.name))
+        if id(site) not in grouped:
+            quantize_linear(gm, site, qcfg, special.get(site.name))
         layers[site.name] = qcfg.name
+    gemms = len(groups) + len(chosen) - len(grouped)
     n_experts = 0
     if experts:
         keep = kept_layers(gm)
@@ -76,5 +82,5 @@ def quantize_graph(
         warning = "no layer matched the include / exclude globs" + (f" ({len(skipped)} unsupported)" if skipped else "")
     return TransformInfo(
         matches=matches, changed=matches > 0, warning=warning,
-        details={"layers": layers, "unsupported": skipped, "expert_stacks": n_experts},
+        details={"layers": layers, "gemms": gemms, "unsupported": skipped, "expert_stacks": n_experts},
     )

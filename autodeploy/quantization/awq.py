@@ -22,6 +22,7 @@ from autodeploy.quantization import int4
 
 ALPHAS = torch.linspace(0.0, 1.0, 21).tolist()  # 0, 0.05, ..., 1
 CLIP_RATIOS = torch.linspace(1.0, 0.5, 11).tolist()  # 1, 0.95, ..., 0.5 of the group's range
+SCALE_TOKENS = 1024  # tokens sampled for the scale search (each alpha is a [tokens, K] x [K, N] product)
 CLIP_TOKENS = 256  # tokens sampled for the clip search
 CHUNK_ROWS = 1024  # output channels per step of the clip search (bounds its [tokens, rows, groups] buffer)
 
@@ -32,13 +33,19 @@ def fake_quant(w: Tensor, group_size: int, clip: Tensor | None = None) -> Tensor
     return int4.dequantize(p["qweight"], p["scales"], p["zeros"], group_size)
 
 
+def _sample(x: Tensor, n: int) -> Tensor:
+    """At most n rows of x [t, K], evenly spaced (calibration windows stay represented)."""
+    return x if x.shape[0] <= n else x[torch.linspace(0, x.shape[0] - 1, n, device=x.device).long()]
+
+
 @torch.no_grad()
 def search_scale(x: Tensor, weights: list[Tensor], group_size: int) -> tuple[Tensor, float]:
     """x [n, K], weights [N_i, K] sharing that input -> (s [K] fp32, best alpha)."""
     x = x.reshape(-1, x.shape[-1]).float()
+    x_mean = x.abs().mean(dim=0)  # [K], over every token
+    x = _sample(x, SCALE_TOKENS)
     w_cat = torch.cat([w.float() for w in weights], dim=0)  # [sum N_i, K]
     ref = x @ w_cat.T
-    x_mean = x.abs().mean(dim=0)  # [K]
     best, best_s, best_alpha = float("inf"), torch.ones_like(x_mean), 0.0
     for alpha in ALPHAS:
         s = x_mean.pow(alpha).clamp(min=1e-4)
@@ -53,9 +60,7 @@ def search_scale(x: Tensor, weights: list[Tensor], group_size: int) -> tuple[Ten
 @torch.no_grad()
 def search_clip(x: Tensor, w: Tensor, group_size: int) -> Tensor:
     """Per (output channel, group) clipping ratio [N, K/g] minimizing that group's share of the output error."""
-    x = x.reshape(-1, x.shape[-1]).float()
-    if x.shape[0] > CLIP_TOKENS:
-        x = x[torch.linspace(0, x.shape[0] - 1, CLIP_TOKENS, device=x.device).long()]
+    x = _sample(x.reshape(-1, x.shape[-1]).float(), CLIP_TOKENS)
     n, k = w.shape
     groups = k // group_size
     xg = x.reshape(-1, groups, group_size)  # [t, G, g]

@@ -208,7 +208,10 @@ def save_quantized(source: str, out_dir: str | Path, recipe: Any = "cpu", overri
 
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
-    src, rec = prepare(source, recipe, overrides or {})
+    # one quantized op per HF module: fused q/k/v parameters have no checkpoint name
+    unfused = {f"transforms.{t}.fuse_shared_input": False
+               for t in ("quantize_fp8", "quantize_int4_weight_only", "quantize_int8_weight_only")}
+    src, rec = prepare(source, recipe, dict(overrides or {}) | unfused)
     gm = export_source(src, rec)
     ctx = TransformContext(recipe=rec, hf_config=src.config, arch=detect_architecture(src.config, gm), extra={"source": src})
     run_pipeline(gm, ctx, only=[s.name for s in ordered_specs() if s.stage <= Stage.QUANTIZE])

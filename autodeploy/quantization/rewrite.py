@@ -13,6 +13,7 @@ holds real weights (a module exported with them, as in tests) is quantized at on
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -122,6 +123,32 @@ def weight_source(gm: fx.GraphModule, graph_name: str) -> tuple[Callable[[Fetch]
     return (lambda fetch: fetch(name)), [name]
 
 
+def _add_parts(
+    gm: fx.GraphModule, owner: str, spec: dict[str, tuple[tuple[int, ...], torch.dtype]], make: PartsFn,
+    consumes: list[str], real: dict[str, torch.Tensor] | None, fake_mode, before: fx.Node,
+) -> dict[str, fx.Node]:
+    """Register the parts in `spec` (leaf -> shape, dtype) under `owner`, on meta unless `real` holds
+    them, each produced at load by `make`; returns a get_attr node per leaf, inserted before `before`."""
+    parts = _Parts(make)
+    plan = weight_plan(gm)
+    nodes: dict[str, fx.Node] = {}
+    for i, (leaf, (shape, dtype)) in enumerate(spec.items()):
+        tensor = real[leaf] if real is not None else torch.empty(shape, dtype=dtype, device="meta")
+        full = _register(gm, owner, leaf, tensor)
+        plan.set(full, lambda fetch, leaf=leaf: parts.part(leaf, fetch), consumes=consumes if i == 0 else None)
+        with gm.graph.inserting_before(before):
+            node = gm.graph.get_attr(full)
+        if fake_mode is not None:
+            node.meta["val"] = fake_mode.from_tensor(gm.get_parameter(full))
+        nodes[leaf] = node
+    return nodes
+
+
+def _drop_param(gm: fx.GraphModule, graph_name: str) -> torch.Tensor:
+    owner, leaf = _split(graph_name)
+    return (gm.get_submodule(owner) if owner else gm)._parameters.pop(leaf)
+
+
 def install_params(
     gm: fx.GraphModule, graph_name: str, spec: dict[str, tuple[tuple[int, ...], torch.dtype]], make: PartsFn,
     consumes: list[str], fake_like: fx.Node,
@@ -129,25 +156,10 @@ def install_params(
     """Replace parameter `graph_name` by the parts in `spec` (leaf -> shape, dtype), produced at load by
     `make`; returns a get_attr node per leaf, inserted before `fake_like`'s first user."""
     owner, _ = _split(graph_name)
-    current = gm.get_parameter(graph_name)
-    parts = _Parts(make)
-    plan = weight_plan(gm)
+    current = _drop_param(gm, graph_name)
     real = None if current.is_meta else make(lambda name: current.detach())  # quantize now
-    mod = gm.get_submodule(owner) if owner else gm
-    del mod._parameters[_split(graph_name)[1]]
-    nodes: dict[str, fx.Node] = {}
     fake_mode = getattr(val(fake_like), "fake_mode", None)
-    first_user = next(iter(fake_like.users))
-    for i, (leaf, (shape, dtype)) in enumerate(spec.items()):
-        tensor = real[leaf] if real is not None else torch.empty(shape, dtype=dtype, device="meta")
-        full = _register(gm, owner, leaf, tensor)
-        plan.set(full, lambda fetch, leaf=leaf: parts.part(leaf, fetch), consumes=consumes if i == 0 else None)
-        with gm.graph.inserting_before(first_user):
-            node = gm.graph.get_attr(full)
-        if fake_mode is not None:
-            node.meta["val"] = fake_mode.from_tensor(gm.get_parameter(full))
-        nodes[leaf] = node
-    return nodes
+    return _add_parts(gm, owner, spec, make, consumes, real, fake_mode, next(iter(fake_like.users)))
 
 
 def quantize_linear(
@@ -238,3 +250,112 @@ def quantize_experts(gm: fx.GraphModule, site: ExpertSite, cfg: Any) -> None:
     deq.meta["val"] = v
     site.weight.replace_all_uses_with(deq)
     gm.graph.erase_node(site.weight)
+
+
+
+# ---- shared-input groups: one quantized GEMM + split (as fuse_gemms does for plain linears) -----
+
+def _sole_bias(site: LinearSite) -> bool:
+    b = site.bias
+    return isinstance(b, fx.Node) and b.op == "get_attr" and len(b.users) == 1 and val(b) is not None
+
+
+def fusable_groups(chosen: list[tuple[LinearSite, Any]]) -> list[list[tuple[LinearSite, Any]]]:
+    """Sites that read the same input with equal configs, all with bias or none, one weight dtype.
+
+    Row-wise quantization (a scale per output channel or per output-channel group) commutes with
+    concatenating weights along N, so the fused parts are exactly the members' parts. FP8 with one
+    scale per tensor does not (each member has its own), so it stays apart."""
+    by_key: dict[tuple, list[tuple[LinearSite, Any]]] = {}
+    for site, cfg in chosen:
+        if getattr(cfg, "granularity", None) == "per_tensor" or (site.bias is not None and not _sole_bias(site)):
+            continue
+        key = (site.node.args[0], cfg, site.bias is not None, val(site.weight).dtype)
+        by_key.setdefault(key, []).append((site, cfg))
+    return [g for g in by_key.values() if len(g) > 1]
+
+
+def _group_owner(gm: fx.GraphModule, sites: list[LinearSite]) -> tuple[str, str]:
+    """(owner module path, attribute stem), e.g. (`...self_attn`, `fused_q_proj_k_proj_v_proj`)."""
+    paths = [s.graph_name.split(".")[:-1] for s in sites]  # the members' module paths
+    common: list[str] = []
+    for parts in zip(*paths):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    owner = ".".join(common)
+    stem = base = "fused_" + "_".join("_".join(p[len(common):]) for p in paths)
+    mod, i = gm.get_submodule(owner) if owner else gm, 1
+    while any(name.startswith(stem + "_") for name in mod._parameters):
+        stem, i = f"{base}_{i}", i + 1
+    return owner, stem
+
+
+def _fuse_bias(gm: fx.GraphModule, sites: list[LinearSite], owner: str, stem: str, before: fx.Node) -> fx.Node:
+    """The members' biases as one parameter (concatenated at load), like their weights."""
+    sources, consumes = zip(*(weight_source(gm, s.bias.target) for s in sites))
+    fake_mode = getattr(val(sites[0].bias), "fake_mode", None)
+    current = [_drop_param(gm, s.bias.target) for s in sites]
+    name = f"{stem}_bias"
+    real = None if current[0].is_meta else {name: torch.cat([t.detach() for t in current])}
+    spec = {name: ((sum(int(t.shape[0]) for t in current),), current[0].dtype)}
+
+    def make(fetch, sources=sources):
+        return {name: torch.cat([src(fetch) for src in sources])}
+
+    return _add_parts(gm, owner, spec, make, [c for cs in consumes for c in cs], real, fake_mode, before)[name]
+
+
+def quantize_fused(gm: fx.GraphModule, members: list[tuple[LinearSite, Any]], makes: dict[str, PartsFn],
+                   consumes: dict[str, list[str]] | None = None) -> fx.Node:
+    """One quantized op for linears that share an input; the parts are concatenated along N at load.
+
+        before:  q = linear(x, Wq, bq)    k = linear(x, Wk, bk)    v = linear(x, Wv, bv)
+        after:   qkv = autodeploy.int4_wo_linear(x, QW_qkv, S_qkv, Z_qkv, b_qkv, g)   # rows [nq | nk | nv]
+                 q, k, v = split_with_sizes(qkv, [nq, nk, nv], -1)
+    """
+    sites = [s for s, _ in members]
+    cfg = members[0][1]
+    method = method_for(cfg)
+    dtype = val(sites[0].weight).dtype
+    sizes = [s.shape[0] for s in sites]
+    owner, stem = _group_owner(gm, sites)
+    makers, taken = [], []
+    for site in sites:
+        source, own = weight_source(gm, site.graph_name)
+        taken += consumes[site.name] if consumes and site.name in consumes else own
+        makers.append(makes.get(site.name) or (lambda fetch, source=source: method.quantize(source(fetch), cfg)))
+    spec = method.params(sum(sizes), sites[0].shape[1], dtype, cfg)
+
+    def make(fetch, makers=tuple(makers)):
+        parts = [m(fetch) for m in makers]
+        return {f"{stem}_{leaf}": torch.cat([p[leaf] for p in parts], dim=0) for leaf in spec}
+
+    current = {checkpoint_name(s.graph_name): _drop_param(gm, s.graph_name) for s in sites}
+    meta = next(iter(current.values())).is_meta
+    real = None if meta else make(lambda name: current[name].detach())
+    graph, first, x = gm.graph, sites[0].node, sites[0].node.args[0]
+    fake_mode = getattr(val(sites[0].weight), "fake_mode", None)
+    nodes = _add_parts(gm, owner, {f"{stem}_{leaf}": v for leaf, v in spec.items()}, make, taken, real, fake_mode, first)
+    nodes = {leaf: nodes[f"{stem}_{leaf}"] for leaf in spec}
+    bias = _fuse_bias(gm, sites, owner, stem, first) if sites[0].bias is not None else None
+    with graph.inserting_before(first):
+        out = graph.call_function(method.op, method.call_args(x, nodes, bias, cfg))
+        split = graph.call_function(aten.split_with_sizes.default, (out, sizes, -1))
+        pieces = [graph.call_function(operator.getitem, (split, i)) for i in range(len(sites))]
+    x_val = val(x)
+    if x_val is not None:
+        out.meta["val"] = x_val.new_empty(tuple(x_val.shape[:-1]) + (sum(sizes),))
+        split.meta["val"] = list(torch.split(out.meta["val"], sizes, dim=-1))
+    for i, (site, piece) in enumerate(zip(sites, pieces)):
+        if x_val is not None:
+            piece.meta["val"] = split.meta["val"][i]
+        for key in ("nn_module_stack", "stack_trace"):
+            if key in site.node.meta:
+                piece.meta.setdefault(key, site.node.meta[key])
+        site.node.replace_all_uses_with(piece)
+        graph.erase_node(site.node)
+        graph.erase_node(site.weight)
+        if site.bias is not None:
+            graph.erase_node(site.bias)
+    return out

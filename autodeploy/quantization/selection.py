@@ -35,6 +35,10 @@ class SelectionFields(TransformConfig):
         description="Per-layer settings by module-name glob (first match wins); {skip: true} leaves the layer as is.",
     )
 
+    fuse_shared_input: bool = Field(
+        True, description="Linears reading one input with one config become one quantized GEMM and a split (q/k/v, gate/up)."
+    )
+
     def adjust(self, qcfg: QuantConfig, n: int, k: int) -> QuantConfig:
         """A layer's config fitted to its weight shape [n, k] (the int4 transform shrinks groups)."""
         return qcfg

@@ -7,6 +7,10 @@
     fbgemm_fp8 / fp8 (checkpoint: q_proj.weight e4m3, .weight_scale / .weight_scale_inv):
         after:   y = autodeploy.fp8_linear(x, get_attr(...q_proj.weight), get_attr(...q_proj.weight_scale), b, True)
 
+Linears that read one input (q/k/v, gate/up) in the same format become one op whose parts are the
+members' parts concatenated along N, then a split (as for fresh quantization; block-scaled FP8
+stays per layer).
+
 Runs whenever the source's config has a quantization_config (GPTQ, AWQ, FP8; see
 autodeploy/quantization/checkpoint.py) and does nothing otherwise. A layer is taken when its
 quantized tensors are in the checkpoint, so a skip list needs no handling. Each layer's tensors are
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from torch import fx
 
 from autodeploy.errors import UnsupportedModelError
@@ -26,11 +31,11 @@ from autodeploy.graph import val
 from autodeploy.quantization import fp8, hf_formats
 from autodeploy.quantization.checkpoint import quant_config, quant_method, tensor_shapes
 from autodeploy.quantization.config import Fp8Config, Int4WeightOnlyConfig
-from autodeploy.quantization.rewrite import LinearSite, linear_sites, quantize_linear
+from autodeploy.quantization.rewrite import LinearSite, fusable_groups, linear_sites, quantize_fused, quantize_linear
 from autodeploy.transforms.pipeline import Stage, TransformConfig, TransformInfo, register
 
 
-def _int4(gm: fx.GraphModule, site: LinearSite, method: str, group_size: int, names: set[str]) -> None:
+def _int4(site: LinearSite, method: str, group_size: int, names: set[str]):
     m, dtype = site.name, val(site.weight).dtype
     n, k = site.shape
     group = k if group_size in (-1, 0) else group_size
@@ -50,10 +55,10 @@ def _int4(gm: fx.GraphModule, site: LinearSite, method: str, group_size: int, na
         except ValueError as e:
             raise UnsupportedModelError(f"{m}: {e}") from None
 
-    quantize_linear(gm, site, cfg, make, consumes=parts + ([g_idx] if g_idx else []))
+    return cfg, make, parts + ([g_idx] if g_idx else []), None
 
 
-def _fp8(gm: fx.GraphModule, site: LinearSite, method: str, shapes: dict) -> None:
+def _fp8(site: LinearSite, method: str, shapes: dict):
     m = site.name
     n, k = site.shape
     scale_name = f"{m}.weight_scale" if method == "fbgemm_fp8" else f"{m}.weight_scale_inv"
@@ -69,11 +74,17 @@ def _fp8(gm: fx.GraphModule, site: LinearSite, method: str, shapes: dict) -> Non
     def make(fetch):
         return convert(fetch(f"{m}.weight"), fetch(scale_name))
 
-    quantize_linear(gm, site, cfg, make, consumes=[f"{m}.weight", scale_name], spec=spec)
+    return cfg, make, [f"{m}.weight", scale_name], spec
 
 
-@register(Stage.QUANTIZE, TransformConfig)
-def apply(gm: fx.GraphModule, ctx, cfg: TransformConfig) -> TransformInfo:
+class MapQuantizedCheckpointConfig(TransformConfig):
+    fuse_shared_input: bool = Field(
+        True, description="Quantized linears reading one input (q/k/v, gate/up) become one GEMM and a split."
+    )
+
+
+@register(Stage.QUANTIZE, MapQuantizedCheckpointConfig)
+def apply(gm: fx.GraphModule, ctx, cfg: MapQuantizedCheckpointConfig) -> TransformInfo:
     src = ctx.extra.get("source")
     if ctx.hf_config is None or getattr(src, "kind", None) == "random":  # random weights are never quantized
         return TransformInfo()
@@ -85,17 +96,27 @@ def apply(gm: fx.GraphModule, ctx, cfg: TransformConfig) -> TransformInfo:
     shapes = tensor_shapes(src.location)
     names = set(shapes)
     qc = quant_config(ctx.hf_config)
-    layers = {}
+    found = {}  # module name -> (site, config, make, consumes, spec)
     for site in linear_sites(gm):
         if method in ("gptq", "awq") and f"{site.name}.qweight" in names:
-            _int4(gm, site, method, int(qc.get("group_size", 128)), names)
+            found[site.name] = (site, *_int4(site, method, int(qc.get("group_size", 128)), names))
         elif method == "fbgemm_fp8" and f"{site.name}.weight_scale" in names:
-            _fp8(gm, site, method, shapes)
+            found[site.name] = (site, *_fp8(site, method, shapes))
         elif method == "fp8" and f"{site.name}.weight_scale_inv" in names:
-            _fp8(gm, site, method, shapes)
-        else:
-            continue
-        layers[site.name] = method
+            found[site.name] = (site, *_fp8(site, method, shapes))
+    # block-scaled FP8 keeps its own scale layout per layer; the other formats fuse like fresh quantization
+    fusable = [(site, c) for site, c, _, _, spec in found.values() if spec is None or method == "fbgemm_fp8"]
+    groups = fusable_groups(fusable) if cfg.fuse_shared_input else []
+    makes = {name: make for name, (_, _, make, _, _) in found.items()}
+    consumes = {name: taken for name, (_, _, _, taken, _) in found.items()}
+    grouped = set()
+    for group in groups:
+        quantize_fused(gm, group, makes, consumes)
+        grouped.update(site.name for site, _ in group)
+    for name, (site, qcfg, make, taken, spec) in found.items():
+        if name not in grouped:
+            quantize_linear(gm, site, qcfg, make, consumes=taken, spec=spec)
+    layers = {name: method for name in found}
     warning = None if layers else f"{method} checkpoint, but no linear of the graph has quantized tensors in it"
     return TransformInfo(matches=len(layers), changed=bool(layers), warning=warning,
-                         details={"method": method, "layers": layers})
+                         details={"method": method, "layers": layers, "gemms": len(groups) + len(found) - len(grouped)})

@@ -12,7 +12,12 @@ and dequantized in the graph before the expert op (memory, not speed):
     w_gu = autodeploy.dequantize_per_channel(get_attr(...experts.gate_up_proj), get_attr(..._scale), bf16)
 
 Activations are scaled per token at run time ("dynamic"); on Hopper the product is one
-torch._scaled_mm. Layers: include / exclude globs over module names, per-layer overrides (see
+torch._scaled_mm. Linears that read one input with one config (q/k/v, gate/up) become one quantized GEMM whose rows
+are the members' (row-wise scales make that exact), then split_with_sizes, as fuse_gemms does for
+plain linears (which it never sees again: they are no longer aten.linear). fuse_shared_input: false
+keeps one op per layer.
+
+Layers: include / exclude globs over module names, per-layer overrides (see
 autodeploy/quantization/selection.py). Off unless the recipe enables it.
 """
 

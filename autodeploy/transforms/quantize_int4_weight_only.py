@@ -18,6 +18,11 @@ in autodeploy/data/calibration_en.txt. With awq, a folded RMSNorm weight is prod
     before:  n = autodeploy.rmsnorm(h, get_attr(...input_layernorm.weight), eps)   # w
     after:   n = autodeploy.rmsnorm(h, get_attr(...input_layernorm.weight), eps)   # w / s (same shape)
 
+Linears that read one input with one config (q/k/v, gate/up) become one quantized GEMM whose rows
+are the members' (row-wise scales make that exact), then split_with_sizes, as fuse_gemms does for
+plain linears (which it never sees again: they are no longer aten.linear). fuse_shared_input: false
+keeps one op per layer.
+
 Layers: include / exclude globs over module names, per-layer overrides (group_size, method,
 skip). A layer whose input size is not a multiple of group_size takes the largest of 64 / 32 that
 divides it (SmolLM2's hidden size 576 = 4.5 x 128), unless group_size_fallback is off. MoE expert

@@ -9,6 +9,11 @@ stored in int8 and dequantized in the graph before autodeploy::moe:
 
     w_gu = autodeploy.dequantize_per_channel(get_attr(...experts.gate_up_proj), get_attr(..._scale), bf16)
 
+Linears that read one input with one config (q/k/v, gate/up) become one quantized GEMM whose rows
+are the members' (row-wise scales make that exact), then split_with_sizes, as fuse_gemms does for
+plain linears (which it never sees again: they are no longer aten.linear). fuse_shared_input: false
+keeps one op per layer.
+
 Layers: include / exclude globs over module names, per-layer overrides ({skip: true}). Off unless
 the recipe enables it.
 """

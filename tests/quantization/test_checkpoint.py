@@ -76,6 +76,7 @@ def test_save_then_optimize_gives_the_in_pipeline_outputs(tmp_path, case):
     rt = optimize(str(out), "cpu", overrides=UNCACHED)
     mapped = next(i for i in rt.report if i.name == "map_quantized_checkpoint")
     assert mapped.matches == 14  # every projection; lm_head stays full precision
+    assert mapped.details["gemms"] == 8  # q/k/v and gate/up fused again, as in the pipeline
     assert torch.equal(rt.forward(ids), in_pipeline)
 
 

@@ -54,7 +54,9 @@ def test_plan_keeps_the_most_sensitive_layers(tmp_path):
     assert 0 < len(keep) < 14 and set(keep) == set(worst[: len(keep)])
     assert plan["estimated_error"] <= total / 2
     assert plan["measured_error"] < full["measured_error"]  # keeping layers did lower the real error
-    assert infos["quantize_int4_weight_only"].matches == 14 - len(keep) == _count(gm, INT4)
+    info = infos["quantize_int4_weight_only"]
+    assert info.matches == 14 - len(keep) and info.details["gemms"] == _count(gm, INT4)
+    assert not set(keep) & set(info.details["layers"])
     kept_weights = {f"model.{n}.weight" for n in keep}
     assert kept_weights <= {n for n, _ in gm.named_parameters()}  # kept layers hold their original weight
 
@@ -64,7 +66,8 @@ def test_saved_plan_is_applied_without_measuring(tmp_path):
     saved.write_text(json.dumps({"keep": ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj"]}))
     gm, infos = _plan(tmp_path, plan_file=str(saved))
     assert infos["plan_quantization"].matches == 2
-    assert infos["quantize_int4_weight_only"].matches == 12 == _count(gm, INT4)
+    assert infos["quantize_int4_weight_only"].matches == 12
+    assert _count(gm, INT4) == 7  # layer 0: q/k/v, o, gate/up (down kept); layer 1: k/v (q kept), o, gate/up, down
 
 
 def test_budget_needs_a_value():

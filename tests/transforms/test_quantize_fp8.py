@@ -20,13 +20,27 @@ DEQ = torch.ops.autodeploy.dequantize_per_channel.default
 def test_every_linear_dynamic_activations():
     gm = check_transform(
         Block(), [x_in()], "quantize_fp8",
-        before={aten.linear: 7, FP8: 0}, after={aten.linear: 0, FP8: 7}, matches=7,
+        # q/k/v and gate/up read one input each: one FP8 GEMM per group, then a split
+        before={aten.linear: 7, FP8: 0}, after={aten.linear: 0, FP8: 4, aten.split_with_sizes: 2}, matches=7,
         second_inputs=[x_in(3, 9)], dynamic_shapes=DYN, recipe=quant_recipe(quantize_fp8={}),
         compare=sqnr_at_least(25.0),  # two e4m3 roundings (weights, activations), ~28 dB; see quantization/fp8.py
     )
     params = dict(gm.named_parameters())
-    assert params["q.weight"].dtype == torch.float8_e4m3fn and params["q.weight_scale"].shape == (64,)
-    assert params["q.bias"].dtype == torch.float32  # biases stay
+    assert params["fused_q_k_v_weight"].dtype == torch.float8_e4m3fn
+    assert params["fused_q_k_v_weight_scale"].shape == (128,) and params["fused_q_k_v_bias"].shape == (128,)
+    assert params["o.weight"].dtype == torch.float8_e4m3fn and params["o.weight_scale"].shape == (64,)
+    assert not any(n in params for n in ("q.weight", "k.bias", "gate.weight"))
+
+
+def test_unfused():
+    gm = check_transform(
+        Block(), [x_in()], "quantize_fp8",
+        before={aten.linear: 7, FP8: 0}, after={aten.linear: 0, FP8: 7, aten.split_with_sizes: 0}, matches=7,
+        second_inputs=[x_in(3, 9)], dynamic_shapes=DYN, recipe=quant_recipe(quantize_fp8={"fuse_shared_input": False}),
+        compare=sqnr_at_least(25.0),
+    )
+    params = dict(gm.named_parameters())
+    assert params["q.weight"].dtype == torch.float8_e4m3fn and params["q.bias"].dtype == torch.float32
 
 
 def test_weight_only_globs_and_overrides():
@@ -35,11 +49,12 @@ def test_weight_only_globs_and_overrides():
     ))
     gm = check_transform(
         Block(), [x_in()], "quantize_fp8",
-        before={aten.linear: 7, FP8: 0}, after={aten.linear: 2, FP8: 5}, matches=5,
+        before={aten.linear: 7, FP8: 0}, after={aten.linear: 2, FP8: 4}, matches=5,  # k per tensor: not fused with v
         second_inputs=[x_in(1, 3)], dynamic_shapes=DYN, recipe=recipe, compare=sqnr_at_least(30.0),
     )
     params = dict(gm.named_parameters())
     assert params["k.weight_scale"].shape == () and params["v.weight_scale"].shape == (32,)
+    assert params["fused_gate_up_weight_scale"].shape == (256,)
     assert params["q.weight"].dtype == params["down.weight"].dtype == torch.float32
 
 
@@ -66,7 +81,9 @@ def test_quantized_on_load_and_composes_with_fuse_gemms():
     with torch.no_grad():
         expected = model(input_ids=ids, position_ids=pos).logits
     load_weights(gm, model_state(model), "cpu")
-    assert dict(gm.named_parameters())["model.model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
+    params = dict(gm.named_parameters())
+    assert params["model.model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
+    assert params["model.model.layers.0.mlp.fused_gate_proj_up_proj_weight"].shape == (256, 64)
     with torch.no_grad():
         assert sqnr(gm(ids, pos), expected) >= 25.0
 

@@ -39,13 +39,14 @@ def test_rtn_group_sizes_by_override():
     recipe = quant_recipe(quantize_int4_weight_only=dict(group_size=32, overrides={"down": {"group_size": 128}}))
     gm = check_transform(
         Block(), [x_in()], "quantize_int4_weight_only",
-        before={aten.linear: 7, INT4: 0}, after={aten.linear: 0, INT4: 7}, matches=7,
+        before={aten.linear: 7, INT4: 0}, after={aten.linear: 0, INT4: 4, aten.split_with_sizes: 2}, matches=7,
         second_inputs=[x_in(3, 4)], dynamic_shapes=DYN, recipe=recipe, compare=sqnr_at_least(15.0),
     )
     params = dict(gm.named_parameters())
-    assert params["q.qweight"].shape == (64, 32) and params["q.qweight"].dtype == torch.uint8
-    assert params["q.scales"].shape == (64, 2) and params["down.scales"].shape == (64, 1)
-    assert "q.weight" not in params
+    assert params["fused_q_k_v_qweight"].shape == (128, 32) and params["fused_q_k_v_qweight"].dtype == torch.uint8
+    assert params["fused_q_k_v_scales"].shape == (128, 2) and params["down.scales"].shape == (64, 1)
+    assert params["o.qweight"].shape == (64, 64)
+    assert "q.weight" not in params and "q.qweight" not in params
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
@@ -53,7 +54,8 @@ def test_calibrated_methods_on_a_tiny_llama(method):
     recipe = quant_recipe(quantize_int4_weight_only=dict(method=method, group_size=32, calibration=_calibration()))
     gm = check_transform(
         LogitsOnly(tiny_model("llama")), _tokens(), "quantize_int4_weight_only",
-        before={aten.linear: 15, INT4: 0}, after={aten.linear: 1, INT4: 14}, matches=14,  # lm_head excluded
+        # per layer: q/k/v and gate/up fused, o, down; lm_head excluded
+        before={aten.linear: 15, INT4: 0}, after={aten.linear: 1, INT4: 8}, matches=14,
         second_inputs=_tokens(1, 5), dynamic_shapes=TOKEN_DYN, recipe=recipe, run_first=CANONICAL,
         compare=sqnr_at_least(15.0),
     )
@@ -70,7 +72,7 @@ def test_calibration_at_load_matches_calibration_in_place(method):
     model = tiny_model("llama")
     ids, pos = _tokens(2, 7)
     in_place = check_transform(
-        LogitsOnly(model), [ids, pos], "quantize_int4_weight_only", before={INT4: 0}, after={INT4: 14},
+        LogitsOnly(model), [ids, pos], "quantize_int4_weight_only", before={INT4: 0}, after={INT4: 8},
         dynamic_shapes=TOKEN_DYN, recipe=recipe, run_first=CANONICAL, compare=sqnr_at_least(15.0),
     )
     gm = meta_graph("llama")
