@@ -17,24 +17,22 @@ weight loads.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 from torch import fx
 
+from autodeploy.distributed.dims import Unsupported
 from autodeploy.distributed.plan import ParamShard, ShardGroup, ShardingError, ShardPlan, Slice
-from autodeploy.distributed.region import Region, Solver, Unsupported, even_slice
+from autodeploy.distributed.region import Region, Solver, even_slice
 from autodeploy.distributed.rewrite import region_rewrites
+from autodeploy.distributed.styles import Styles
 from autodeploy.graph import aten, is_op, nodes_of, val
 from autodeploy.models.weights import checkpoint_name
 from autodeploy.ops import bound_args
 
 ops = torch.ops.autodeploy
 
-COLUMN_STYLES = {"colwise", "colwise_rep", "colwise_gather_output", "local_colwise", "packed_colwise"}
-ROW_STYLES = {"rowwise", "rowwise_rep", "local_rowwise", "packed_rowwise"}
-REPLICATE_STYLES = {"replicate", "replicated", "replicated_with_grad_allreduce"}
 # Ops between the lm_head and the output that act on each token's row alone.
 _ROWWISE = (aten.to, aten._to_copy, aten.alias, aten.clone, aten.contiguous, aten.tanh, aten.mul, aten.div,
             aten.add, aten.sub)
@@ -43,37 +41,6 @@ _ROWWISE = (aten.to, aten._to_copy, aten.alias, aten.clone, aten.contiguous, ate
 def module_path(param: str) -> str:
     """Graph parameter name -> the module path HF plans use, e.g. `model.layers.0.mlp.up_proj`."""
     return checkpoint_name(param).rsplit(".", 1)[0]
-
-
-class Styles:
-    """Per module path, the style the recipe's tp_plan or HF's base_model_tp_plan asks for."""
-
-    def __init__(self, recipe_plan: dict[str, str] | None, hf_plan: dict[str, str] | None):
-        self.sources: list[tuple[str, list[tuple[str, re.Pattern, str]]]] = []
-        for source, table in (("recipe tp_plan", recipe_plan), ("hf tp_plan", hf_plan)):
-            rules = []
-            for pattern, style in (table or {}).items():
-                regex = re.compile(r"(?:^|\.)" + re.escape(pattern).replace(r"\*", r"[^.]+") + r"$")
-                rules.append((pattern, regex, _normalize(style)))
-            self.sources.append((source, rules))
-
-    def of(self, path: str) -> tuple[str, str, str] | None:
-        """(style, source, pattern) of the first match, recipe first; style in column/row/replicate/other."""
-        for source, rules in self.sources:
-            for pattern, regex, style in rules:
-                if regex.search(path):
-                    return style, source, pattern
-        return None
-
-
-def _normalize(style: str) -> str:
-    if style in COLUMN_STYLES:
-        return "column"
-    if style in ROW_STYLES:
-        return "row"
-    if style in REPLICATE_STYLES:
-        return "replicate"
-    return "other"  # HF styles for experts / routers / embeddings: the transforms decide those
 
 
 def _weight(linear: fx.Node) -> fx.Node | None:

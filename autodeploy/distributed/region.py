@@ -25,115 +25,15 @@ import operator
 from collections import deque
 from dataclasses import dataclass, field
 
-import sympy
 import torch
 from torch import fx
 
+from autodeploy.distributed.dims import (BINARY, NEW, PASS, SPLITS, VIEWS, Unsupported, aligned, ndim, norm_dim,
+                                         perm, shape, split_dim, split_sizes, view_map)
 from autodeploy.distributed.plan import Slice
 from autodeploy.graph import aten, is_op, val
 
 ops = torch.ops.autodeploy
-
-
-class Unsupported(Exception):
-    """The region reaches an op no rule covers, or two paths disagree on a tensor's slice."""
-
-
-VIEWS = (aten.view, aten.reshape, aten._unsafe_view)
-PASS = (aten.contiguous, aten.clone, aten.alias, aten._to_copy, aten.to, aten.detach, aten.neg, aten.silu,
-        aten.gelu, aten.relu, aten.tanh, aten.sigmoid, aten.exp, aten.sqrt, aten.rsqrt, aten.pow,
-        aten.type_as, aten.lift_fresh_copy)
-BINARY = (aten.add, aten.sub, aten.mul, aten.div, aten.maximum, aten.minimum)
-NEW = (aten.new_empty, aten.new_zeros, aten.new_ones, aten.new_full)
-SPLITS = (aten.split_with_sizes, aten.split, aten.chunk)
-
-
-def _ndim(node) -> int:
-    return val(node).dim()
-
-
-def _shape(node) -> list:
-    return list(val(node).shape)
-
-
-def _expr(d):
-    return d.node.expr if isinstance(d, torch.SymInt) else sympy.Integer(int(d))
-
-
-def _eq(a, b) -> bool:
-    return sympy.expand(a - b) == 0
-
-
-def _prod(dims) -> int | None:
-    """Product of static dims; None if one is symbolic."""
-    out = 1
-    for d in dims:
-        if isinstance(d, torch.SymInt):
-            return None
-        out *= int(d)
-    return out
-
-
-def _dim(d: int, ndim: int) -> int:
-    return d % ndim if ndim else 0
-
-
-def view_map(src: list, dst: list, sl: Slice) -> Slice | None:
-    """The slice of `dst` a view `src -> dst` gives when `src` is held as `sl`; None if not expressible."""
-    sa = [sympy.Mul(*[_expr(d) for d in src[i:]]) for i in range(len(src) + 1)]
-    sb = [sympy.Mul(*[_expr(d) for d in dst[j:]]) for j in range(len(dst) + 1)]
-    bounds = [(i, j) for i in range(len(src) + 1) for j in range(len(dst) + 1) if _eq(sa[i], sb[j])]
-    i0 = max(i for i, _ in bounds if i <= sl.dim)
-    i1 = min(i for i, _ in bounds if i > sl.dim)
-    j1 = min(j for i, j in bounds if i == i1)
-    j0 = max((j for i, j in bounds if i == i0 and j < j1), default=None)
-    if j0 is None or any(src[d] != 1 for d in range(i0, sl.dim)):
-        return None  # the dim is not the leading one of its group: its slice is not contiguous
-    inner_src = _prod(src[sl.dim + 1 : i1])
-    dims = [d for d in range(j0, j1) if dst[d] != 1]
-    if inner_src is None or not dims:
-        return None
-    inner_dst = _prod(dst[dims[0] + 1 : j1])
-    if inner_dst is None:
-        return None
-    return sl.scaled(inner_src).divided(inner_dst, dim=dims[0])
-
-
-def _perm(node) -> list[int] | None:
-    """Output dim i of a transpose / permute reads input dim perm[i]."""
-    n = _ndim(node)
-    if is_op(node, aten.transpose):
-        a, b = _dim(node.args[1], n), _dim(node.args[2], n)
-        p = list(range(n))
-        p[a], p[b] = b, a
-        return p
-    if is_op(node, aten.permute):
-        return [_dim(d, n) for d in node.args[1]]
-    return None
-
-
-def _aligned(node_in, out_ndim: int, dim: int) -> int | None:
-    """The dim of a broadcast input that lines up with output dim `dim` (None: absent or size 1)."""
-    if not isinstance(node_in, fx.Node) or not isinstance(val(node_in), torch.Tensor):
-        return None
-    d = dim - (out_ndim - _ndim(node_in))
-    if d < 0 or _shape(node_in)[d] == 1:
-        return None
-    return d
-
-
-def _split_sizes(node) -> list[int]:
-    x = node.args[0]
-    dim = _dim(node.args[2] if len(node.args) > 2 else 0, _ndim(x))
-    if is_op(node, aten.split_with_sizes):
-        return [int(s) for s in node.args[1]]
-    total = int(_shape(x)[dim])
-    size = -(-total // int(node.args[1])) if is_op(node, aten.chunk) else int(node.args[1])  # chunk: count
-    return [min(size, total - o) for o in range(0, total, size)]
-
-
-def _split_dim(node) -> int:
-    return _dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), _ndim(node.args[0]))
 
 
 @dataclass
@@ -203,7 +103,7 @@ class Solver:
         if node in self.r.rows:
             raise Unsupported(f"{node.name}: a linear with both its input and its output split")
         if is_op(node, aten.linear):
-            if sl.dim != _ndim(node) - 1:
+            if sl.dim != ndim(node) - 1:
                 raise Unsupported(f"{node.name}: linear split on a leading dim")
             self.r.columns[node] = sl
             for p in node.args[1:3]:
@@ -217,7 +117,7 @@ class Solver:
 
     def inputs_for(self, node: fx.Node, sl: Slice) -> dict[fx.Node, Slice]:
         """The slice each tensor input must hold for `node` to hold `sl` (the backward rules)."""
-        n = _ndim(node)
+        n = ndim(node)
         x = node.args[0] if node.args else None
         if is_op(node, PASS) or is_op(node, (ops.gated_mlp_act,)):
             ins = [a for a in node.args if isinstance(a, fx.Node)] if is_op(node, ops.gated_mlp_act) else [x]
@@ -229,41 +129,41 @@ class Solver:
         if is_op(node, BINARY):
             out = {}
             for a in node.args[:2]:
-                d = _aligned(a, n, sl.dim)
+                d = aligned(a, n, sl.dim)
                 if d is not None:
                     out[a] = sl.with_dim(d)
             return out
         if is_op(node, VIEWS):
-            mapped = view_map(_shape(node), _shape(x), sl)
+            mapped = view_map(shape(node), shape(x), sl)
             if mapped is None:
                 raise Unsupported(f"{node.name}: a view that scatters the split dim")
             return {x: mapped}
-        perm = _perm(node)
-        if perm is not None:
-            return {x: sl.with_dim(perm[sl.dim])}
+        order = perm(node)
+        if order is not None:
+            return {x: sl.with_dim(order[sl.dim])}
         if is_op(node, aten.unsqueeze):
-            d = _dim(node.args[1], n)
+            d = norm_dim(node.args[1], n)
             if d == sl.dim:
                 raise Unsupported(f"{node.name}: unsqueeze on the split dim")
             return {x: sl.with_dim(sl.dim - (d < sl.dim))}
         if is_op(node, aten.expand):
-            d = _aligned(x, n, sl.dim)
+            d = aligned(x, n, sl.dim)
             return {} if d is None else {x: sl.with_dim(d)}  # size 1: broadcast, rewritten to local
         if is_op(node, aten.slice):
-            dim = _dim(node.args[1] if len(node.args) > 1 else 0, n)
+            dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, n)
             if dim != sl.dim:
                 return {x: sl}
             if (node.args[4] if len(node.args) > 4 else 1) != 1:
                 raise Unsupported(f"{node.name}: strided slice of the split dim")
             start = int(node.args[2] or 0) if len(node.args) > 2 else 0
-            return {x: sl.shifted(start, int(_shape(x)[dim]))}
+            return {x: sl.shifted(start, int(shape(x)[dim]))}
         if is_op(node, aten.cat):
-            dim = _dim(node.args[1] if len(node.args) > 1 else 0, n)
+            dim = norm_dim(node.args[1] if len(node.args) > 1 else 0, n)
             if dim == sl.dim:
                 raise Unsupported(f"{node.name}: concatenation along the split dim")
-            return {a: sl.with_dim(sl.dim - (n - _ndim(a))) for a in node.args[0]}
+            return {a: sl.with_dim(sl.dim - (n - ndim(a))) for a in node.args[0]}
         if is_op(node, aten.copy_):
-            return {node.args[0]: sl, **({node.args[1]: sl} if _aligned(node.args[1], n, sl.dim) is not None else {})}
+            return {node.args[0]: sl, **({node.args[1]: sl} if aligned(node.args[1], n, sl.dim) is not None else {})}
         if is_op(node, NEW):
             self.fill_new(node, sl)
             return {}
@@ -277,18 +177,18 @@ class Solver:
         if is_op(src, ops.rope):
             return {src.args[i]: sl}
         if is_op(src, SPLITS):
-            x, dim = src.args[0], _split_dim(src)
+            x, dim = src.args[0], split_dim(src)
             if dim != sl.dim:
                 return {x: sl}
-            sizes = _split_sizes(src)
-            return {x: sl.shifted(sum(sizes[:i]), int(_shape(x)[dim]))}
+            sizes = split_sizes(src)
+            return {x: sl.shifted(sum(sizes[:i]), int(shape(x)[dim]))}
         raise Unsupported(f"{node.name}: no sharding rule for an output of {src.target}")
 
     def fill_new(self, node: fx.Node, sl: Slice) -> None:
         """A fresh tensor (new_empty) filled through in-place copies into its slices (DeepSeek's k):
         each slice view holds the same slice, and each copy's source must hold it too."""
         for view in node.users:
-            if is_op(view, aten.slice) and _dim(view.args[1], _ndim(node)) != sl.dim:
+            if is_op(view, aten.slice) and norm_dim(view.args[1], ndim(node)) != sl.dim:
                 self.hold(view, sl)
 
     # ---- forward: what each user of a held node holds ------------------------------------------
@@ -299,13 +199,13 @@ class Solver:
         for user in list(node.users):
             if user in self.r.anchors:
                 continue
-            if is_op(user, aten.sym_size) and _dim(user.args[1], _ndim(node)) != sl.dim:
+            if is_op(user, aten.sym_size) and norm_dim(user.args[1], ndim(node)) != sl.dim:
                 self.r.visited.add(user)  # a size of an unsplit dim: the same on every rank
                 continue
             if is_op(user, aten.linear):
                 if user.args[0] is not node:
                     raise Unsupported(f"{user.name}: a split tensor used as a weight")
-                if sl.dim != _ndim(node) - 1:
+                if sl.dim != ndim(node) - 1:
                     raise Unsupported(f"{user.name}: linear over a split leading dim")
                 if user in self.r.columns:
                     raise Unsupported(f"{user.name}: a linear with both its input and its output split")
@@ -329,12 +229,12 @@ class Solver:
                 if node.args[i] in self.r.slices:
                     self.hold(item, self.r.slices[node.args[i]])
                 continue
-            x, dim = node.args[0], _split_dim(node)
+            x, dim = node.args[0], split_dim(node)
             sl = self.r.slices[x]
             if dim != sl.dim:
                 self.hold(item, sl)
                 continue
-            sizes = _split_sizes(node)
+            sizes = split_sizes(node)
             start = sum(sizes[:i])
             part = sl.within(start, start + sizes[i]).with_dim(dim)
             if not part.ranges:
@@ -345,26 +245,26 @@ class Solver:
         """The forward rules: the slice `user` holds when its input `node` holds `sl`."""
         if not isinstance(val(user), torch.Tensor):
             raise Unsupported(f"{user.name}: no sharding rule for {user.target} (several outputs)")
-        n = _ndim(user)
+        n = ndim(user)
         if is_op(user, PASS) or is_op(user, (ops.rmsnorm, ops.gated_mlp_act)):
             if is_op(user, ops.rmsnorm) and sl.dim == n - 1:
                 raise Unsupported(f"{user.name}: RMSNorm over the split dim")
             return sl
         if is_op(user, BINARY) or is_op(user, aten.copy_):
-            return sl.with_dim(sl.dim + (n - _ndim(node)))
+            return sl.with_dim(sl.dim + (n - ndim(node)))
         if is_op(user, VIEWS):
-            mapped = view_map(_shape(node), _shape(user), sl)
+            mapped = view_map(shape(node), shape(user), sl)
             if mapped is None:
                 raise Unsupported(f"{user.name}: a view that scatters the split dim")
             return mapped
-        perm = _perm(user)
-        if perm is not None:
-            return sl.with_dim(perm.index(sl.dim))
+        order = perm(user)
+        if order is not None:
+            return sl.with_dim(order.index(sl.dim))
         if is_op(user, aten.unsqueeze):
-            d = _dim(user.args[1], n)
+            d = norm_dim(user.args[1], n)
             return sl.with_dim(sl.dim + (d <= sl.dim))
         if is_op(user, aten.slice):
-            if _dim(user.args[1], n) != sl.dim:
+            if norm_dim(user.args[1], n) != sl.dim:
                 return sl
             if (user.args[4] if len(user.args) > 4 else 1) != 1:
                 raise Unsupported(f"{user.name}: strided slice of the split dim")
@@ -374,7 +274,7 @@ class Solver:
             if not part.ranges:
                 raise Unsupported(f"{user.name}: a slice this rank holds nothing of")
             return part
-        if is_op(user, aten.cat) and _dim(user.args[1] if len(user.args) > 1 else 0, n) != sl.dim:
+        if is_op(user, aten.cat) and norm_dim(user.args[1] if len(user.args) > 1 else 0, n) != sl.dim:
             return sl  # the other inputs must hold the same slice: the backward rule asks them
         if is_op(user, NEW) and user.args[0] is node:
             size = user.args[1]
@@ -384,7 +284,7 @@ class Solver:
 
 
 def static_size(node: fx.Node, dim: int) -> int | None:
-    d = _shape(node)[dim]
+    d = shape(node)[dim]
     return None if isinstance(d, torch.SymInt) else int(d)
 
 

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 import autodeploy.distributed.collectives  # noqa: F401  (registers the collective ops)
 from autodeploy.distributed.plan import ParamShard, ShardGroup, ShardPlan, Slice
-from autodeploy.distributed.region import NEW, SPLITS, VIEWS, Unsupported, _split_dim, _split_sizes
+from autodeploy.distributed.dims import NEW, SPLITS, VIEWS, Unsupported, split_dim, split_sizes
 from autodeploy.graph import aten, is_op, val
 from autodeploy.models.weights import checkpoint_name, weight_plan
 
@@ -100,9 +100,9 @@ def local_args(node: fx.Node, slices: dict[fx.Node, Slice]) -> tuple | None:
         return (node.args[0], node.args[1], x_sl.local_index(start), x_sl.local_index(end), *node.args[4:])
     if is_op(node, SPLITS):
         x_sl = slices.get(node.args[0])
-        if x_sl is None or _split_dim(node) != x_sl.dim:
+        if x_sl is None or split_dim(node) != x_sl.dim:
             return None
-        sizes, out, off = _split_sizes(node), [], 0
+        sizes, out, off = split_sizes(node), [], 0
         for size in sizes:
             out.append(x_sl.within(off, off + size).local)
             off += size

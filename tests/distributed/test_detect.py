@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeploy.distributed.detect import Styles, detect_plan
+from autodeploy.distributed.detect import detect_plan
+from autodeploy.distributed.dims import view_map
 from autodeploy.distributed.plan import ShardingError, Slice
-from autodeploy.distributed.region import view_map
+from autodeploy.distributed.styles import Styles
 from tests.helpers.tiny_models import save_tiny
 
 CANONICAL = ["cleanup_export", "match_attention", "match_gated_mlp", "match_moe", "match_rmsnorm", "match_rope"]
