@@ -86,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    if "autodeploy.distributed.launch" in sys.modules:  # only then can this be a rank of a sharded run
+        from autodeploy.distributed.launch import exit_ranks
+
+        exit_ranks(code)  # which leaves here (no NCCL teardown: it can hang after CUDA graphs)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

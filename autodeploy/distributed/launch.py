@@ -79,6 +79,20 @@ def stop_followers() -> None:
         log.debug("STOP not delivered", exc_info=True)
 
 
+def exit_ranks(code: int) -> None:
+    """End a sharded CLI process: release the followers, then leave without tearing NCCL down.
+
+    Destroying a NCCL communicator that CUDA graphs captured collectives on can wait forever
+    (the graphs hold references the teardown waits for; pytorch/pytorch#115388), so a sharded run
+    exits at once once its output is flushed. A process that never joined a group returns."""
+    if not (dist.is_initialized() and dist.world_size() > 1):
+        return
+    stop_followers()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 # ---- the step channel ----------------------------------------------------------------------------
 def _send_header(values: list[int], payload: torch.Tensor | None = None) -> None:
     """Broadcast one message: the header, and the payload inline when it fits (else right after)."""

@@ -29,13 +29,15 @@ def _entry(rank: int, world: int, port: int, out: str, fn, args) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), AUTODEPLOY_DIST_TIMEOUT_S="300")  # a hung peer fails the test
     torch.set_num_threads(1)
-    try:
-        result = fn(rank, Path(out), *args)
-        Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
-    finally:
-        from autodeploy.distributed import dist
+    result = fn(rank, Path(out), *args)
+    Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
+    import torch.distributed as tdist
 
-        dist.destroy()
+    if tdist.is_initialized() and tdist.get_backend() == "nccl":
+        os._exit(0)  # NCCL teardown after captured CUDA graphs can hang (see launch.exit_ranks)
+    from autodeploy.distributed import dist
+
+    dist.destroy()
 
 
 def run_ranks(fn, world: int, out_dir: Path, *args, meanwhile=None) -> tuple[list, object]:
