@@ -106,9 +106,9 @@ class Solver:
             if sl.dim != ndim(node) - 1:
                 raise Unsupported(f"{node.name}: linear split on a leading dim")
             self.r.columns[node] = sl
-            for p in node.args[1:3]:
+            for p in node.args[1:3]:  # a fused GEMM's rows may still grow by another part: so may these
                 if isinstance(p, fx.Node):
-                    self.hold(p, sl.with_dim(0))
+                    self.hold(p, sl.with_dim(0), partial=node in self.partial)
             return
         # a split's part or a slice selects from its input: the input may hold the union of parts
         selector = node.target is operator.getitem or is_op(node, aten.slice)
