@@ -15,8 +15,9 @@ nibble shuffles.
 Dequantization matches the reference bit for bit ((q - z) * s in fp32, cast to x's dtype) and
 products accumulate in fp32. When a BK tile lies inside one group (GROUP % BK == 0 and K/2 % BK
 == 0: every real model with g = 32..128), scales and zeros load as one [BN] vector per tile;
-otherwise per column. Small M (decode) splits K across programs so a skinny weight (k/v
-projections: N = 1024) still fills the GPU; the fp32 partials are summed by one torch reduction.
+otherwise per column. Decode tiles are 32 outputs wide, so N = 4096 already gives an H100's 132
+SMs a program each; only a skinny weight (unfused k/v: N = 1024) splits K across programs, its
+fp32 partials summed by one torch reduction (two small kernels a split call pays for).
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def supports(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Op
 
 def launch_config(m: int, n: int, half_k: int, group_size: int, sms: int) -> dict:
     """Tile sizes and the K split for one call (heuristic; no run-time autotuning inside CUDA graphs)."""
-    if m <= 16:  # decode: weight-streaming, the M tile is padding
-        bm, bn, bk, warps, stages = 16, 64, 128, 4, 4
+    if m <= 16:  # decode: weight-streaming, the M tile is padding; narrow N tiles give every SM a program
+        bm, bn, bk, warps, stages = 16, 32, 128, 4, 4
     elif m <= 64:
         bm, bn, bk, warps, stages = 32, 64, 128, 4, 4
     else:  # prefill: compute-bound tiles
@@ -126,8 +127,8 @@ def launch_config(m: int, n: int, half_k: int, group_size: int, sms: int) -> dic
     bk = max(16, min(bk, triton.next_power_of_2(half_k)))
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     split = 1
-    if m <= 64:  # too few tiles to fill the SMs: split K (each split keeps >= 2 steps of BK)
-        split = max(1, min((2 * sms) // tiles, triton.cdiv(half_k, 2 * bk), 16))
+    if m <= 64 and 2 * tiles < sms:  # under half the SMs busy (k/v projections): split K, >= 2 BK steps each
+        split = max(1, min(triton.cdiv(sms, tiles), triton.cdiv(half_k, 2 * bk), 16))
     k_per_split = triton.cdiv(triton.cdiv(half_k, split), bk) * bk
     split = triton.cdiv(half_k, k_per_split)
     tile_group = group_size % bk == 0 and half_k % bk == 0

@@ -53,6 +53,7 @@ def test_groups_inside_a_tile_and_k_split(split, dtype):
 def test_launch_config_splits_skinny_decode_weights():
     cfg = int4_gemm.launch_config(1, 1024, 2048, 128, sms=132)  # k_proj of an 8B model (K = 4096) on an H100
     assert cfg["split"] > 1 and cfg["tile_group"] and cfg["k_per_split"] % cfg["bk"] == 0
+    assert int4_gemm.launch_config(1, 4096, 2048, 128, sms=132)["split"] == 1  # o_proj: 128 tiles of 32
     wide = int4_gemm.launch_config(1024, 14336, 2048, 128, sms=132)  # prefill
     assert wide["split"] == 1
 
