@@ -102,13 +102,15 @@ def main() -> int:
               f"greedy outputs identical for {same}/{b}", flush=True)
 
     if args.write:
-        cmd = "PYTHONPATH=$PWD .venv/bin/python benchmarks/cpu_generate.py " + " ".join(sys.argv[1:])
+        env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)
+        cmd = env + "PYTHONPATH=$PWD .venv/bin/python benchmarks/cpu_generate.py " + " ".join(sys.argv[1:])
         lines = [
             SECTION,
             "",
             f"- date: {datetime.date.today().isoformat()}",
             f"- machine: {cpu_name()}, {os.cpu_count()} logical cores (torch threads: {torch.get_num_threads()}), "
-            f"{platform.system()} {platform.release()}; torch {torch.__version__}",
+            f"{platform.system()} {platform.release()}; torch {torch.__version__}; 1-min load average at the end "
+            f"{os.getloadavg()[0]:.1f} (other jobs share the machine)",
             f"- command: `{cmd}`",
             f"- workload: greedy, {n} new tokens per prompt, prompts of 6-13 tokens, float32 (GGUF Q4_1 dequantized), "
             f"autodeploy cpu recipe (paged model: {model_kind}), wall time of the whole generate call, best of "
