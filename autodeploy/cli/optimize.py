@@ -59,7 +59,7 @@ def optimize_cmd(
         from autodeploy.quantization.sensitivity import plan_table
 
         out.print(plan_table(plan))
-        out.print(f"quantization plan saved to {plan.get('path')}", highlight=False)
+        out.print(f"quantization plan saved to {plan.get('path')}", highlight=False, soft_wrap=True)  # a path stays whole
     for w in rt.arch.warnings if rt.arch is not None else []:
         out.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
     if dump_graphs:
