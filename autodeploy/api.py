@@ -44,13 +44,16 @@ def prepare(source: str, recipe: str | Path | Recipe | None = "cpu", overrides: 
 
 
 def export_source(src, rec) -> torch.fx.GraphModule:
+    from autodeploy.export import cache as export_cache
     from autodeploy.export import export_model
+    from autodeploy.models.example import cache_dir
     from autodeploy.models.factory import build_meta_model
 
     with progress.step("Building model on the meta device"):
         model = build_meta_model(src, rec)
     with progress.step("Exporting with torch.export"):
-        gm = export_model(model, max_batch_size=rec.runtime.max_batch_size, max_seq_len=rec.runtime.max_seq_len)
+        gm = export_model(model, max_batch_size=rec.runtime.max_batch_size, max_seq_len=rec.runtime.max_seq_len,
+                          cache_root=cache_dir() if export_cache.enabled(rec.model.export_cache) else None)
     return gm
 
 

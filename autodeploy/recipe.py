@@ -64,6 +64,10 @@ class ModelConfig(_Strict):
     experts_implementation: Literal["grouped_mm", "batched_mm"] = Field(
         "grouped_mm", description="HF MoE experts path exported (the eager expert loop cannot export)."
     )
+    export_cache: bool = Field(
+        True, description="Reuse a saved torch.export program of the same model, code and versions "
+        "(<cache>/export/; AUTODEPLOY_EXPORT_CACHE=0 also turns it off)."
+    )
 
 
 class Recipe(_Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -17,6 +18,7 @@ from torch import fx, nn
 from torch.export import Dim
 
 from autodeploy.errors import ExportError
+from autodeploy.export import cache as export_cache
 from autodeploy.export.patches import apply_patches
 
 log = logging.getLogger(__name__)
@@ -116,8 +118,13 @@ def export_model(
     *,
     max_batch_size: int = 64,
     max_seq_len: int = 4096,
+    cache_root: Path | None = None,
 ) -> fx.GraphModule:
-    """Export `model` (parameters may be on meta) and return the unlifted GraphModule."""
+    """Export `model` (parameters may be on meta) and return the unlifted GraphModule.
+
+    With `cache_root`, the exported program is looked up in (and saved to) the export cache
+    (export/cache.py): a hit skips tracing.
+    """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     wrapper = LogitsOnly(model).eval()
     # Dim.DYNAMIC hints, not named Dims: named Dims turn every guard sympy cannot prove over the
@@ -129,6 +136,24 @@ def export_model(
     batch = Dim.DYNAMIC(min=1, max=max_b)
     seq = Dim.DYNAMIC(min=1, max=max_s)
     dynamic_shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
+    key = export_cache.cache_key(model, max_b, max_s) if cache_root is not None else None
+    hit = export_cache.load(cache_root, key) if key else None
+    if hit is not None:
+        ep, applied = hit
+        log.info("export cache hit %s", key)
+    else:
+        ep, applied = _trace(model, wrapper, device, dynamic_shapes)
+        if key:
+            export_cache.save(cache_root, key, ep, applied)
+    gm = ep.module()
+    _flatten_signature(gm)
+    gm.meta["export_patches"] = applied
+    gm.meta["dynamic_dims"] = {"batch": (1, max_b), "seq": (1, max_s)}
+    return gm
+
+
+def _trace(model: nn.Module, wrapper: nn.Module, device: torch.device, dynamic_shapes) -> tuple:
+    """(ExportedProgram, names of the patches applied) from torch.export, or ExportError."""
     with apply_patches(model) as applied, torch.inference_mode(False), torch.no_grad():
         if applied:
             log.info("export patches: %s", ", ".join(applied))
@@ -137,8 +162,4 @@ def export_model(
                 ep = torch.export.export(wrapper, _example_inputs(device), dynamic_shapes=dynamic_shapes, strict=False)
         except Exception as e:  # torch raises many types; the user needs the module and op that failed
             raise ExportError(f"cannot export {type(model).__name__}: {_describe_failure(e, model)}") from e
-    gm = ep.module()
-    _flatten_signature(gm)
-    gm.meta["export_patches"] = applied
-    gm.meta["dynamic_dims"] = {"batch": (1, max_b), "seq": (1, max_s)}
-    return gm
+    return ep, list(applied)

@@ -139,7 +139,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any] | None:
         torch.cuda.synchronize(device)
     result["optimize_s"] = time.perf_counter() - t0
     model = rt.model
-    result["optimize_timings"] = dict(rt.timings, capture_s=getattr(model, "capture_seconds", 0.0))
+    result["optimize_timings"] = dict(rt.timings, capture_s=getattr(model, "capture_seconds", 0.0),
+                                     capture_breakdown=getattr(model, "capture_breakdown", {}))
     result["cuda_graph_buckets"] = sorted(getattr(model, "graphs", {}) or {})
     roof = roofline_for(rt.graph_module, src.config, device, dtype, bandwidth)
     result["roofline"] = roof.as_dict()

@@ -85,8 +85,8 @@ def _concrete(dim, subs: dict) -> int:
 
 def _example(v: torch.Tensor, subs: dict, device: torch.device) -> torch.Tensor:
     shape = [_concrete(d, subs) for d in v.shape]
-    if v.dtype.is_floating_point:
-        return torch.randn(shape, dtype=v.dtype, device=device)
+    if v.dtype.is_floating_point:  # float8 has no normal kernel: draw in fp32, then cast
+        return torch.randn(shape, dtype=torch.float32, device=device).to(v.dtype)
     if v.dtype == torch.bool:
         return torch.ones(shape, dtype=torch.bool, device=device)
     return torch.zeros(shape, dtype=v.dtype, device=device)

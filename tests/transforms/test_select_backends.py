@@ -171,3 +171,14 @@ def _linear_with_max_rows():
             return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     return torch.ops.autodeploy_test.linear_rows.default
+
+
+def test_examples_of_float8_inputs_are_drawn_in_fp32_then_cast():
+    """fp8 weights (quantize_fp8) are timed on random examples too: torch has no normal kernel for
+    float8, so the draw happens in fp32 (this failed on the GPU before)."""
+    from autodeploy.transforms.select_backends import _example
+
+    v = torch.empty(4, 8, dtype=torch.float8_e4m3fn, device="meta")
+    ex = _example(v, {}, torch.device("cpu"))
+    assert ex.dtype == torch.float8_e4m3fn and ex.shape == (4, 8)
+    assert ex.float().abs().sum() > 0

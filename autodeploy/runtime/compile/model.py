@@ -95,6 +95,7 @@ class CompiledModel:
         # the engine builds SequenceInfo here: on the host, so pack() moves it in one copy
         self.metadata_device = torch.device("cpu")
         self.capture_seconds = 0.0
+        self.capture_breakdown: dict[str, float] = {}  # "prefill" / "b<B>" -> seconds (optimize-time report)
         self.replays = 0  # decode steps served by a CUDA graph
         self._warned_device_info = False
         if self.use_graphs and capture:
@@ -178,7 +179,9 @@ class CompiledModel:
         stream = torch.cuda.Stream(self.device)
         if self.page_size >= 2:
             self.warmup_prefill()
+        self.capture_breakdown["prefill"] = time.perf_counter() - t0
         for B in sorted(self.buckets, reverse=True):
+            tb = time.perf_counter()
             packed = self.pack(self._pad_step(B), pad_to=B, page_cols=self.max_pages)
             try:
                 # warm up off the capture: compiles this shape, initializes cuBLAS / Triton
@@ -195,6 +198,7 @@ class CompiledModel:
                 log.warning("CUDA graph capture of decode batch %d failed (%s): it runs without a graph",
                             B, str(e).splitlines()[0] if str(e) else type(e).__name__)
                 torch.cuda.synchronize(self.device)
+            self.capture_breakdown[f"b{B}"] = time.perf_counter() - tb
         torch.cuda.synchronize(self.device)
         self.capture_seconds = time.perf_counter() - t0
 

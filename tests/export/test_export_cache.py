@@ -1,0 +1,70 @@
+"""The export cache: a second export of the same model loads the saved program instead of tracing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autodeploy.export import cache as export_cache
+from autodeploy.export import export as export_mod
+from autodeploy.export import export_model
+from tests.helpers.tiny_models import tiny_model
+
+
+@pytest.fixture
+def cache_on(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTODEPLOY_EXPORT_CACHE", "1")
+    return tmp_path
+
+
+def _no_trace(*args, **kwargs):
+    raise AssertionError("traced although the cache holds this model")
+
+
+def test_second_export_loads_the_saved_program(cache_on, monkeypatch):
+    model = tiny_model("llama")
+    first = export_model(model, max_batch_size=4, max_seq_len=64, cache_root=cache_on)
+    assert len(list((cache_on / "export").glob("*.pt2"))) == 1
+    monkeypatch.setattr(export_mod, "_trace", _no_trace)
+    second = export_model(model, max_batch_size=4, max_seq_len=64, cache_root=cache_on)
+    assert second.code == first.code
+    assert second.meta["export_patches"] == first.meta["export_patches"]
+    assert second.meta["dynamic_dims"] == first.meta["dynamic_dims"]
+    stacks = lambda gm: [(n.name, n.meta.get("nn_module_stack")) for n in gm.graph.nodes]  # noqa: E731
+    assert stacks(second) == stacks(first)  # module paths: detection and sharding read them
+    for node in (n for n in second.graph.nodes if n.op == "placeholder"):
+        assert all(isinstance(d, torch.SymInt) for d in node.meta["val"].shape)
+    for b, s in ((1, 3), (3, 7)):  # both dims still dynamic, numerics identical
+        ids, pos = torch.randint(0, 256, (b, s)), torch.arange(s).expand(b, s)
+        with torch.no_grad():
+            assert torch.equal(second(ids, pos), first(ids, pos))
+
+
+def test_key_changes_with_config_dims_and_dtype():
+    model = tiny_model("llama")
+    key = export_cache.cache_key(model, 4, 64)
+    assert export_cache.cache_key(model, 4, 64) == key
+    assert export_cache.cache_key(model, 8, 64) != key
+    other = tiny_model("llama")
+    other.config.rms_norm_eps = other.config.rms_norm_eps * 2
+    assert export_cache.cache_key(other, 4, 64) != key
+    assert export_cache.cache_key(model.to(torch.float64), 4, 64) != key
+
+
+def test_unreadable_entry_is_traced_again_and_replaced(cache_on):
+    model = tiny_model("llama")
+    export_model(model, max_batch_size=4, max_seq_len=64, cache_root=cache_on)
+    (entry,) = (cache_on / "export").glob("*.pt2")
+    entry.write_bytes(b"truncated")
+    gm = export_model(model, max_batch_size=4, max_seq_len=64, cache_root=cache_on)
+    ids, pos = torch.randint(0, 256, (2, 5)), torch.arange(5).expand(2, 5)
+    with torch.no_grad():
+        assert torch.equal(gm(ids, pos), model(input_ids=ids, position_ids=pos, use_cache=False).logits)
+    assert entry.stat().st_size > len(b"truncated")  # rewritten
+
+
+def test_switches(monkeypatch):
+    monkeypatch.setenv("AUTODEPLOY_EXPORT_CACHE", "0")
+    assert not export_cache.enabled(True)
+    monkeypatch.setenv("AUTODEPLOY_EXPORT_CACHE", "1")
+    assert export_cache.enabled(True) and not export_cache.enabled(False)
