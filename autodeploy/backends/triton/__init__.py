@@ -13,6 +13,8 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
                                      (the canonical op comes from transforms/fuse_add_rmsnorm.py)
     aten.linear (decode rows)     -> autodeploy::triton_linear                linear.py
                                      (+ max_rows: larger calls stay on cuBLAS)
+    autodeploy::gated_linear      -> autodeploy::triton_gated_linear          gated_linear.py
+                                     (GEMV + activation up to 16 rows; cuBLAS + activation above)
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
@@ -33,6 +35,7 @@ from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
 from autodeploy.backends.triton import int4_gemm, linear  # noqa: F401
+from autodeploy.backends.triton import gated_linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -50,5 +53,6 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "cached_attention": _cached_attention_supports,
     "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
         x, qweight, scales, zeros, bias, group_size),
+    "gated_linear": lambda x, weight, bias=None, act="silu", *a, **kw: gated_linear.supports(x, weight, bias, act),
     "linear": lambda input, weight, bias=None, *a, **kw: linear.supports(input, weight, bias),  # aten.linear
 }
