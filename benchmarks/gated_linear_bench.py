@@ -107,11 +107,55 @@ def bench_case(label, m, n, k, sms, l2, results, mismatches):
     return row
 
 
+def bench_norm_case(label, m, n, k, l2, results, mismatches):
+    """The opt-in prologue variant (autodeploy::triton_add_rmsnorm_gated_linear) against the two launches it
+    replaces, each at default configs: Triton add + RMSNorm, then cuBLAS + act or the Triton gated GEMV."""
+    from autodeploy.backends.triton import gated_linear, gated_mlp, rmsnorm
+
+    w_bytes = n * k * 2
+    copies = min(CALLS, math.ceil(2 * l2 / w_bytes) + 1)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    ws = [(torch.randn(n, k, device=DEVICE, generator=gen) * k**-0.5).to(torch.bfloat16) for _ in range(copies)]
+    x, res = (torch.randn(m, k, device=DEVICE, generator=gen).to(torch.bfloat16) for _ in range(2))
+    nw = (torch.rand(k, device=DEVICE, generator=gen) + 0.5).to(torch.bfloat16)
+    h = (x.float() + res.float()).to(torch.bfloat16).float()
+    y = F.linear(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * nw.float(), ws[0].float())
+    ref = F.silu(y[:, : n // 2]) * y[:, n // 2:]
+    row = dict(case=label + " +norm", m=m, mb=w_bytes / 1e6)
+
+    def norm_then(i, gemv):
+        normed, _ = rmsnorm.launch(x, nw, 1e-5, False, residual=res)
+        return gemv(normed, ws[i])
+
+    variants = {
+        "norm, cuBLAS + act": lambda i: norm_then(i, lambda a, w: gated_mlp.launch(F.linear(a, w), None, "silu")),
+        "norm, Triton gated": lambda i: norm_then(i, lambda a, w: gated_linear.launch(a, w, None, "silu")),
+        "prologue-fused": lambda i: gated_linear.launch(x, ws[i], None, "silu", norm=(res, nw, 1e-5, False))[0],
+    }
+    for name, call in variants.items():
+        try:
+            rel = _rel(call(0), ref)
+            if not math.isfinite(rel) or rel >= 1e-2:
+                mismatches.append(f"{row['case']} M={m} {name}: relative error {rel:.2e}")
+                row[name] = float("nan")
+                continue
+            row[name] = graph_us(call, copies)
+        except Exception as e:  # noqa: BLE001
+            print(f"    {row['case']} M={m} {name}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+            row[name] = float("nan")
+        results.append(dict(case=row["case"], m=m, n=n, k=k, name=name, us=row[name]))
+    print(f"{row['case']:18s} M={m:2d} " + " | ".join(f"{nm} {row[nm]:7.1f} us" for nm in variants), flush=True)
+    del ws, x, res, y, ref
+    torch.cuda.empty_cache()
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--models", nargs="+", default=["1b", "8b"], choices=list(MODELS))
     ap.add_argument("--json", type=Path, default=None, help="write every timing here")
+    ap.add_argument("--no-norm", action="store_true", help="skip the add + RMSNorm prologue variant's rows")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("needs CUDA")
@@ -123,11 +167,13 @@ def main() -> int:
     sms, l2 = props.multi_processor_count, getattr(props, "L2_cache_size", 50 << 20)
     card = torch.cuda.get_device_name(0)
     print(f"{card}: {sms} SMs, L2 {l2 >> 20} MB | torch {torch.__version__} | triton {triton.__version__}", flush=True)
-    results, mismatches, summary = [], [], []
+    results, mismatches, summary, norm_rows = [], [], [], []
     for model in args.models:
         for m in args.rows:
             for label, n, k in weights_of(model):
                 summary.append(bench_case(label, m, n, k, sms, l2, results, mismatches))
+                if "gate_up" in label and not args.no_norm:
+                    norm_rows.append(bench_norm_case(label, m, n, k, l2, results, mismatches))
     if args.json:
         args.json.write_text(json.dumps(dict(card=card, results=results, summary=summary), indent=1))
 
@@ -153,6 +199,13 @@ def main() -> int:
             best = sum(scale[nm] * min(s.get("cublas_act", s["cublas"]), s["best"]) for nm, s in rows.items())
             print(f"{model} M={m}: step weight GEMMs (+ MLP act) cuBLAS {base / 1e3:.3f} ms, "
                   f"min(cuBLAS, Triton default) {mix / 1e3:.3f} ms, min(cuBLAS, Triton best) {best / 1e3:.3f} ms")
+    if norm_rows:
+        print("\nadd + RMSNorm before the gate_up GEMV (default configs; us per call): two launches vs the prologue")
+        print("| weight | M | norm, cuBLAS + act | norm, Triton gated | prologue-fused |")
+        print("|---|---|---|---|---|")
+        for r in norm_rows:
+            print(f"| {r['case']} | {r['m']} | {r['norm, cuBLAS + act']:.1f} | {r['norm, Triton gated']:.1f} | "
+                  f"{r['prologue-fused']:.1f} |")
     print(f"total {time.perf_counter() - t0:.0f} s")
     if mismatches:
         print("NUMERIC MISMATCH:\n  " + "\n  ".join(mismatches))
