@@ -21,6 +21,8 @@ and fused forms that later fusion transforms can target (no canonical op of thei
     autodeploy::triton_rope_(q, k, cos, sin, interleaved)     in place on q and k
     autodeploy::triton_fused_gated_mlp_act(gate_up, act)      gate_up [..., 2f] from one fused GEMM
     autodeploy::triton_kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
+    autodeploy::triton_add_rmsnorm_gated_linear(x, residual, norm_w, eps, offset, w_gate_up, bias, act)
+                                                              (opt-in: add + RMSNorm as the GEMV's prologue)
 
 `SUPPORTS[canonical name](*args of that op)` says whether the kernels take a given call (device,
 dtype, sizes). Unsupported calls raise NotImplementedError naming the reason.
