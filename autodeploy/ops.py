@@ -4,6 +4,7 @@
     torch.ops.autodeploy.rope(q, k, cos, sin, interleaved)
     torch.ops.autodeploy.rmsnorm(x, weight, eps, add_unit_offset)
     torch.ops.autodeploy.gated_mlp_act(gate, up, act)
+    torch.ops.autodeploy.gated_linear(x, weight_gate_up, bias, act)   (from transforms/fuse_gated_linear.py)
 
 `bound_args(node)` reads a canonical op node's arguments by schema name (defaults filled in), so
 later transforms never reach into `node.args[3]`.

@@ -13,12 +13,16 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
                                      (the canonical op comes from transforms/fuse_add_rmsnorm.py)
     aten.linear (decode rows)     -> autodeploy::triton_linear                linear.py
                                      (+ max_rows: larger calls stay on cuBLAS)
+    autodeploy::gated_linear      -> autodeploy::triton_gated_linear          gated_linear.py
+                                     (GEMV + activation up to 16 rows; cuBLAS + activation above)
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
     autodeploy::triton_rope_(q, k, cos, sin, interleaved)     in place on q and k
     autodeploy::triton_fused_gated_mlp_act(gate_up, act)      gate_up [..., 2f] from one fused GEMM
     autodeploy::triton_kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
+    autodeploy::triton_add_rmsnorm_gated_linear(x, residual, norm_w, eps, offset, w_gate_up, bias, act)
+                                                              (opt-in: add + RMSNorm as the GEMV's prologue)
 
 `SUPPORTS[canonical name](*args of that op)` says whether the kernels take a given call (device,
 dtype, sizes). Unsupported calls raise NotImplementedError naming the reason.
@@ -33,6 +37,7 @@ from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
 from autodeploy.backends.triton import int4_gemm, linear  # noqa: F401
+from autodeploy.backends.triton import gated_linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -50,5 +55,6 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "cached_attention": _cached_attention_supports,
     "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
         x, qweight, scales, zeros, bias, group_size),
+    "gated_linear": lambda x, weight, bias=None, act="silu", *a, **kw: gated_linear.supports(x, weight, bias, act),
     "linear": lambda input, weight, bias=None, *a, **kw: linear.supports(input, weight, bias),  # aten.linear
 }

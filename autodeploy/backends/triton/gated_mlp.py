@@ -24,6 +24,20 @@ ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
 
 
 @triton.jit
+def activate(g, ACT: tl.constexpr):
+    """act(g) in fp32 for ACT = ACTIVATIONS[name]; shared with gated_linear.py's GEMV epilogue."""
+    if ACT == 0:
+        a = g * tl.sigmoid(g)
+    elif ACT == 1:
+        # tanh(z) = 2 sigmoid(2z) - 1: exact identity, avoids libdevice tanh (not in every Triton)
+        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        a = g * tl.sigmoid(2.0 * z)  # = 0.5 g (1 + tanh(z))
+    else:
+        a = 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
+    return a
+
+
+@triton.jit
 def _gated_act_kernel(
     gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, stride_out, f,
     ACT: tl.constexpr, BLOCK: tl.constexpr,
@@ -33,14 +47,7 @@ def _gated_act_kernel(
     mask = cols < f
     g = tl.load(gate_ptr + row * stride_gate + cols, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(up_ptr + row * stride_up + cols, mask=mask, other=0.0).to(tl.float32)
-    if ACT == 0:
-        a = g * tl.sigmoid(g)
-    elif ACT == 1:
-        # tanh(z) = 2 sigmoid(2z) - 1: exact identity, avoids libdevice tanh (not in every Triton)
-        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        a = g * tl.sigmoid(2.0 * z)  # = 0.5 g (1 + tanh(z))
-    else:
-        a = 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
+    a = activate(g, ACT)
     tl.store(out_ptr + row * stride_out + cols, (a * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 

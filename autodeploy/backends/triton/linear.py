@@ -45,6 +45,36 @@ K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
 KINDS = {"fma": 0, "dot": 1, "dot_t": 2}
 
 
+# ---- the GEMV machinery, shared with gated_linear.py (gate and up tiles in one program) -------------
+
+@triton.jit
+def gemv_acc_init(BM: tl.constexpr, BN: tl.constexpr, KIND: tl.constexpr):
+    """fp32 zeros in the kind's orientation: [BN, BM] for "dot_t" (weights on the MMA's M side), else [BM, BN]."""
+    if KIND == 2:
+        return tl.zeros((BN, BM), dtype=tl.float32)
+    return tl.zeros((BM, BN), dtype=tl.float32)
+
+
+@triton.jit
+def gemv_step(acc, w, xk, KIND: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += xk [BM, BK] @ w [BN, BK]^T for one BK step, in the orientation of gemv_acc_init."""
+    if KIND == 0:
+        acc += tl.sum(xk.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    elif KIND == 1:
+        acc += tl.dot(xk, tl.trans(w), input_precision=PRECISION)
+    else:
+        acc += tl.dot(w, tl.trans(xk), input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def gemv_acc_rows(acc, KIND: tl.constexpr):
+    """The accumulator as [BM, BN] (x rows first), whatever the kind."""
+    if KIND == 2:
+        return tl.trans(acc)
+    return acc
+
+
 @triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
 def _linear_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr,
@@ -64,23 +94,14 @@ def _linear_kernel(
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
     x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BM, BK]
-    if KIND == 2:
-        acc = tl.zeros((BN, BM), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = gemv_acc_init(BM, BN, KIND)
     for _ in range(k_start, k_end, BK):
         w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)  # [BN, BK]: the bytes that matter
         xk = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
-        if KIND == 0:
-            acc += tl.sum(xk.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-        elif KIND == 1:
-            acc += tl.dot(xk, tl.trans(w), input_precision=PRECISION)
-        else:
-            acc += tl.dot(w, tl.trans(xk), input_precision=PRECISION)
+        acc = gemv_step(acc, w, xk, KIND, PRECISION)
         w_ptrs += BK
         x_ptrs += BK
-    if KIND == 2:
-        acc = tl.trans(acc)  # [BM, BN]
+    acc = gemv_acc_rows(acc, KIND)  # [BM, BN]
     mask_o = mask_m[:, None] & mask_n[None, :]
     if PARTIAL:  # fp32 partials [split, M, N], summed by _sum_splits_kernel
         tl.store(out_ptr + pid_k * stride_split + rm[:, None] * stride_om + rn[None, :], acc, mask=mask_o)
@@ -102,7 +123,8 @@ def _sum_splits_kernel(part_ptr, bias_ptr, out_ptr, MN, N, SPLIT, BLOCK: tl.cons
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def unsupported_reason(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
+def operand_problem(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
+    """Why the GEMV kernels cannot read these operands (device, dtype, layout, K), whatever the rows; None if they can."""
     why = unsupported_device_or_dtype(x, weight, bias)
     if why:
         return why
@@ -121,6 +143,14 @@ def unsupported_reason(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None)
         return f"K = {k} is not a positive multiple of {K_MULTIPLE}"
     if bias is not None and bias.shape != (n,):
         return f"bias must be [{n}], got {list(bias.shape)}"
+    return None
+
+
+def unsupported_reason(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
+    why = operand_problem(x, weight, bias)
+    if why:
+        return why
+    k = weight.shape[-1]
     if x.numel() // k > MAX_ROWS:
         return f"{x.numel() // k} rows: the GEMV kernel takes at most {MAX_ROWS} (decode); cuBLAS takes more"
     return None

@@ -1,0 +1,264 @@
+"""Decode-shaped gated projection: `autodeploy::triton_gated_linear` (schema of autodeploy::gated_linear).
+
+    triton_gated_linear(x [.., K], weight [2I, K], bias [2I]?, act) -> act(x Wg^T + bg) * (x Wu^T + bu) [.., I]
+        rows = x.numel() / K <= 16: one GEMV launch (below)
+        more rows (prefill):        aten.linear (cuBLAS) + the Triton activation on its [.., 2I] output
+
+At decode the unfused MLP runs the gate_up GEMV (writes [M, 2I]), then an activation kernel that reads
+it back and writes [M, I]: two launches, and the second is a ~2-3 us kernel of its own (of ~110 in a
+1B decode step). Here each program owns output columns n..n+BN and streams the matching gate rows
+n.. and up rows I+n.. of the weight through the same K loop as linear.py's GEMV (its helpers, its
+kinds, its configs), then applies the activation to the two fp32 accumulators and stores act(g) * u
+in x's dtype: one launch, and the [M, 2I] intermediate never exists.
+
+    program (n-tile, k-split):  g, u [BM, BN] = x[:, k-range] @ weight[{n, I+n}-tile, k-range]^T
+        split 1:  out[:, n-tile] = act(g + bg) * (u + bu)
+        split S:  fp32 partials [S, M, 2I], then _sum_gated_splits_kernel sums, adds the bias, activates
+
+The launch config is linear.py's for an [2I, K] weight with BN halved: a program reads the same
+bytes per K step (BN/2 gate + BN/2 up rows) and the grid has the same number of programs.
+Rows <= 16 that the kernel cannot take (device, dtype, K % 64) raise NotImplementedError.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from autodeploy.backends.triton import gated_mlp, linear
+from autodeploy.backends.triton._common import dot_precision, num_sms, rows_of
+from autodeploy.backends.triton.gated_mlp import ACTIVATIONS, activate
+from autodeploy.backends.triton.linear import KINDS, MAX_ROWS, gemv_acc_init, gemv_acc_rows, gemv_step
+
+
+@triton.jit
+def _summed(x_ptrs, res_ptrs, mask):
+    """(x + residual) in fp32, rounded once to x's dtype as the unfused residual add rounds."""
+    x = tl.load(x_ptrs, mask=mask, other=0.0)
+    r = tl.load(res_ptrs, mask=mask, other=0.0)
+    return (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _gated_linear_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr,
+    res_ptr, norm_w_ptr, res_out_ptr, eps,  # NORM only: residual [M, K], norm weight [K], new residual [M, K]
+    M, I, K, K_PER_SPLIT,
+    stride_xm, stride_wn, stride_om, stride_split,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr, ACT: tl.constexpr,
+    PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)  # output columns = gate rows; up rows are I + rn
+    rk = tl.arange(0, BK)
+    mask_m = rm < M
+    mask_n = rn < I
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    if NORM:  # every program takes the rows' statistics over all of K (x rows: a few KB from L2)
+        ss = tl.zeros((BM,), dtype=tl.float32)
+        # [BM]: program (0, 0) writes the new residual (rows < M there, < 0 elsewhere; int math, one mask dtype)
+        writes = rm < M - M * tl.minimum(pid_n + pid_k, 1)
+        for k0 in range(0, K, BK):
+            offs = rm[:, None] * stride_xm + (k0 + rk)[None, :]  # [BM, BK]
+            h = _summed(x_ptr + offs, res_ptr + offs, mask_m[:, None])
+            tl.store(res_out_ptr + rm[:, None] * K + (k0 + rk)[None, :], h.to(res_out_ptr.dtype.element_ty),
+                     mask=writes[:, None] & (rk < BK)[None, :])
+            ss += tl.sum(h * h, axis=1)
+        rstd = 1.0 / tl.sqrt(ss / K + eps)  # [BM]
+    wg_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
+    wu_ptrs = w_ptr + (rn + I).to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
+    x_offs = rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BM, BK]
+    acc_g = gemv_acc_init(BM, BN, KIND)
+    acc_u = gemv_acc_init(BM, BN, KIND)
+    for k0 in range(k_start, k_end, BK):
+        wg = tl.load(wg_ptrs, mask=mask_n[:, None], other=0.0)
+        wu = tl.load(wu_ptrs, mask=mask_n[:, None], other=0.0)
+        if NORM:  # the normalized x tile, rounded to the weight's dtype as the unfused norm's output is
+            nw = tl.load(norm_w_ptr + k0 + rk).to(tl.float32)
+            if UNIT_OFFSET:  # Gemma stores w - 1
+                nw = nw + 1.0
+            h = _summed(x_ptr + x_offs, res_ptr + x_offs, mask_m[:, None])
+            xk = (h * rstd[:, None] * nw[None, :]).to(wg.dtype)
+        else:
+            xk = tl.load(x_ptr + x_offs, mask=mask_m[:, None], other=0.0)  # read once for both tiles
+        acc_g = gemv_step(acc_g, wg, xk, KIND, PRECISION)
+        acc_u = gemv_step(acc_u, wu, xk, KIND, PRECISION)
+        wg_ptrs += BK
+        wu_ptrs += BK
+        x_offs += BK
+    g = gemv_acc_rows(acc_g, KIND)  # [BM, BN]
+    u = gemv_acc_rows(acc_u, KIND)  # [BM, BN]
+    mask_o = mask_m[:, None] & mask_n[None, :]
+    if PARTIAL:  # fp32 partials [split, M, 2I] (gate columns, then up), finished by _sum_gated_splits_kernel
+        part = out_ptr + pid_k * stride_split + rm[:, None] * stride_om + rn[None, :]
+        tl.store(part, g, mask=mask_o)
+        tl.store(part + I, u, mask=mask_o)
+    else:
+        if HAS_BIAS:
+            g += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            u += tl.load(bias_ptr + I + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        out = activate(g, ACT) * u
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty), mask=mask_o)
+
+
+@triton.jit
+def _sum_gated_splits_kernel(part_ptr, bias_ptr, out_ptr, MI, I, SPLIT,
+                             BLOCK: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat index into out [M, I]
+    mask = offs < MI
+    col = offs % I
+    g_offs = (offs // I) * 2 * I + col  # into one split's [M, 2I]
+    g = tl.zeros((BLOCK,), dtype=tl.float32)
+    u = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(SPLIT):
+        g += tl.load(part_ptr + s * 2 * MI + g_offs, mask=mask, other=0.0)
+        u += tl.load(part_ptr + s * 2 * MI + g_offs + I, mask=mask, other=0.0)
+    if HAS_BIAS:
+        g += tl.load(bias_ptr + col, mask=mask, other=0.0).to(tl.float32)
+        u += tl.load(bias_ptr + I + col, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, (activate(g, ACT) * u).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def operand_problem(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str) -> Optional[str]:
+    """Why the op cannot run these arguments at any row count; None if it can."""
+    why = linear.operand_problem(x, weight, bias)
+    if why:
+        return why
+    if act not in ACTIVATIONS:
+        return f"activation {act!r} is not one of {sorted(ACTIVATIONS)}"
+    if weight.shape[0] % 2:
+        return f"gate_up weight has odd width {weight.shape[0]}"
+    return None
+
+
+def unsupported_reason(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act: str = "silu") -> Optional[str]:
+    """Why the GEMV kernel cannot take this call; None if it can."""
+    why = operand_problem(x, weight, bias, act)
+    if why:
+        return why
+    rows = x.numel() // weight.shape[-1]
+    if rows > MAX_ROWS:
+        return f"{rows} rows: the GEMV kernel takes at most {MAX_ROWS} (decode); cuBLAS takes more"
+    return None
+
+
+def supports(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act: str = "silu") -> bool:
+    """Can the op (kernel up to 16 rows, cuBLAS + Triton activation above) run these arguments?"""
+    return operand_problem(x, weight, bias, act) is None
+
+
+@functools.lru_cache(maxsize=1024)  # per call at decode, as linear.launch_config
+def launch_config(m: int, i: int, k: int, sms: int, itemsize: int = 2) -> dict:
+    """linear.py's config for the [2I, K] weight, BN halved (the same bytes per program and program count).
+
+    Untimed as such: benchmarks/gated_linear_bench.py sweeps it on an H100 against cuBLAS + act."""
+    base = linear.launch_config(m, 2 * i, k, sms, itemsize)
+    return linear.normalized(dict(base, bn=max(16, base["bn"] // 2)), m, i, k)
+
+
+def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act: str = "silu",
+           config: Optional[dict] = None, norm: Optional[tuple] = None):
+    """act(x Wg^T + bg) * (x Wu^T + bu) [.., I] on the GEMV kernel; raises NotImplementedError when it cannot.
+
+    norm = (residual [.., K], norm_weight [K], eps, add_unit_offset): x is first replaced by
+    rmsnorm(x + residual) (the prologue); returns (out [.., I], x + residual [.., K]) then."""
+    why = unsupported_reason(x, weight, bias, act) or (_norm_problem(x, norm) if norm is not None else None)
+    if why:
+        raise NotImplementedError(f"triton gated_linear: {why}")
+    n, k = weight.shape
+    i = n // 2
+    if norm is None:
+        x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+    else:  # x and residual read with one row offset: both contiguous [M, K]
+        x2, res2 = rows_of(x).contiguous(), rows_of(norm[0]).contiguous()
+    m = x2.shape[0]
+    out = torch.empty(m, i, dtype=x.dtype, device=x.device)  # [M, I]
+    new_res = torch.empty(m, k, dtype=x.dtype, device=x.device) if norm is not None else None  # [M, K]
+    if m == 0 or i == 0:
+        if new_res is not None:
+            new_res.copy_(x2 + res2)
+        return _shaped(out, new_res, x)
+    norm_args = (res2, norm[1], new_res, float(norm[2])) if norm is not None else (x2, x2, x2, 0.0)
+    cfg = linear.normalized(config, m, i, k) if config else launch_config(m, i, k, num_sms(x.device), x.element_size())
+    split = cfg["split"]
+    has_bias = bias is not None
+    if split == 1:
+        dest, stride_om = out, i
+    else:
+        dest, stride_om = torch.empty(split, m, n, dtype=torch.float32, device=x.device), n  # [S, M, 2I]
+    _gated_linear_kernel[(triton.cdiv(i, cfg["bn"]), split)](
+        x2, weight, bias if has_bias else weight, dest, *norm_args,
+        m, i, k, cfg["k_per_split"],
+        x2.stride(0), weight.stride(0), stride_om, m * n,
+        BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], KIND=KINDS[cfg["kind"]], ACT=ACTIVATIONS[act],
+        PARTIAL=split > 1, HAS_BIAS=has_bias, PRECISION=dot_precision(x.dtype),
+        NORM=norm is not None, UNIT_OFFSET=bool(norm[3]) if norm is not None else False,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split > 1:
+        block = 1024
+        _sum_gated_splits_kernel[(triton.cdiv(m * i, block),)](
+            dest, bias if has_bias else dest, out, m * i, i, split,
+            BLOCK=block, ACT=ACTIVATIONS[act], HAS_BIAS=has_bias, num_warps=4,
+        )
+    return _shaped(out, new_res, x)
+
+
+def _shaped(out: Tensor, new_res: Optional[Tensor], x: Tensor):
+    out = out.reshape(*x.shape[:-1], out.shape[-1])
+    return out if new_res is None else (out, new_res.reshape(x.shape))
+
+
+def _norm_problem(x: Tensor, norm: tuple) -> Optional[str]:
+    residual, norm_weight = norm[0], norm[1]
+    if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
+        return "residual must have x's shape, dtype and device"
+    if norm_weight.shape != (x.shape[-1],) or norm_weight.device != x.device or norm_weight.stride(-1) != 1:
+        return f"norm weight must be a contiguous [{x.shape[-1]}] on x's device"
+    return None
+
+
+@torch.library.custom_op("autodeploy::triton_gated_linear", mutates_args=())
+def triton_gated_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act: str = "silu") -> Tensor:
+    """x [.., K], weight [2I, K] -> act(gate) * up [.., I]: the GEMV kernel up to 16 rows, cuBLAS + act above."""
+    if x.numel() // max(1, weight.shape[-1]) > MAX_ROWS:
+        return gated_mlp.launch(F.linear(x, weight, bias), None, act)  # [.., 2I] -> [.., I]
+    return launch(x, weight, bias, act)
+
+
+@triton_gated_linear.register_fake
+def _(x, weight, bias=None, act="silu"):
+    return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
+
+
+@torch.library.custom_op("autodeploy::triton_add_rmsnorm_gated_linear", mutates_args=())
+def triton_add_rmsnorm_gated_linear(
+    x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool,
+    weight: Tensor, bias: Optional[Tensor] = None, act: str = "silu",
+) -> tuple[Tensor, Tensor]:
+    """fused_add_rmsnorm then gated_linear in one launch up to 16 rows (not used by any transform yet):
+
+        h = x + residual [.., K];  out = gated_linear(rmsnorm(h, norm_weight, eps), weight, bias, act) [.., I]
+        -> (out, h)
+
+    Every program recomputes the rows' rstd over K (a few KB of x per row, from L2) and program 0
+    writes h, so the norm kernel before the GEMV disappears. More rows: the two Triton ops in turn."""
+    if x.numel() // max(1, weight.shape[-1]) > MAX_ROWS:
+        normed, h = torch.ops.autodeploy.triton_fused_add_rmsnorm(x, residual, norm_weight, eps, add_unit_offset)
+        return triton_gated_linear(normed, weight, bias, act), h
+    return launch(x, weight, bias, act, norm=(residual, norm_weight, eps, add_unit_offset))
+
+
+@triton_add_rmsnorm_gated_linear.register_fake
+def _(x, residual, norm_weight, eps, add_unit_offset, weight, bias=None, act="silu"):
+    return x.new_empty(*x.shape[:-1], weight.shape[0] // 2), torch.empty_like(x, memory_format=torch.contiguous_format)
