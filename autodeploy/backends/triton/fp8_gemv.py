@@ -16,11 +16,12 @@ one kernel streams the weight once, in the layout of backends/triton/linear.py's
 
 The products of two e4m3 values are exact, so the result equals the reference's up to fp32
 summation order (cuBLASLt's fast accumulation included). `x_prologue` picks where x is quantized:
-  in the kernel (False): each program reads its x rows twice (amax pass, then the product pass)
-      from L2: no extra launch, which at M = 1 is worth more than the reread (x is 8-28 KB).
-  a prologue kernel (True): one small program per row writes e4m3 x and s_x first; the GEMV then
-      reads e4m3 x once. At M = 16 the in-kernel reread would be 2 x 16 x K x 2 bytes per program
-      (down: 0.9 MB x 256 programs, 4x the weight's own bytes) through L2.
+  in the kernel (False, default for M <= 2): before its main loop each program reads its x rows
+      once more for their amax, one wide load per row (8B: 8-28 KB, from L2), so about one L2
+      round trip (~0.5 us) shows, instead of a second launch and its gap in the graph.
+  a prologue kernel (True, default for M > 2): one program per row writes e4m3 x and s_x; the GEMV
+      then reads e4m3 x once. In the kernel, each of the (down: 256) programs would reread
+      M x K x 2 bytes for the amax: at M = 16, 0.46 MB each, twice its weight tile, through L2.
 `fp8_dot` False multiplies in fp16 instead (e4m3 -> fp16 is exact): the same numbers, a fallback
 should a Triton build reject an fp8 tl.dot in this orientation. quantize_input False (FP8 weights,
 x as is) multiplies w (converted to x's dtype, exact) with x in x's dtype.
@@ -70,15 +71,23 @@ def _round_e4m3(v, EXACT: tl.constexpr):
 
 
 @triton.jit
-def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BK: tl.constexpr, EXACT: tl.constexpr):
+def _row_amax(row_ptr, K, BLOCK: tl.constexpr):
+    """max |row[k]| over k < K in fp32; one load when K <= BLOCK (each further step waits one L2 trip)."""
+    rk = tl.arange(0, BLOCK)
+    amax = tl.max(tl.abs(tl.load(row_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)), axis=0)
+    for k0 in range(BLOCK, K, BLOCK):
+        v = tl.load(row_ptr + k0 + rk, mask=k0 + rk < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(v), axis=0))
+    return amax
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BLOCK: tl.constexpr, EXACT: tl.constexpr):
     """One program per row: xs[m] = amax|x[m]| / 448 (>= 1e-12), xq[m] = e4m3(x[m] / xs[m])."""
     m = tl.program_id(0)
-    rk = tl.arange(0, BK)
-    amax = tl.zeros((BK,), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        amax = tl.maximum(amax, tl.abs(tl.load(x_ptr + m * stride_xm + k0 + rk, mask=k0 + rk < K, other=0.0)))
-    scale = tl.maximum(tl.max(amax, axis=0) / FP8_MAX, MIN_SCALE)
-    for k0 in range(0, K, BK):
+    rk = tl.arange(0, BLOCK)
+    scale = tl.maximum(_row_amax(x_ptr + m * stride_xm, K, BLOCK) / FP8_MAX, MIN_SCALE)
+    for k0 in range(0, K, BLOCK):  # the row's second read comes from L1 / L2
         mask = k0 + rk < K
         xk = tl.load(x_ptr + m * stride_xm + k0 + rk, mask=mask, other=0.0).to(tl.float32)
         xq = _round_e4m3(tl.minimum(tl.maximum(xk / scale, -FP8_MAX), FP8_MAX), EXACT)
@@ -91,7 +100,7 @@ def _fp8_gemv_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
     M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn, stride_om, stride_split,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, AMAX_BLOCK: tl.constexpr,
     X_MODE: tl.constexpr,  # 0: x as is (weight-only FP8); 1: quantize x here; 2: x is e4m3 with scales xs
     FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EXACT: tl.constexpr, PRECISION: tl.constexpr,
@@ -107,11 +116,10 @@ def _fp8_gemv_kernel(
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
     x_rows = x_ptr + rm[:, None] * stride_xm  # [BM, 1]
 
-    if X_MODE == 1:  # the per-token scale over the whole row (every program: x is a few KB, from L2)
+    if X_MODE == 1:  # per-token scales over whole rows (every program: x is a few KB, from L2)
         amax = tl.zeros((BM,), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            xk = tl.load(x_rows + (k0 + rk)[None, :], mask=mask_m[:, None], other=0.0)  # [BM, BK]
-            amax = tl.maximum(amax, tl.max(tl.abs(xk.to(tl.float32)), axis=1))
+        for m in range(0, M):  # one wide load per row: a loop of [BM, BK] tiles would wait K / BK L2 trips
+            amax = tl.where(rm == m, _row_amax(x_ptr + m * stride_xm, K, AMAX_BLOCK), amax)
         x_scale = tl.maximum(amax / FP8_MAX, MIN_SCALE)  # [BM]
         x_inv = 1.0 / x_scale
     elif X_MODE == 2:
@@ -201,7 +209,7 @@ def normalized(config: dict, m: int, n: int, k: int) -> dict:
     k_per_split = triton.cdiv(triton.cdiv(k, split), bk) * bk
     split = triton.cdiv(k, k_per_split)
     return dict(config, bk=bk, split=split, k_per_split=k_per_split, fp8_dot=config.get("fp8_dot", True),
-                x_prologue=config.get("x_prologue", m > 4))
+                x_prologue=config.get("x_prologue", m > 2))
 
 
 @functools.lru_cache(maxsize=1024)  # per call at decode: keep the host's share of a few-us GEMV small
@@ -229,6 +237,12 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
     return normalized(dict(bn=bn, bk=256, split=split, num_warps=4, num_stages=stages), m, n, k)
 
 
+def _amax_block(k: int) -> int:
+    """Elements of one row read at once for its amax: all of an 8B's K = 4096 (down's 14336: two
+    loads); 8192 bf16 over 128 threads is 64 values each, held only before the main loop."""
+    return min(triton.next_power_of_2(k), 8192)
+
+
 _FP8_DOT_BROKEN: list[str] = []  # set once an fp8 tl.dot failed to compile here: fp16 products from then on
 
 
@@ -253,7 +267,7 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
         x_mode = 2
         xq = torch.empty(m, k, dtype=fp8_q.DTYPE, device=x.device)  # [M, K]
         xs = torch.empty(m, dtype=torch.float32, device=x.device)  # [M]
-        _quantize_rows_kernel[(m,)](x2, xq, xs, k, x2.stride(0), BK=1024, EXACT=exact, num_warps=4)
+        _quantize_rows_kernel[(m,)](x2, xq, xs, k, x2.stride(0), BLOCK=_amax_block(k), EXACT=exact, num_warps=8)
         x2 = xq
     else:
         x_mode = 1
@@ -262,7 +276,7 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
     fp8_dot = cfg["fp8_dot"] and not (_FP8_DOT_BROKEN and config is None)
     args = (x2, xs, weight, weight_scale, bias if bias is not None else weight_scale, dest,
             m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
-    meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], X_MODE=x_mode, PER_TENSOR=_per_tensor(weight_scale, n),
+    meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=_amax_block(k), X_MODE=x_mode, PER_TENSOR=_per_tensor(weight_scale, n),
                 PARTIAL=split > 1, HAS_BIAS=bias is not None, EXACT=exact,
                 PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
