@@ -67,7 +67,7 @@ def _round_e4m3(v, EXACT: tl.constexpr):
         normal = b.to(tl.float32, bitcast=True)
         sub = (v + 24576.0) - 24576.0  # 1.5 * 2^14: fp32's ulp there is 2^-9, e4m3's subnormal step
         v = tl.where(tl.abs(v) < 0.015625, sub, normal)
-    return v.to(tl.float8e4nv)
+    return v.to(tl.float8e4nv, fp_downcast_rounding="rtne")
 
 
 @triton.jit
@@ -259,6 +259,7 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
     cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device))
+    weight_scale = weight_scale if weight_scale.is_contiguous() else weight_scale.contiguous()  # [N] / [N, 1] / []
     exact = interpreted()
     xs = x2  # placeholder pointer when unused
     if not quantize_input:
