@@ -9,6 +9,9 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::cached_attention  -> autodeploy::triton_cached_attention      cached_attention.py
                                      (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
     autodeploy::int4_wo_linear    -> autodeploy::triton_int4_wo_linear        int4_gemm.py
+                                     (rows <= 16: the GEMV of int4_gemv.py)
+    autodeploy::fp8_linear        -> autodeploy::triton_fp8_linear            fp8_gemv.py
+                                     (rows <= 16; more rows: the reference, torch._scaled_mm)
     autodeploy::fused_add_rmsnorm -> autodeploy::triton_fused_add_rmsnorm     rmsnorm.py
                                      (the canonical op comes from transforms/fuse_add_rmsnorm.py)
     aten.linear (decode rows)     -> autodeploy::triton_linear                linear.py
@@ -36,7 +39,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
-from autodeploy.backends.triton import int4_gemm, linear  # noqa: F401
+from autodeploy.backends.triton import fp8_gemv, int4_gemm, linear  # noqa: F401
 from autodeploy.backends.triton import gated_linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
@@ -56,5 +59,6 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
         x, qweight, scales, zeros, bias, group_size),
     "gated_linear": lambda x, weight, bias=None, act="silu", *a, **kw: gated_linear.supports(x, weight, bias, act),
+    "fp8_linear": lambda x, weight, weight_scale, bias=None, *a, **kw: fp8_gemv.supports(x, weight, weight_scale, bias),
     "linear": lambda input, weight, bias=None, *a, **kw: linear.supports(input, weight, bias),  # aten.linear
 }

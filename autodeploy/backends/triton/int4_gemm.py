@@ -15,9 +15,13 @@ nibble shuffles.
 Dequantization matches the reference bit for bit ((q - z) * s in fp32, cast to x's dtype) and
 products accumulate in fp32. When a BK tile lies inside one group (GROUP % BK == 0 and K/2 % BK
 == 0: every real model with g = 32..128), scales and zeros load as one [BN] vector per tile;
-otherwise per column. Decode tiles are 32 outputs wide, so N = 4096 already gives an H100's 132
-SMs a program each; only a skinny weight (unfused k/v: N = 1024) splits K across programs, its
-fp32 partials summed by one torch reduction (two small kernels a split call pays for).
+otherwise per column. A skinny weight (unfused k/v: N = 1024) splits K across programs at few
+rows, its fp32 partials summed by one torch reduction (two small kernels a split call pays for).
+
+Calls of <= 16 rows (decode) go to the GEMV of int4_gemv.py instead (weights on the MMA's M
+side, zero points and scales applied per tile after the product) whenever a power of two >= 16
+divides both K/2 and the group size (every real model); `config={"kind": "gemv", ...}` forces it,
+any other explicit config this GEMM kernel.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from autodeploy.backends.triton import int4_gemv
 from autodeploy.backends.triton._common import dot_precision, num_sms, rows_of, unsupported_device_or_dtype
 
 
@@ -148,6 +153,10 @@ def launch(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Opti
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
     qweight, scales, zeros = qweight.contiguous(), scales.contiguous(), zeros.contiguous()
+    gemv = config.get("kind") == "gemv" if config else int4_gemv.unsupported_reason(x2, qweight, group_size) is None
+    if gemv:  # decode rows: the weight-streaming kernel of int4_gemv.py
+        return int4_gemv.launch(x2, qweight, scales, zeros, bias, group_size, config, num_sms(x.device)).reshape(
+            *x.shape[:-1], n)
     cfg = config or launch_config(m, n, half_k, group_size, num_sms(x.device))
     split = cfg["split"]
     dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)

@@ -1,4 +1,5 @@
-"""Triton int4 weight-only GEMM vs autodeploy::int4_wo_linear (interpreted on CPU, compiled on CUDA)."""
+"""Triton int4 weight-only GEMM and its decode GEMV (int4_gemv.py) vs autodeploy::int4_wo_linear
+(interpreted on CPU, compiled on CUDA)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 import autodeploy.ops  # noqa: F401
-from autodeploy.backends.triton import int4_gemm
+from autodeploy.backends.triton import int4_gemm, int4_gemv
 from autodeploy.quantization import int4
 from tests.backends.triton.cases import DEVICE, dtypes, randn
 from tests.helpers.tolerances import assert_close
@@ -48,6 +49,63 @@ def test_groups_inside_a_tile_and_k_split(split, dtype):
     config = dict(bm=16, bn=16, bk=64, split=-(-96 // k_per_split), k_per_split=k_per_split, tile_group=False,
                   num_warps=4, num_stages=2)
     assert_close(int4_gemm.launch(x, qw, s, z, b, 32, config), reference(x, qw, s, z, b, 32))
+
+
+def _gemv(bn=16, bk=128, split=1, **kw):
+    return dict(kind="gemv", bn=bn, bk=bk, split=split, num_warps=4, num_stages=2) | kw
+
+
+@dtypes
+@pytest.mark.parametrize("m", [1, 5, 16])
+@pytest.mark.parametrize("group_size", [32, 128])
+@pytest.mark.parametrize("bn,split", [(16, 1), (32, 3)])
+def test_gemv_matches_reference(bn, split, group_size, m, dtype):
+    # N = 40: a partial last tile; K/2 = 192 = 6 steps of 32 (g = 32) or 3 of 64 (g = 128, K/2 % 128 != 0)
+    qw, s, z, b = _weights(40, 384, group_size, dtype, bias=m == 5)
+    x = randn(m, 384, dtype=dtype)
+    cfg = int4_gemv.normalized(_gemv(bn, 128, split), m, 40, 192, group_size)
+    assert cfg["bk"] == min(group_size, 64) and cfg["split"] == split
+    out = int4_gemm.launch(x, qw, s, z, b, group_size, _gemv(bn, 128, split))
+    assert out.shape == (m, 40) and out.dtype == dtype
+    assert_close(out, reference(x, qw, s, z, b, group_size))
+
+
+@pytest.mark.parametrize("magic", [True, False])
+def test_gemv_fp16_codes_from_the_magic_bits(magic):
+    # (q | 0x6400) read as fp16 is 1024 + q: the zero point absorbs the 1024, exactly
+    qw, s, z, b = _weights(48, 256, 128, torch.float16, bias=True)
+    x = randn(3, 256, dtype=torch.float16)
+    out = int4_gemm.launch(x, qw, s, z, b, 128, _gemv(magic=magic))
+    assert_close(out, reference(x, qw, s, z, b, 128))
+
+
+def test_decode_rows_take_the_gemv(monkeypatch):
+    launched = []
+    real = int4_gemv.launch
+    monkeypatch.setattr(int4_gemv, "launch", lambda *a, **kw: launched.append(a[0].shape[0]) or real(*a, **kw))
+    qw, s, z, b = _weights(24, 128, 64, torch.float32, bias=True)
+    for rows, gemv in [(1, True), (16, True), (17, False)]:
+        launched.clear()
+        x = randn(rows, 128)
+        assert_close(torch.ops.autodeploy.triton_int4_wo_linear(x, qw, s, z, b, 64), reference(x, qw, s, z, b, 64))
+        assert bool(launched) == gemv, rows
+    # K/2 = 24 and g = 16 share only 8: no 16-wide tile inside one group, the GEMM kernel takes it
+    qw, s, z, _ = _weights(16, 48, 16, torch.float32)
+    x = randn(1, 48)
+    assert int4_gemv.unsupported_reason(x, qw, 16) is not None
+    launched.clear()
+    assert_close(int4_gemm.launch(x, qw, s, z, None, 16), reference(x, qw, s, z, None, 16))
+    assert not launched
+
+
+def test_gemv_launch_config_on_an_h100():
+    cfg = {name: int4_gemv.launch_config(1, n, k // 2, 128, 132) for name, n, k in [
+        ("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336),
+        ("lm_head", 128256, 4096), ("k", 1024, 4096)]}
+    assert all(c["bk"] == 128 and c["k_per_split"] % c["bk"] == 0 for c in cfg.values())
+    assert cfg["gate_up"]["bn"] == cfg["lm_head"]["bn"] == 64 and cfg["o"]["bn"] == cfg["down"]["bn"] == 16
+    assert all(cfg[name]["split"] == 1 for name in ("qkv", "o", "gate_up", "down", "lm_head"))
+    assert cfg["k"]["split"] > 1
 
 
 def test_launch_config_splits_skinny_decode_weights():

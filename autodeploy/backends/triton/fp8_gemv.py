@@ -1,0 +1,315 @@
+"""FP8 decode linear: `autodeploy::triton_fp8_linear`, the GPU twin of autodeploy::fp8_linear for few rows.
+
+    x [.., K] (bf16 / fp16 / fp32),  weight e4m3 [N, K],  weight_scale fp32 [N] | [N, 1] | [] | [1],  bias?
+        rows <= 16: the GEMV kernel below;  more rows, or block-wise scales: the reference (torch._scaled_mm)
+
+At batch-1 decode a linear is bound by its weight bytes, and e4m3 halves them against bf16 (an 8B
+model's layers: 7 GB instead of 14 per token). The reference path pays two extra kernels per call
+(per-token quantization of x, then cuBLASLt's FP8 GEMM, whose tiles are made for many rows); here
+one kernel streams the weight once, in the layout of backends/triton/linear.py's "dot_t" GEMV
+(weights on the MMA's M side, x padded to 16 rows on its N side):
+
+    program (n-tile, k-split):
+        s_x[m]   = max(amax_k |x[m, k]|, 448e-12) / 448          per token, as fp8.quantize_rows
+        acc      = sum over its K range of  tl.dot(w [BN, BK] e4m3, round_e4m3(x / s_x)^T [BK, BM])
+        out      = acc * s_w[n] * s_x[m] (+ bias)                 fp32 epilogue, written in x's dtype
+
+The products of two e4m3 values are exact, so the result equals the reference's up to fp32
+summation order (cuBLASLt's fast accumulation included). `x_prologue` picks where x is quantized:
+  in the kernel (False, default for M <= 2): before its main loop each program reads its x rows
+      once more for their amax, one wide load per row (8B: 8-28 KB, from L2), so about one L2
+      round trip (~0.5 us) shows, instead of a second launch and its gap in the graph.
+  a prologue kernel (True, default for M > 2): one program per row writes e4m3 x and s_x; the GEMV
+      then reads e4m3 x once. In the kernel, each of the (down: 256) programs would reread
+      M x K x 2 bytes for the amax: at M = 16, 0.46 MB each, twice its weight tile, through L2.
+`fp8_dot` False multiplies in fp16 instead (e4m3 -> fp16 is exact): the same numbers, a fallback
+should a Triton build reject an fp8 tl.dot in this orientation. quantize_input False (FP8 weights,
+x as is) multiplies w (converted to x's dtype, exact) with x in x's dtype.
+
+Unsupported rows <= 16 (device, dtype, K % 64) raise NotImplementedError from `launch`; the op
+itself sends them, and every call above 16 rows, to the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+import autodeploy.backends.torch.quant_linear  # noqa: F401  (autodeploy::fp8_linear, the fallback)
+from autodeploy.backends.triton._common import DTYPES, interpreted, num_sms, rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton.linear import _sum_splits_kernel
+from autodeploy.quantization import fp8 as fp8_q
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 16  # decode batches: x is padded to the MMA's 16 rows
+K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
+FP8_MAX = 448.0
+MIN_SCALE = 1e-12  # fp8.MIN_SCALE
+
+
+@triton.jit
+def _round_e4m3(v, EXACT: tl.constexpr):
+    """fp32 v (already clamped to +-448) -> e4m3, rounded to nearest even.
+
+    EXACT: round in fp32 first (3 mantissa bits; subnormals to multiples of 2^-9), so the cast only
+    drops zero bits: Triton's interpreter truncates where rounding carries into the exponent
+    (1.95 -> 1.0). The GPU's cvt.rn.satfinite is exact and takes the plain cast."""
+    if EXACT:
+        b = v.to(tl.int32, bitcast=True)
+        b = (b + 0x7FFFF + ((b >> 20) & 1)) & -1048576  # keep 3 of 23 mantissa bits, ties to even
+        normal = b.to(tl.float32, bitcast=True)
+        sub = (v + 24576.0) - 24576.0  # 1.5 * 2^14: fp32's ulp there is 2^-9, e4m3's subnormal step
+        v = tl.where(tl.abs(v) < 0.015625, sub, normal)
+    return v.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+
+
+@triton.jit
+def _row_amax(row_ptr, K, BLOCK: tl.constexpr):
+    """max |row[k]| over k < K in fp32; one load when K <= BLOCK (each further step waits one L2 trip)."""
+    rk = tl.arange(0, BLOCK)
+    amax = tl.max(tl.abs(tl.load(row_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)), axis=0)
+    for k0 in range(BLOCK, K, BLOCK):
+        v = tl.load(row_ptr + k0 + rk, mask=k0 + rk < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(v), axis=0))
+    return amax
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BLOCK: tl.constexpr, EXACT: tl.constexpr):
+    """One program per row: xs[m] = amax|x[m]| / 448 (>= 1e-12), xq[m] = e4m3(x[m] / xs[m])."""
+    m = tl.program_id(0)
+    rk = tl.arange(0, BLOCK)
+    scale = tl.maximum(_row_amax(x_ptr + m * stride_xm, K, BLOCK) / FP8_MAX, MIN_SCALE)
+    for k0 in range(0, K, BLOCK):  # the row's second read comes from L1 / L2
+        mask = k0 + rk < K
+        xk = tl.load(x_ptr + m * stride_xm + k0 + rk, mask=mask, other=0.0).to(tl.float32)
+        xq = _round_e4m3(tl.minimum(tl.maximum(xk / scale, -FP8_MAX), FP8_MAX), EXACT)
+        tl.store(xq_ptr + m * K + k0 + rk, xq, mask=mask)
+    tl.store(xs_ptr + m, scale)
+
+
+@triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
+def _fp8_gemv_kernel(
+    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
+    M, N, K, K_PER_SPLIT,
+    stride_xm, stride_wn, stride_om, stride_split,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, AMAX_BLOCK: tl.constexpr,
+    X_MODE: tl.constexpr,  # 0: x as is (weight-only FP8); 1: quantize x here; 2: x is e4m3 with scales xs
+    FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EXACT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    mask_m = rm < M
+    mask_n = rn < N
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    x_rows = x_ptr + rm[:, None] * stride_xm  # [BM, 1]
+
+    if X_MODE == 1:  # per-token scales over whole rows (every program: x is a few KB, from L2)
+        amax = tl.zeros((BM,), dtype=tl.float32)
+        for m in range(0, M):  # one wide load per row: a loop of [BM, BK] tiles would wait K / BK L2 trips
+            amax = tl.where(rm == m, _row_amax(x_ptr + m * stride_xm, K, AMAX_BLOCK), amax)
+        x_scale = tl.maximum(amax / FP8_MAX, MIN_SCALE)  # [BM]
+        x_inv = 1.0 / x_scale
+    elif X_MODE == 2:
+        x_scale = tl.load(xs_ptr + rm, mask=mask_m, other=1.0)  # [BM] from _quantize_rows_kernel
+
+    w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
+    x_ptrs = x_rows + (k_start + rk)[None, :]  # [BM, BK]
+    acc = tl.zeros((BN, BM), dtype=tl.float32)
+    for _ in range(k_start, k_end, BK):
+        w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)  # [BN, BK] e4m3: the bytes that matter
+        xk = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
+        if X_MODE == 1:
+            xf = xk.to(tl.float32) * x_inv[:, None]
+            xk = _round_e4m3(tl.minimum(tl.maximum(xf, -FP8_MAX), FP8_MAX), EXACT)
+        if X_MODE == 0:
+            acc += tl.dot(w.to(xk.dtype), tl.trans(xk), input_precision=PRECISION)
+        elif FP8_DOT:
+            acc += tl.dot(w, tl.trans(xk))
+        else:  # e4m3 -> fp16 is exact on both operands
+            acc += tl.dot(w.to(tl.float16), tl.trans(xk.to(tl.float16)))
+        w_ptrs += BK
+        x_ptrs += BK
+
+    if PER_TENSOR:
+        acc *= tl.load(ws_ptr).to(tl.float32)
+    else:
+        acc *= tl.load(ws_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+    out = tl.trans(acc)  # [BM, BN]
+    if X_MODE != 0:
+        out *= x_scale[:, None]
+    mask_o = mask_m[:, None] & mask_n[None, :]
+    if PARTIAL:  # fp32 partials [split, M, N], summed (with the bias) by linear._sum_splits_kernel
+        tl.store(out_ptr + pid_k * stride_split + rm[:, None] * stride_om + rn[None, :], out, mask=mask_o)
+    else:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty), mask=mask_o)
+
+
+def _per_tensor(weight_scale: Tensor, n: int) -> Optional[bool]:
+    """True: one scale; False: one per output channel ([N] or fbgemm's [N, 1]); None: block-wise."""
+    if weight_scale.numel() == 1:
+        return True
+    if weight_scale.shape in ((n,), (n, 1)):
+        return False
+    return None
+
+
+def unsupported_reason(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
+    why = unsupported_device_or_dtype(x, weight_scale, bias)
+    if why:
+        return why
+    if not x.is_floating_point():
+        return f"dtype {x.dtype} is not one of {DTYPES}"
+    if weight.dtype != fp8_q.DTYPE or weight.dim() != 2 or weight.stride(-1) != 1:
+        return "weight must be an e4m3 [N, K] matrix with contiguous rows"
+    if weight.device != x.device or weight_scale.device != x.device or (bias is not None and bias.device != x.device):
+        return "x, weight, scales and bias must be on one device"
+    n, k = weight.shape
+    if x.dim() == 0 or x.shape[-1] != k:
+        return f"x has {x.shape[-1] if x.dim() else 0} input channels, the weight {k}"
+    if k == 0 or k % K_MULTIPLE:
+        return f"K = {k} is not a positive multiple of {K_MULTIPLE}"
+    if _per_tensor(weight_scale, n) is None:
+        return f"weight scale {list(weight_scale.shape)} is block-wise: the reference dequantizes it"
+    if bias is not None and bias.shape != (n,):
+        return f"bias must be [{n}], got {list(bias.shape)}"
+    if x.numel() // k > MAX_ROWS:
+        return f"{x.numel() // k} rows: the GEMV kernel takes at most {MAX_ROWS} (decode); torch._scaled_mm takes more"
+    return None
+
+
+def supports(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None) -> bool:
+    return unsupported_reason(x, weight, weight_scale, bias) is None
+
+
+def _largest_bk(k: int, bk: int) -> int:
+    while k % bk:  # k % 64 == 0: ends at 64 at the latest
+        bk //= 2
+    return bk
+
+
+def normalized(config: dict, m: int, n: int, k: int) -> dict:
+    """A config made valid for (m, n, k): BK dividing K, the split a whole number of BK steps."""
+    bk = _largest_bk(k, config["bk"])
+    split = max(1, min(config.get("split", 1), k // bk))
+    k_per_split = triton.cdiv(triton.cdiv(k, split), bk) * bk
+    split = triton.cdiv(k, k_per_split)
+    return dict(config, bk=bk, split=split, k_per_split=k_per_split, fp8_dot=config.get("fp8_dot", True),
+                x_prologue=config.get("x_prologue", m > 2))
+
+
+@functools.lru_cache(maxsize=1024)  # per call at decode: keep the host's share of a few-us GEMV small
+def launch_config(m: int, n: int, k: int, sms: int) -> dict:
+    """Tile sizes and the K split for one call; not to be mutated.
+
+    Untimed first guess from the bf16 GEMV's H100 sweep (backends/triton/linear.py) at the same
+    bytes per stage (e4m3 BK = 2 x bf16 BK would double x's registers; BK 256 keeps them, with
+    more stages), and N tiles narrow enough for >= 2 programs per SM where N allows it:
+      long rows (K >= 3N: down)   BN 16, BK 256, 6 stages
+      wide (N / 64 >= 2 SMs)      BN 64, BK 256, 4 stages    gate_up, lm_head
+      otherwise                   BN 32, BK 256, 5 stages    qkv, o
+    benchmarks/quant_gemv_bench.py times these against a few neighbours.
+    """
+    if k >= 3 * n:
+        bn, stages = 16, 6
+    elif triton.cdiv(n, 64) >= 2 * sms:
+        bn, stages = 64, 4
+    else:
+        bn, stages = 32, 5
+    tiles = triton.cdiv(n, bn)
+    split = 1
+    if tiles < sms:  # skinny weights (unfused k / v): spread K over the idle SMs, >= 4 BK steps each
+        split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * 256)))
+    return normalized(dict(bn=bn, bk=256, split=split, num_warps=4, num_stages=stages), m, n, k)
+
+
+def _amax_block(k: int) -> int:
+    """Elements of one row read at once for its amax: all of an 8B's K = 4096 (down's 14336: two
+    loads); 8192 bf16 over 128 threads is 64 values each, held only before the main loop."""
+    return min(triton.next_power_of_2(k), 8192)
+
+
+_FP8_DOT_BROKEN: list[str] = []  # set once an fp8 tl.dot failed to compile here: fp16 products from then on
+
+
+def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None, quantize_input: bool = True,
+           config: Optional[dict] = None) -> Tensor:
+    """fp8_linear on the kernel (rows <= 16); raises NotImplementedError when it cannot take the call."""
+    why = unsupported_reason(x, weight, weight_scale, bias)
+    if why:
+        raise NotImplementedError(f"triton fp8_linear: {why}")
+    n, k = weight.shape
+    x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)  # [M, N]
+    if m == 0:
+        return out.reshape(*x.shape[:-1], n)
+    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device))
+    weight_scale = weight_scale if weight_scale.is_contiguous() else weight_scale.contiguous()  # [N] / [N, 1] / []
+    exact = interpreted()
+    xs = x2  # placeholder pointer when unused
+    if not quantize_input:
+        x_mode = 0
+    elif cfg["x_prologue"]:
+        x_mode = 2
+        xq = torch.empty(m, k, dtype=fp8_q.DTYPE, device=x.device)  # [M, K]
+        xs = torch.empty(m, dtype=torch.float32, device=x.device)  # [M]
+        _quantize_rows_kernel[(m,)](x2, xq, xs, k, x2.stride(0), BLOCK=_amax_block(k), EXACT=exact, num_warps=8)
+        x2 = xq
+    else:
+        x_mode = 1
+    split = cfg["split"]
+    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)  # [S, M, N]
+    fp8_dot = cfg["fp8_dot"] and not (_FP8_DOT_BROKEN and config is None)
+    args = (x2, xs, weight, weight_scale, bias if bias is not None else weight_scale, dest,
+            m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
+    meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=_amax_block(k), X_MODE=x_mode, PER_TENSOR=_per_tensor(weight_scale, n),
+                PARTIAL=split > 1, HAS_BIAS=bias is not None, EXACT=exact,
+                PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    grid = (triton.cdiv(n, cfg["bn"]), split)
+    try:
+        _fp8_gemv_kernel[grid](*args, FP8_DOT=fp8_dot, **meta)
+    except Exception as e:  # noqa: BLE001  (compile errors surface at the first launch)
+        if not fp8_dot or x_mode == 0 or config is not None:
+            raise
+        log.warning("triton fp8_linear: fp8 tl.dot failed (%s: %s); multiplying in fp16 instead",
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        _FP8_DOT_BROKEN.append(str(e)[:200])
+        _fp8_gemv_kernel[grid](*args, FP8_DOT=False, **meta)
+    if split > 1:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(m * n, block),)](
+            dest, bias if bias is not None else dest, out, m * n, n, split,
+            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
+        )
+    return out.reshape(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("autodeploy::triton_fp8_linear", mutates_args=())
+def triton_fp8_linear(
+    x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None, quantize_input: bool = True
+) -> Tensor:
+    """autodeploy::fp8_linear with the GEMV kernel up to 16 rows; the reference (torch._scaled_mm) otherwise."""
+    if not supports(x, weight, weight_scale, bias):
+        return torch.ops.autodeploy.fp8_linear(x, weight, weight_scale, bias, quantize_input)
+    return launch(x, weight, weight_scale, bias, quantize_input)
+
+
+@triton_fp8_linear.register_fake
+def _(x, weight, weight_scale, bias=None, quantize_input=True):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])

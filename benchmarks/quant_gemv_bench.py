@@ -1,0 +1,287 @@
+"""Quantized decode GEMVs on Llama-3.1-8B weight shapes: bf16 cuBLAS vs FP8 and INT4 paths, M = 1 and 16.
+
+    PYTHONPATH=$PWD python3 benchmarks/quant_gemv_bench.py [--rows 1 16] [--budget-s 80] [--json out.json]
+
+Per weight (qkv [6144, 4096], o [4096, 4096], gate_up [28672, 4096], down [4096, 14336],
+lm_head [128256, 4096]) and row count, each backend:
+  bf16        F.linear on bf16 weights (cuBLAS): the baseline
+  fp8 mm      autodeploy::fp8_linear as it runs today on Hopper: per-token quantization of x (torch
+              ops), then torch._scaled_mm with row-wise scales (cuBLASLt)
+  fp8 mm*     torch._scaled_mm alone on an already-quantized x: what the GEMM itself costs
+  fp8 gemv    autodeploy::triton_fp8_linear's kernel (backends/triton/fp8_gemv.py): launch_config's
+              default, then a few neighbours (x quantized in the kernel or by its prologue, tiles)
+  int4 old    the int4 GEMM kernel with its own decode config (int4_gemm.launch_config)
+  int4 gemv   backends/triton/int4_gemv.py: the default, then neighbours (tiles, magic codes on/off)
+Every call is timed as CALLS calls captured in one CUDA graph, replayed (triton.testing.do_bench,
+median), over enough copies of the weight that none is still in L2 when its turn comes again (a
+decode step reads each weight once from HBM). GB/s counts the weight's bytes only (int4: packed
+codes + bf16 scales and zeros). Each variant's output is checked first (SQNR >= 30 dB against an
+fp32 product of the same quantized operands); a mismatch is reported and makes the exit code 1.
+
+The summary adds up a decode step's weight GEMMs (32 x (qkv, o, gate_up, down) + lm_head) per
+backend, best config per weight, with lm_head in bf16 (the recipes leave it unquantized) and quantized.
+Non-default configs are skipped once --budget-s is spent (compiles dominate: ~1-2 s per config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BF16 = torch.bfloat16
+DEVICE = "cuda"  # --cpu-check: "cpu", kernels interpreted, tiny shapes, no timing
+ACT = BF16  # activations; --cpu-check: fp16 (the interpreter's bf16 tl.dot is wrong)
+LAYERS = 32
+WEIGHTS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+           "lm_head": (128256, 4096)}
+GROUP = 128
+CALLS = 20
+# neighbours of the defaults: (BN, BK, num_warps, num_stages)
+FP8_TILES = [(16, 256, 4, 6), (32, 256, 4, 5), (64, 256, 4, 4), (32, 512, 4, 3), (64, 512, 4, 3), (128, 256, 8, 3)]
+INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4), (16, 128, 4, 12),
+              (32, 128, 4, 10), (64, 128, 8, 6)]
+
+
+def graph_us(call, copies: int) -> float:
+    """Median microseconds per call of CALLS calls (call(i) uses weight copy i % copies) in one CUDA graph."""
+    import triton.testing
+
+    if DEVICE == "cpu":
+        return 1.0
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(min(CALLS, copies)):
+            call(i % copies)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(CALLS):
+            call(i % copies)
+    ms = triton.testing.do_bench(graph.replay, warmup=3, rep=15, return_mode="median")
+    del graph
+    return ms * 1e3 / CALLS
+
+
+class Case:
+    """One (weight, rows): timings of every variant, checked against fp32 truths first."""
+
+    def __init__(self, name, m, n, k, l2_bytes, deadline, results, mismatches):
+        self.name, self.m, self.n, self.k = name, m, n, k
+        self.l2, self.deadline, self.results, self.mismatches = l2_bytes, deadline, results, mismatches
+        self.best: dict[str, tuple[float, str]] = {}
+
+    def copies(self, nbytes: int) -> int:
+        return min(CALLS, math.ceil(2 * self.l2 / nbytes) + 1)
+
+    def time(self, backend, label, fn, truth, nbytes, copies, optional=False):
+        """fn(i) -> output on weight copy i; truth: fp32 [M, N]."""
+        if optional and time.monotonic() > self.deadline:
+            return
+        try:
+            out = fn(0)
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+            db = sqnr(out, truth)
+            if not db >= 30.0:
+                self.mismatches.append(f"{self.name} M={self.m} {backend} {label}: SQNR {db:.1f} dB")
+                self.results.append(dict(case=self.name, m=self.m, backend=backend, config=label, error="mismatch"))
+                return
+            us = graph_us(fn, copies)
+        except Exception as e:  # noqa: BLE001  (a config the compiler rejects: registers, shared memory)
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
+            print(f"    {backend:9s} {label:34s} {msg}", flush=True)
+            self.results.append(dict(case=self.name, m=self.m, backend=backend, config=label, error=msg))
+            return
+        gbs = nbytes / us / 1e3
+        print(f"    {backend:9s} {label:34s} {us:8.1f} us {gbs:6.0f} GB/s  sqnr {db:5.1f}", flush=True)
+        self.results.append(dict(case=self.name, m=self.m, backend=backend, config=label, us=us, gbs=gbs, sqnr=db))
+        if backend not in self.best or us < self.best[backend][0]:
+            self.best[backend] = (us, label)
+
+
+def sqnr(out, truth) -> float:
+    from autodeploy.quantization.metrics import sqnr as _sqnr
+
+    return _sqnr(out.float(), truth)
+
+
+def run_case(case: Case, sms: int) -> None:
+    from autodeploy.backends.triton import fp8_gemv, int4_gemm, int4_gemv
+    from autodeploy.quantization import fp8, int4
+
+    m, n, k = case.m, case.n, case.k
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    w = torch.randn(n, k, device=DEVICE, generator=gen) * k**-0.5
+    x = torch.randn(m, k, device=DEVICE, generator=gen)
+    x[:, 7] *= 25.0  # an outlier channel, as post-norm activations have
+    x = x.to(ACT)
+
+    # bf16 cuBLAS
+    wb = w.to(ACT)
+    nb = n * k * 2
+    cp = case.copies(nb)
+    ws = [wb] + [wb.clone() for _ in range(cp - 1)]
+    truth = F.linear(x.float(), wb.float())
+    case.time("bf16", "cuBLAS", lambda i: F.linear(x, ws[i]), truth, nb, cp)
+    del ws, wb
+
+    # FP8: the reference path, _scaled_mm alone, the GEMV
+    p = fp8.quantize(w)
+    w8, s8 = p["weight"], p["weight_scale"]
+    nb = n * k
+    cp = case.copies(nb)
+    w8s = [w8] + [w8.clone() for _ in range(cp - 1)]
+    xq, xs = fp8.quantize_rows(x)
+    truth = F.linear(xq.float() * xs, fp8.dequantize(w8, s8))
+    case.time("fp8 mm", "quantize_rows + _scaled_mm", lambda i: torch.ops.autodeploy.fp8_linear(x, w8s[i], s8),
+              truth, nb, cp)
+    ws_row = s8.float().reshape(1, -1).contiguous()
+    if DEVICE == "cuda":
+        case.time("fp8 mm*", "_scaled_mm (x pre-quantized)",
+                  lambda i: torch._scaled_mm(xq, w8s[i].t(), scale_a=xs, scale_b=ws_row, out_dtype=BF16,
+                                             use_fast_accum=True), truth, nb, cp)
+    default = dict(fp8_gemv.launch_config(m, n, k, sms))
+    variants = [("default " + _fp8_label(default), default, False)]
+    variants.append(("default, x " + ("in kernel" if default["x_prologue"] else "prologue"),
+                     dict(default, x_prologue=not default["x_prologue"]), True))
+    variants.append(("default, fp16 products", dict(default, fp8_dot=False), True))
+    for bn, bk, warps, stages in FP8_TILES:
+        cfg = dict(bn=bn, bk=bk, split=1, num_warps=warps, num_stages=stages, x_prologue=default["x_prologue"])
+        variants.append((_fp8_label(cfg), cfg, True))
+    for label, cfg, optional in variants:
+        case.time("fp8 gemv", label, lambda i, cfg=cfg: fp8_gemv.launch(x, w8s[i], s8, None, True, cfg),
+                  truth, nb, cp, optional)
+    del w8s, p, w8
+
+    # INT4 weight-only, g = 128
+    p = int4.quantize(w.to(ACT), GROUP)
+    qw, s4, z4 = p["qweight"], p["scales"], p["zeros"]
+    nb = n * k // 2 + 2 * 2 * n * (k // GROUP)
+    cp = case.copies(nb)
+    qws = [qw] + [qw.clone() for _ in range(cp - 1)]
+    truth = F.linear(x.float(), int4.dequantize(qw, s4, z4, GROUP, torch.float32))
+    old = int4_gemm.launch_config(m, n, k // 2, GROUP, sms)
+    case.time("int4 old", f"bm={old['bm']} bn={old['bn']} bk={old['bk']} split={old['split']}",
+              lambda i: int4_gemm.launch(x, qws[i], s4, z4, None, GROUP, old), truth, nb, cp)
+    default = dict(int4_gemv.launch_config(m, n, k // 2, GROUP, sms))
+    variants = [("default " + _int4_label(default), default, False),
+                ("default, no magic", dict(default, magic=False), True)]
+    for bn, bk, warps, stages in INT4_TILES:
+        variants.append((_int4_label(dict(bn=bn, bk=bk, num_warps=warps, num_stages=stages, split=1)),
+                         dict(kind="gemv", bn=bn, bk=bk, split=1, num_warps=warps, num_stages=stages), True))
+    for label, cfg, optional in variants:
+        case.time("int4 gemv", label, lambda i, cfg=cfg: int4_gemm.launch(x, qws[i], s4, z4, None, GROUP, cfg),
+                  truth, nb, cp, optional)
+    del qws, p, qw, w, x
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _fp8_label(c: dict) -> str:
+    xq = "pro" if c.get("x_prologue") else "ink"
+    return f"bn={c['bn']} bk={c['bk']} w={c['num_warps']} st={c['num_stages']} split={c.get('split', 1)} x={xq}"
+
+
+def _int4_label(c: dict) -> str:
+    return f"bn={c['bn']} bk={c['bk']} w={c['num_warps']} st={c['num_stages']} split={c.get('split', 1)}"
+
+
+BACKENDS = ["bf16", "fp8 mm", "fp8 mm*", "fp8 gemv", "int4 old", "int4 gemv"]
+
+
+def summary(cases: list[Case], rows: list[int]) -> list[str]:
+    lines = ["| weight | M | " + " | ".join(f"{b} us (GB/s)" for b in BACKENDS) + " |",
+             "|---|---|" + "---|" * len(BACKENDS)]
+    bytes_of = {"bf16": 2.0, "fp8 mm": 1.0, "fp8 mm*": 1.0, "fp8 gemv": 1.0, "int4 old": 0.5 + 4 / GROUP,
+                "int4 gemv": 0.5 + 4 / GROUP}
+    for c in cases:
+        cells = []
+        for b in BACKENDS:
+            if b in c.best:
+                us = c.best[b][0]
+                cells.append(f"{us:.1f} ({c.n * c.k * bytes_of[b] / us / 1e3:.0f})")
+            else:
+                cells.append("-")
+        lines.append(f"| {c.name} | {c.m} | " + " | ".join(cells) + " |")
+    lines.append("\nbest configs:")
+    lines += [f"  {c.name:8s} M={c.m:<2d} " + " | ".join(f"{b}: {c.best[b][1]}" for b in ("fp8 gemv", "int4 gemv")
+                                                     if b in c.best) for c in cases]
+    lines.append("")
+    for m in rows:
+        by = {c.name: c for c in cases if c.m == m}
+        if len(by) < len(WEIGHTS):
+            continue
+        bf16_head = by["lm_head"].best.get("bf16", (math.nan,))[0]
+        out = []
+        for b in BACKENDS:
+            layers = sum(LAYERS * by[nm].best.get(b, (math.nan,))[0] for nm in WEIGHTS if nm != "lm_head")
+            head = by["lm_head"].best.get(b, (math.nan,))[0]
+            out.append(f"{b} {(layers + bf16_head) / 1e3:.3f} ms (lm_head quantized: {(layers + head) / 1e3:.3f})")
+        lines.append(f"M={m} step weight GEMMs, 8B: " + "; ".join(out))
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=list(WEIGHTS))
+    ap.add_argument("--budget-s", type=float, default=65.0, help="after this, only default configs are timed")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--cpu-check", action="store_true", help="run the script's logic on tiny shapes, interpreted")
+    args = ap.parse_args()
+    if args.cpu_check:
+        import os
+
+        global DEVICE, ACT
+        DEVICE, ACT = "cpu", torch.float16
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined
+        WEIGHTS.update({name: (max(16, n // 256), k // 16) for name, (n, k) in WEIGHTS.items()})
+    elif not torch.cuda.is_available():
+        print("needs CUDA")
+        return 2
+    import triton
+
+    import autodeploy.backends.triton  # noqa: F401  (registers the ops)
+    import autodeploy.ops  # noqa: F401
+
+    t0 = time.monotonic()
+    if DEVICE == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        sms, l2 = props.multi_processor_count, getattr(props, "L2_cache_size", 50 << 20)
+        card = torch.cuda.get_device_name(0)
+    else:
+        sms, l2, card = 4, 1 << 16, "cpu (interpreted: a check of the script, no timings)"
+    print(f"{card}: {sms} SMs, L2 {l2 >> 20} MB | torch {torch.__version__} | triton {triton.__version__}", flush=True)
+    cases, results, mismatches = [], [], []
+    for m in args.rows:
+        for name in args.weights:
+            n, k = WEIGHTS[name]
+            print(f"{name} [{n}, {k}] M={m}", flush=True)
+            case = Case(name, m, n, k, l2, t0 + args.budget_s, results, mismatches)
+            run_case(case, sms)
+            cases.append(case)
+            if args.json:
+                args.json.write_text(json.dumps(dict(card=card, results=results), indent=1))
+    print(f"\n{card}, CUDA-graph replays of {CALLS} calls, weights rotated past L2 (best config per backend;"
+          f" GB/s of weight bytes; {time.monotonic() - t0:.0f} s)")
+    print("\n".join(summary(cases, args.rows)))
+    if mismatches:
+        print("NUMERIC MISMATCH:\n  " + "\n  ".join(mismatches))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
