@@ -100,9 +100,11 @@ def save(root: Path, key: str, ep, patches: list[str]) -> None:
     program, side = _paths(root, key)
     try:
         program.parent.mkdir(parents=True, exist_ok=True)
-        tmp = program.with_suffix(f".tmp{os.getpid()}")
+        tmp = program.with_suffix(f".tmp{os.getpid()}")  # ranks of one job may save the same key at once
         torch.export.save(ep, tmp)
         os.replace(tmp, program)
-        side.write_text(json.dumps({"patches": list(patches)}))
+        tmp = side.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"patches": list(patches)}))
+        os.replace(tmp, side)
     except Exception as e:  # caching is an optimization: a read-only cache dir must not fail optimize
         log.warning("export cache: could not save %s (%s: %s)", program.name, type(e).__name__, e)
