@@ -7,3 +7,4 @@ from autodeploy.backends.torch import attention, gated_mlp, moe, rmsnorm, rope  
 from autodeploy.backends.torch import cached_attention  # noqa: F401
 from autodeploy.backends.torch import quant_linear  # noqa: F401
 from autodeploy.backends.torch import fused_add_rmsnorm  # noqa: F401
+from autodeploy.backends.torch import cached_attention_rope  # noqa: F401

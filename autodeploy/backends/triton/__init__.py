@@ -8,6 +8,8 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::gated_mlp_act     -> autodeploy::triton_gated_mlp_act         gated_mlp.py
     autodeploy::cached_attention  -> autodeploy::triton_cached_attention      cached_attention.py
                                      (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
+    autodeploy::cached_attention_rope -> autodeploy::triton_cached_attention_rope  cached_attention_rope.py
+                                     (decode: paged_attention_decode_rope.py, one launch per layer)
     autodeploy::int4_wo_linear    -> autodeploy::triton_int4_wo_linear        int4_gemm.py
     autodeploy::fused_add_rmsnorm -> autodeploy::triton_fused_add_rmsnorm     rmsnorm.py
                                      (the canonical op comes from transforms/fuse_add_rmsnorm.py)
@@ -32,13 +34,19 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
-from autodeploy.backends.triton import int4_gemm, linear  # noqa: F401
+from autodeploy.backends.triton import cached_attention_rope, int4_gemm, linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
 def _cached_attention_supports(q, k, v, k_cache, v_cache, *meta, sinks=None, **_: Any) -> bool:
     sinks = meta[6] if len(meta) > 6 else sinks  # positional: ... slot_mapping, sinks, scale, ...
     return cached_attention.supports(q, k, v, k_cache, v_cache, sinks)
+
+
+def _cached_attention_rope_supports(q, k, v, k_cache, v_cache, *meta, sinks=None, **_: Any) -> bool:
+    cos, sin = meta[6], meta[7]  # positional: ... slot_mapping, cos, sin, interleaved, sinks, scale, ...
+    sinks = meta[9] if len(meta) > 9 else sinks
+    return cached_attention_rope.supports(q, k, v, k_cache, v_cache, cos, sin, sinks)
 
 
 # {canonical op name: predicate over that op's call arguments}
@@ -48,6 +56,7 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "rope": lambda q, k, cos, sin, *a, **kw: rope.supports(q, k, cos, sin),
     "gated_mlp_act": lambda gate, up, act, *a, **kw: gated_mlp.supports(gate, up, act),
     "cached_attention": _cached_attention_supports,
+    "cached_attention_rope": _cached_attention_rope_supports,
     "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
         x, qweight, scales, zeros, bias, group_size),
     "linear": lambda input, weight, bias=None, *a, **kw: linear.supports(input, weight, bias),  # aten.linear
