@@ -110,8 +110,6 @@ def apply(gm: fx.GraphModule, ctx, cfg) -> TransformInfo:
     sites = [(attn, rope) for attn in attns if (rope := _site(attn, ropes)) is not None]
     for attn, rope in sites:
         _fuse(gm, attn, rope)
-    info = TransformInfo(matches=len(sites), changed=bool(sites))
+    # not a warning: MLA (DeepSeek) rotates only part of q and concatenates it first, by design
     left = len(nodes_of(gm, ropes)) - len(sites)  # counted before cleanup: the fused sites' ropes are still there
-    if left:
-        info.warning = f"{left} RoPE op(s) not fused into a cached attention (other users, or shapes the fused op refuses)"
-    return info
+    return TransformInfo(matches=len(sites), changed=bool(sites), details={"ropes_left": left})
