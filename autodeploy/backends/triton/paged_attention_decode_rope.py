@@ -46,6 +46,8 @@ from torch import Tensor
 from autodeploy.backends.triton._common import dot_precision
 from autodeploy.backends.triton.paged_attention_decode import _scores, choose_num_splits
 
+MERGE_TILE = 4096  # fp32 partials the merging program loads at once: 32 registers a thread at 4 warps
+
 @triton.jit
 def _rope_rows(x_row, cos_row, sin_row, D: tl.constexpr, D_ROT: tl.constexpr, INTERLEAVED: tl.constexpr,
                BLOCK_D: tl.constexpr, ROWS_OK):
@@ -84,7 +86,8 @@ def _decode_rope_kernel(
     G: tl.constexpr, D: tl.constexpr, D_V: tl.constexpr, D_ROT: tl.constexpr, INTERLEAVED: tl.constexpr,
     PAGE_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
     HAS_SINKS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_DV: tl.constexpr, BLOCK_S: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
@@ -164,16 +167,11 @@ def _decode_rope_kernel(
                 acc = acc * alpha[:, None] + p_new.to(vq.dtype).to(tl.float32)[:, None] * vq.to(tl.float32)
                 m_i = m_new
 
-        if active == 1:
-            if HAS_SINKS:
-                sink = tl.load(sinks_ptr + heads, mask=g_ok, other=0.0).to(tl.float32) * 1.4426950408889634
-                m_f = tl.maximum(m_i, sink)
-                alpha = tl.exp2(m_i - m_f)
-                l_i = l_i * alpha + tl.exp2(sink - m_f)
-                acc = acc * alpha[:, None]
-            l_i = tl.where(l_i > 0, l_i, 1.0)  # no key at all (cache_len 0) gives zeros
-            tl.store(out_ptr + seq * so_t + heads[:, None] * so_h + dv[None, :],
-                     (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & (dv < D_V)[None, :])
+        out_rows = out_ptr + seq * so_t + heads * so_h  # [BLOCK_G]
+        if NUM_SPLITS == 1:  # static: no partials or counters exist (their pointers are placeholders)
+            _finish(acc, m_i, l_i, out_rows, sinks_ptr + heads, g_ok, D_V, HAS_SINKS, BLOCK_DV)
+        elif active == 1:
+            _finish(acc, m_i, l_i, out_rows, sinks_ptr + heads, g_ok, D_V, HAS_SINKS, BLOCK_DV)
         else:
             row = ((seq * n_heads + heads) * NUM_SPLITS + split) * (D_V + 2)  # partials [B, n, S, d_v + 2]
             tl.store(part_ptr + row[:, None] + dv[None, :], acc, mask=g_ok[:, None] & (dv < D_V)[None, :])
@@ -183,26 +181,66 @@ def _decode_rope_kernel(
             ticket = tl.atomic_add(ticket_ptr + seq * n_kv + kvh, 1, sem="acq_rel", scope="gpu")
             if ticket == active - 1:  # the last split of this (sequence, KV head) to finish merges
                 tl.debug_barrier()
-                sp = tl.arange(0, BLOCK_S)
-                s_ok = sp < active
-                for gi in tl.static_range(G):
-                    head = kvh * G + gi
-                    rows = ((seq * n_heads + head) * NUM_SPLITS + sp) * (D_V + 2)  # [BLOCK_S]
-                    m = tl.load(part_ptr + rows + D_V, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-                    lp = tl.load(part_ptr + rows + D_V + 1, mask=s_ok, other=0.0, cache_modifier=".cg")
-                    m_max = tl.max(m, axis=0)  # finite: every active split holds >= 1 key
-                    if HAS_SINKS:
-                        sink_h = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
-                        m_max = tl.maximum(m_max, sink_h)
-                    w = tl.exp2(m - m_max)
-                    l_tot = tl.sum(lp * w, axis=0)
-                    if HAS_SINKS:
-                        l_tot += tl.exp2(sink_h - m_max)
-                    a = tl.load(part_ptr + rows[:, None] + dv[None, :], mask=s_ok[:, None] & (dv < D_V)[None, :],
-                                other=0.0, cache_modifier=".cg")  # [BLOCK_S, BLOCK_DV]
-                    o = tl.sum(a * w[:, None], axis=0) / l_tot
-                    tl.store(out_ptr + seq * so_t + head * so_h + dv, o.to(out_ptr.dtype.element_ty), mask=dv < D_V)
+                _merge_splits(part_ptr, sinks_ptr, out_ptr + seq * so_t, so_h, (seq * n_heads + kvh * G) * NUM_SPLITS,
+                              kvh * G, active, G, D_V, NUM_SPLITS, HAS_SINKS, BLOCK_GP, BLOCK_S, SUB_S, BLOCK_DV)
                 tl.store(ticket_ptr + seq * n_kv + kvh, 0)  # every split has arrived: reset for the next launch
+
+
+@triton.jit
+def _finish(acc, m_i, l_i, out_rows, sink_ptrs, g_ok, D_V: tl.constexpr, HAS_SINKS: tl.constexpr,
+            BLOCK_DV: tl.constexpr):
+    """One split held every key: add the sinks to the denominator, normalize, store [BLOCK_G, d_v]."""
+    if HAS_SINKS:
+        sink = tl.load(sink_ptrs, mask=g_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+        m_f = tl.maximum(m_i, sink)
+        alpha = tl.exp2(m_i - m_f)
+        l_i = l_i * alpha + tl.exp2(sink - m_f)
+        acc = acc * alpha[:, None]
+    l_i = tl.where(l_i > 0, l_i, 1.0)  # no key at all (cache_len 0) gives zeros
+    dv = tl.arange(0, BLOCK_DV)
+    tl.store(out_rows[:, None] + dv[None, :], (acc / l_i[:, None]).to(out_rows.dtype.element_ty),
+             mask=g_ok[:, None] & (dv < D_V)[None, :])
+
+
+@triton.jit
+def _merge_splits(part_ptr, sinks_ptr, out_row, so_h, first_row, head0, active,
+                  G: tl.constexpr, D_V: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_SINKS: tl.constexpr,
+                  BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Log-sum-exp merge of the first `active` split partials of G heads, all heads at once: a single
+    program does it, so its L2 round trips are serial latency (one for m / l, then one per SUB_S
+    splits of acc, issued together), not G of each."""
+    gg = tl.arange(0, BLOCK_GP)
+    g_ok = gg < G
+    sp = tl.arange(0, BLOCK_S)
+    dv = tl.arange(0, BLOCK_DV)
+    ok = g_ok[:, None] & (sp < active)[None, :]
+    rows = (first_row + gg[:, None] * NUM_SPLITS + sp[None, :]) * (D_V + 2)  # [BLOCK_GP, BLOCK_S]
+    m = tl.load(part_ptr + rows + D_V, mask=ok, other=float("-inf"), cache_modifier=".cg")
+    lp = tl.load(part_ptr + rows + D_V + 1, mask=ok, other=0.0, cache_modifier=".cg")
+    m_max = tl.max(m, axis=1)  # [BLOCK_GP]; finite for real heads: every active split holds >= 1 key
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + head0 + gg, mask=g_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+        m_max = tl.maximum(m_max, sink)
+    m_max = tl.where(g_ok, m_max, 0.0)  # padding heads: keep exp2 finite
+    l_tot = tl.sum(lp * tl.exp2(m - m_max[:, None]), axis=1)
+    if HAS_SINKS:
+        l_tot += tl.exp2(sink - m_max)
+    l_tot = tl.where(g_ok, l_tot, 1.0)
+    o = tl.zeros([BLOCK_GP, BLOCK_DV], tl.float32)
+    for s0 in tl.static_range(0, BLOCK_S, SUB_S):
+        if s0 < active:
+            ss = s0 + tl.arange(0, SUB_S)
+            ok_s = g_ok[:, None] & (ss < active)[None, :]  # [BLOCK_GP, SUB_S]
+            rows_s = (first_row + gg[:, None] * NUM_SPLITS + ss[None, :]) * (D_V + 2)
+            w = tl.exp2(tl.load(part_ptr + rows_s + D_V, mask=ok_s, other=float("-inf"), cache_modifier=".cg")
+                        - m_max[:, None])  # [BLOCK_GP, SUB_S]
+            a = tl.load(part_ptr + rows_s[:, :, None] + dv[None, None, :],
+                        mask=ok_s[:, :, None] & (dv < D_V)[None, None, :], other=0.0,
+                        cache_modifier=".cg")  # [BLOCK_GP, SUB_S, BLOCK_DV]
+            o += tl.sum(a * w[:, :, None], axis=1)
+    o = o / l_tot[:, None]
+    tl.store(out_row + (head0 + gg)[:, None] * so_h + dv[None, :], o.to(out_row.dtype.element_ty),
+             mask=g_ok[:, None] & (dv < D_V)[None, :])
 
 
 # {device: zeroed int32 counters}; each launch leaves them at zero, so layers and graph replays share one
@@ -245,6 +283,7 @@ def decode_rope(
     block_d, block_dv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(d_v))
     if block_n is None:  # as paged_attention_decode.decode
         block_n = 64 if max(block_d, block_dv) <= 64 else 32
+    block_gp, block_s = triton.next_power_of_2(g), triton.next_power_of_2(num_splits)
     if num_splits > 1:
         part = torch.empty(bsz, n, num_splits, d_v + 2, dtype=torch.float32, device=q.device)
         counters = tickets(q.device, bsz * n_kv)
@@ -260,7 +299,8 @@ def decode_rope(
         G=g, D=d, D_V=d_v, D_ROT=d_rot, INTERLEAVED=bool(interleaved), PAGE_SIZE=page_size, NUM_SPLITS=num_splits,
         SOFTCAP=logit_softcap is not None, WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         BLOCK_G=max(16, triton.next_power_of_2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        BLOCK_S=triton.next_power_of_2(num_splits), PRECISION=dot_precision(q.dtype),
+        BLOCK_GP=block_gp, BLOCK_S=block_s, SUB_S=max(1, min(block_s, MERGE_TILE // (block_gp * block_dv))),
+        PRECISION=dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
