@@ -243,7 +243,8 @@ def _merge_splits(part_ptr, sinks_ptr, out_row, so_h, first_row, head0, active,
              mask=g_ok[:, None] & (dv < D_V)[None, :])
 
 
-# {device: zeroed int32 counters}; each launch leaves them at zero, so layers and graph replays share one
+# {device: zeroed int32 counters}; each launch leaves them at zero, so the layers and graph replays of a
+# device share one set. Launches on two streams at once would race on it (the runtime uses one stream).
 _TICKETS: dict[torch.device, Tensor] = {}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import autodeploy.backends.triton as triton_backends
 from autodeploy.backends.triton import cached_attention_rope, paged_attention_decode_rope
 from tests.backends.triton.cases import DEVICE, dtypes, randn
 from tests.backends.triton.paged import make_step
@@ -140,3 +141,7 @@ def test_unsupported_reasons():
     assert "cos / sin" in cached_attention_rope.unsupported_reason(q, k, v, kc, vc, cos[None], sin[None])
     odd = cos[:, :15]
     assert "rotary dim" in cached_attention_rope.unsupported_reason(q, k, v, kc, vc, odd, odd)
+    # backend selection calls the package's table with the op's arguments in schema order
+    check = triton_backends.SUPPORTS["cached_attention_rope"]
+    assert check(*step.args(), cos, sin, False, None, 0.25, None, None)
+    assert not check(*step.args(), cos, sin, False, randn(3), 0.25, None, None)  # sinks must be [n]
