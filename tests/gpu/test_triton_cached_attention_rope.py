@@ -52,8 +52,10 @@ def _features(name):
 @pytest.mark.parametrize("batch", [1, 16, 64])  # 1 and 16 split the context (merged in-launch); 64 does not
 def test_decode_matches_reference(batch, interleaved, features):
     torch.manual_seed(batch)
-    ctx = [1, 2048, 64, 65][:batch] + torch.randint(1, 2049, (max(0, batch - 4),)).tolist()
+    ctx = [1537] if batch == 1 else [1, 2048, 64, 65] + torch.randint(1, 2049, (batch - 4,)).tolist()
     step = make_step([(1, c - 1) for c in ctx], **SHAPE, page_size=64, dtype=BF16)
+    table = step.info.page_table  # as wide as a CUDA-graph bucket's (2048 keys): the split count follows from it
+    step.info.page_table = torch.cat([table, table.new_zeros(batch, 32 - table.shape[1])], 1)
     cos, sin = tables(step.info)
     f = _features(features)
     sinks = torch.randn(SHAPE["n"], device="cuda").to(BF16) if f.get("sinks") else None

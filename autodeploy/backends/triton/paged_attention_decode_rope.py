@@ -252,6 +252,8 @@ def tickets(device: torch.device, count: int) -> Tensor:
     """A zeroed counter per (sequence, KV head), kept across launches. Allocated (and zeroed) outside
     CUDA-graph capture by the runtime's warm-up; one allocated during a capture is zeroed by a node of
     that graph and not kept, so eager launches never see its uninitialized memory."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # one key per GPU: "cuda" is "cuda:0"
     buf = _TICKETS.get(device)
     if buf is not None and buf.numel() >= count:
         return buf
