@@ -236,8 +236,13 @@ def _select_linear(node: fx.Node, device: torch.device, cfg: SelectBackendsConfi
     return True
 
 
+# ops of Stage.CACHE: insert_kv_cache's, and fuse_rope_cached_attention's in its place
+CACHE_OPS = ("cached_attention", "cached_attention_rope")
+
+
 def select_cache_op_backends(gm: fx.GraphModule, device: torch.device | str) -> int:
-    """Swap the ops insert_kv_cache adds (autodeploy::cached_attention) for their Triton twins on CUDA.
+    """Swap the ops of Stage.CACHE (CACHE_OPS: autodeploy::cached_attention and its RoPE-fused form)
+    for their Triton twins on CUDA.
 
     They exist only after Stage.CACHE, so the FUSE-stage transform never sees them; the compile
     backend calls this before compiling. The reference syncs with the host (a per-sequence loop),
@@ -250,7 +255,7 @@ def select_cache_op_backends(gm: fx.GraphModule, device: torch.device | str) -> 
         return 0
     swapped = 0
     for node in list(gm.graph.nodes):
-        if not _is_canonical(node) or op_name(node.target) != "cached_attention":
+        if not _is_canonical(node) or op_name(node.target) not in CACHE_OPS:
             continue
         triton = next((b for b in backends_for(node.target, device) if b.name == "triton"), None)
         if triton is None:

@@ -8,6 +8,8 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::gated_mlp_act     -> autodeploy::triton_gated_mlp_act         gated_mlp.py
     autodeploy::cached_attention  -> autodeploy::triton_cached_attention      cached_attention.py
                                      (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
+    autodeploy::cached_attention_rope -> autodeploy::triton_cached_attention_rope  cached_attention_rope.py
+                                     (decode: paged_attention_decode_rope.py, one launch per layer)
     autodeploy::int4_wo_linear    -> autodeploy::triton_int4_wo_linear        int4_gemm.py
                                      (rows <= 16: the GEMV of int4_gemv.py)
     autodeploy::fp8_linear        -> autodeploy::triton_fp8_linear            fp8_gemv.py
@@ -39,7 +41,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
-from autodeploy.backends.triton import fp8_gemv, int4_gemm, linear  # noqa: F401
+from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, linear  # noqa: F401
 from autodeploy.backends.triton import gated_linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
@@ -49,6 +51,12 @@ def _cached_attention_supports(q, k, v, k_cache, v_cache, *meta, sinks=None, **_
     return cached_attention.supports(q, k, v, k_cache, v_cache, sinks)
 
 
+def _cached_attention_rope_supports(q, k, v, k_cache, v_cache, *meta, sinks=None, **_: Any) -> bool:
+    cos, sin = meta[6], meta[7]  # positional: ... slot_mapping, cos, sin, interleaved, sinks, scale, ...
+    sinks = meta[9] if len(meta) > 9 else sinks
+    return cached_attention_rope.supports(q, k, v, k_cache, v_cache, cos, sin, sinks)
+
+
 # {canonical op name: predicate over that op's call arguments}
 SUPPORTS: dict[str, Callable[..., bool]] = {
     "rmsnorm": lambda x, weight, *a, **kw: rmsnorm.supports(x, weight),
@@ -56,6 +64,7 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "rope": lambda q, k, cos, sin, *a, **kw: rope.supports(q, k, cos, sin),
     "gated_mlp_act": lambda gate, up, act, *a, **kw: gated_mlp.supports(gate, up, act),
     "cached_attention": _cached_attention_supports,
+    "cached_attention_rope": _cached_attention_rope_supports,
     "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
         x, qweight, scales, zeros, bias, group_size),
     "gated_linear": lambda x, weight, bias=None, act="silu", *a, **kw: gated_linear.supports(x, weight, bias, act),
