@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # decode batches: x is padded to the MMA's 16 rows
 K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
-FP8_MAX = 448.0
-MIN_SCALE = 1e-12  # fp8.MIN_SCALE
+FP8_MAX = tl.constexpr(448.0)  # constexpr: compiled kernels may read no other globals (the interpreter can)
+MIN_SCALE = tl.constexpr(1e-12)  # fp8.MIN_SCALE
 
 
 @triton.jit

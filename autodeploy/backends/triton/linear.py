@@ -50,9 +50,12 @@ KINDS = {"fma": 0, "dot": 1, "dot_t": 2}
 @triton.jit
 def gemv_acc_init(BM: tl.constexpr, BN: tl.constexpr, KIND: tl.constexpr):
     """fp32 zeros in the kind's orientation: [BN, BM] for "dot_t" (weights on the MMA's M side), else [BM, BN]."""
+    # one return: triton 3.6 rejects returns of different shapes even under a constexpr branch
     if KIND == 2:
-        return tl.zeros((BN, BM), dtype=tl.float32)
-    return tl.zeros((BM, BN), dtype=tl.float32)
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    return acc
 
 
 @triton.jit
@@ -70,8 +73,8 @@ def gemv_step(acc, w, xk, KIND: tl.constexpr, PRECISION: tl.constexpr):
 @triton.jit
 def gemv_acc_rows(acc, KIND: tl.constexpr):
     """The accumulator as [BM, BN] (x rows first), whatever the kind."""
-    if KIND == 2:
-        return tl.trans(acc)
+    if KIND == 2:  # one return (see gemv_acc_init)
+        acc = tl.trans(acc)
     return acc
 
 
