@@ -64,6 +64,7 @@ def child(args) -> dict:
     sel = next((i.details for i in rt.report if i.name == "select_backends" and not i.skipped), {}) or {}
     out["backend_choices"] = {op: sorted(set(c.values())) for op, c in (sel.get("choices") or {}).items()
                               if "linear" in op}
+    out["choices_per_bucket"] = sel.get("choices") or {}
     vocab = rt.hf_config.get_text_config().vocab_size
     w = fixed_workload(rt, 1, args.input_len, args.output_len, vocab, seed=0, warmup=True)
     out.update(tpot_ms=w.get("tpot_ms"), decode_tok_s=w.get("tokens_per_s_per_seq"), ttft_ms=w.get("ttft_ms"),
@@ -89,6 +90,7 @@ def run_variant(name: str, args, timeout: float) -> dict:
             return {"variant": name, "error": f"exit {proc.returncode}", "log_tail": (proc.stderr or "")[-1500:]}
         res = json.loads(path.read_text())
         res["wall_s"] = time.perf_counter() - t0
+        res["warnings"] = [ln for ln in (proc.stderr or "").splitlines() if "WARNING" in ln or "Error" in ln][-30:]
         return res
 
 

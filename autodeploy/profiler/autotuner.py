@@ -184,11 +184,13 @@ class Autotuner:
             return known["choice"]
         inputs = make_inputs()
         times: dict[str, float] = {}
+        errors: dict[str, str] = {}
         for cand in candidates:
             try:
                 times[cand.name] = float(self.measure(cand, inputs))
-            except Exception as e:  # a candidate that fails on this shape simply loses
-                log.info("autotune %s [%s]: %s failed: %s", op, bucket, cand.name, str(e).splitlines()[0] if str(e) else e)
+            except Exception as e:  # a candidate that fails on this shape loses, loudly: usually a kernel bug
+                errors[cand.name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                log.warning("autotune %s [%s]: %s failed (%s)", op, bucket, cand.name, errors[cand.name])
                 times[cand.name] = math.inf
         best = min(names, key=lambda n: (times[n], names.index(n)))  # ties: the preferred one
         if math.isinf(times[best]):
@@ -197,6 +199,7 @@ class Autotuner:
         self._data.setdefault(self.key, {}).setdefault(op, {})[bucket] = {
             "choice": best,
             "times_ms": {n: (t * 1e3 if math.isfinite(t) else None) for n, t in times.items()},
+            **({"errors": errors} if errors else {}),
         }
         log.info("autotune %s [%s]: %s (%s)", op, bucket, best,
                  ", ".join(f"{n} {t * 1e3:.4f} ms" for n, t in times.items() if math.isfinite(t)))

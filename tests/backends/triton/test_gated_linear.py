@@ -135,3 +135,17 @@ def test_matches_unfused_linear_then_activation():
     x, w, b = _operands(4, 48, 256, bias=True)
     y = F.linear(x, w, b)
     assert_close(TRITON(x, w, b, "silu"), F.silu(y[:, :48]) * y[:, 48:])
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("shape", [(1, 64), (3, 5, 64)])
+def test_cublas_plus_triton_act_backend(shape, act):
+    """The unfused candidate (cuBLAS GEMM, Triton act over the two halves) matches the reference and is
+    offered to the tuner on CUDA only."""
+    from autodeploy.profiler.candidates import backends_for
+
+    _, w, b = _operands(1, 24, 64, bias=True)
+    x = randn(*shape)
+    assert_close(torch.ops.autodeploy.cublas_gated_linear(x, w, b, act), reference(x, w, b, act))
+    names = lambda d: [bk.name for bk in backends_for(reference.default, torch.device(d))]  # noqa: E731
+    assert "cublas+triton_act" in names("cuda") and "cublas+triton_act" not in names("cpu")
