@@ -140,7 +140,28 @@ def propagate_shapes(gm: fx.GraphModule) -> None:
     # no_grad: an inference graph may modify a multi-output view in place (Gemma3n's per-layer
     # inputs), which autograd's view tracking refuses only when grad mode is on
     with fake_mode, torch.no_grad():
-        FakeTensorProp(gm, mode=fake_mode).propagate_dont_convert_inputs(*vals)
+        _fake_attr_prop(gm, fake_mode).propagate_dont_convert_inputs(*vals)
+
+
+def _fake_attr_prop(gm: fx.GraphModule, mode):
+    """FakeTensorProp whose get_attr hands out fake copies of parameters and buffers.
+
+    Plain FakeTensorProp passes the module's own tensors (meta after export, sliced meta after
+    sharding) into ops next to symbolic fake activations. torch 2.11 then fails inside aten.linear
+    ("Cannot call numel() on tensor with symbolic sizes/strides": the sharded graph on the H100
+    machine; torch 2.13 converts them itself). Fake copies from the same mode are what export traced.
+    """
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    class Prop(FakeTensorProp):
+        def get_attr(self, target, args, kwargs):
+            value = super().get_attr(target, args, kwargs)
+            if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+                value = mode.from_tensor(value, static_shapes=True)
+            return value
+
+    return Prop(gm, mode=mode)
 
 
 def dump_graph(gm: fx.GraphModule, directory: Path, index: int, name: str) -> Path:
