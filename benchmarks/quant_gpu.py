@@ -65,6 +65,9 @@ def child(args) -> dict:
     out["backend_choices"] = {op: sorted(set(c.values())) for op, c in (sel.get("choices") or {}).items()
                               if "linear" in op}
     out["choices_per_bucket"] = sel.get("choices") or {}
+    model = rt.model  # captured CUDA-graph buckets: none means every decode step runs op by op
+    out["cuda_graph_buckets"] = sorted(getattr(model, "graphs", {}) or {})
+    out["capture_breakdown"] = getattr(model, "capture_breakdown", {})
     vocab = rt.hf_config.get_text_config().vocab_size
     w = fixed_workload(rt, 1, args.input_len, args.output_len, vocab, seed=0, warmup=True)
     out.update(tpot_ms=w.get("tpot_ms"), decode_tok_s=w.get("tokens_per_s_per_seq"), ttft_ms=w.get("ttft_ms"),
