@@ -100,7 +100,7 @@ def save(root: Path, key: str, ep, patches: list[str]) -> None:
     program, side = _paths(root, key)
     try:
         program.parent.mkdir(parents=True, exist_ok=True)
-        tmp = program.with_suffix(f".tmp{os.getpid()}")  # ranks of one job may save the same key at once
+        tmp = program.with_name(f"{key}.tmp{os.getpid()}.pt2")  # ranks may save one key at once; torch wants .pt2
         torch.export.save(ep, tmp)
         os.replace(tmp, program)
         tmp = side.with_suffix(f".tmp{os.getpid()}")

@@ -139,7 +139,11 @@ def propagate_shapes(gm: fx.GraphModule) -> None:
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     # no_grad: an inference graph may modify a multi-output view in place (Gemma3n's per-layer
     # inputs), which autograd's view tracking refuses only when grad mode is on
-    with fake_mode, torch.no_grad():
+    # python dispatcher: composite ops (aten.linear) decompose SymInt-aware, as under export; torch
+    # 2.11's C++ linear called numel() on a symbolic input in the 2-rank run on the H100 machine
+    from torch._dispatch.python import enable_python_dispatcher
+
+    with fake_mode, torch.no_grad(), enable_python_dispatcher():
         _fake_attr_prop(gm, fake_mode).propagate_dont_convert_inputs(*vals)
 
 

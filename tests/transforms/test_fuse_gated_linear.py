@@ -201,8 +201,10 @@ def test_triton_twin_is_the_first_candidate_on_cuda():
 
     from autodeploy.backends.triton import interpreted
 
-    (triton, torch_ref) = backends_for(GATED, torch.device("cuda"))
+    # the fused GEMV first, then cuBLAS + the Triton act (registered by the Triton backend), then the reference
+    (triton, unfused, torch_ref) = backends_for(GATED, torch.device("cuda"))
     assert triton.name == "triton" and triton.op is torch.ops.autodeploy.triton_gated_linear.default
+    assert unfused.name == "cublas+triton_act" and unfused.op is torch.ops.autodeploy.cublas_gated_linear.default
     assert torch_ref.name == "torch" and torch_ref.op is GATED
     device = "cpu" if interpreted() else "cuda"  # where the kernels run in this process
     with FakeTensorMode(allow_non_fake_inputs=True):
