@@ -18,12 +18,18 @@ import torch
 
 INT4 = "transforms.quantize_int4_weight_only"
 PLAN = "transforms.plan_quantization"
+FP8 = "transforms.quantize_fp8"
+FP8_WO = {f"{FP8}.enabled": True, f"{FP8}.activation_scheme": "none"}
 VARIANTS: dict[str, dict] = {
     "bf16": {},
     "int8": {"transforms.quantize_int8_weight_only.enabled": True},
     "fp8": {"transforms.quantize_fp8.enabled": True},
     "fp8_weight_only": {"transforms.quantize_fp8.enabled": True, "transforms.quantize_fp8.activation_scheme": "none"},
     "fp8_plan_0.05": {"transforms.quantize_fp8.enabled": True, f"{PLAN}.enabled": True, f"{PLAN}.budget": 0.05},
+    "fp8_gptq": {f"{FP8}.enabled": True, f"{FP8}.method": "gptq"},
+    "fp8_weight_only_gptq": FP8_WO | {f"{FP8}.method": "gptq"},
+    "fp8_weight_only_gptq_v_rtn": FP8_WO | {f"{FP8}.method": "gptq", f"{FP8}.overrides": {"*.v_proj": {"method": "rtn"}}},
+    "fp8_weight_only_gptq_plan_0.02": FP8_WO | {f"{FP8}.method": "gptq", f"{PLAN}.enabled": True, f"{PLAN}.budget": 0.02},
     "int4_rtn": {f"{INT4}.enabled": True},
     "int4_awq": {f"{INT4}.enabled": True, f"{INT4}.method": "awq"},
     "int4_awq_plan_0.15": {f"{INT4}.enabled": True, f"{INT4}.method": "awq", f"{PLAN}.enabled": True,

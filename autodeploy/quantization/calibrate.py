@@ -1,12 +1,12 @@
-"""The calibration pass: run the model once on calibration tokens, quantizing int4 layers as it goes.
+"""The calibration pass: run the model once on calibration tokens, quantizing int4 / fp8 layers as it goes.
 
 The int4 transform snapshots the graph before rewriting it (canonical ops, full-precision linears)
 and registers `Calibrator.run` as a WeightPlan before-load hook: when weights load, the snapshot
 runs node by node on the calibration batch with the real weights, and at each calibrated linear
 
-    gptq: H = 2 X^T X / n from the linear's actual input, Hessian-based rounding; the layer's
-          output is then computed with the *quantized* weight, so every later layer calibrates on
-          the inputs it will really see (sequential GPTQ);
+    gptq: H = 2 X^T X / n from the linear's actual input, Hessian-based rounding (int4 groups or
+          e4m3); the layer's output is then computed by its quantized op (FP8 activations included),
+          so every later layer calibrates on the inputs it will really see (sequential GPTQ);
     awq:  for the linears sharing this input (q/k/v, gate/up), one scale search and one clip search
           each; outputs stay full precision (AWQ calibrates on the original activations). 1/s is
           folded into the RMSNorm weight before the group, or into the rows of `up` when the input
@@ -30,9 +30,10 @@ from torch import fx
 
 from autodeploy.graph import aten, is_op
 from autodeploy.models.weights import Fetch, checkpoint_name, weight_plan
-from autodeploy.quantization import awq, gptq, int4
+from autodeploy.quantization import awq, gptq
 from autodeploy.quantization.calibration import fit_batch
-from autodeploy.quantization.config import Int4WeightOnlyConfig
+from autodeploy.quantization.config import Fp8Config, Int4WeightOnlyConfig
+from autodeploy.quantization.registry import method_for
 from autodeploy.quantization.rewrite import LinearSite
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 class _Layer:
     name: str  # module name
     target: str  # weight's graph name
-    cfg: Int4WeightOnlyConfig
+    cfg: Int4WeightOnlyConfig | Fp8Config
     source: Callable[[Fetch], torch.Tensor] | None = None  # an earlier plan rule for the weight
 
 
@@ -75,7 +76,7 @@ def _sole_users(node: fx.Node, members: set[fx.Node]) -> bool:
 
 
 class Calibrator:
-    def __init__(self, gm: fx.GraphModule, chosen: list[tuple[LinearSite, Int4WeightOnlyConfig]], tokens: torch.Tensor):
+    def __init__(self, gm: fx.GraphModule, chosen: list[tuple[LinearSite, Int4WeightOnlyConfig | Fp8Config]], tokens: torch.Tensor):
         self.snap, val_map = snapshot(gm)
         self.rules = dict(weight_plan(gm).rules)  # parameters produced by earlier transforms
         self.tokens = fit_batch(tokens, gm.meta.get("dynamic_dims"))  # [b, s] within the exported limits
@@ -85,7 +86,7 @@ class Calibrator:
         self.results: dict[str, dict[str, torch.Tensor]] = {}  # module name -> parts
         self.norms: dict[str, torch.Tensor] = {}  # folded norm weights by graph name
         self.groups = self._awq_groups()
-        self._hinv: tuple[fx.Node, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._hinv: tuple[tuple[fx.Node, float], tuple[torch.Tensor, torch.Tensor]] | None = None
         self.ran = False
 
     # ---- planning (at transform time) -------------------------------------------------------
@@ -148,13 +149,17 @@ class Calibrator:
     def gptq_layer(self, node: fx.Node, x: torch.Tensor, bias, fetch: Fetch) -> torch.Tensor:
         layer = self.layers[node]
         w = self._weight(layer, fetch)
-        key = node.args[0]
-        if self._hinv is None or self._hinv[0] is not key:  # q/k/v (gate/up) share one inverse Hessian
-            self._hinv = (key, gptq.prepare(gptq.hessian(x)))
-        parts = gptq.quantize(w, self._hinv[1], layer.cfg.group_size)
+        fp8 = isinstance(layer.cfg, Fp8Config)
+        key = (node.args[0], gptq.FP8_DAMP if fp8 else gptq.DAMP)
+        if self._hinv is None or self._hinv[0] != key:  # q/k/v (gate/up) share one inverse Hessian
+            self._hinv = (key, gptq.prepare(gptq.hessian(x), key[1]))
+        if fp8:
+            parts = gptq.quantize_fp8(w, self._hinv[1], layer.cfg.granularity)
+        else:
+            parts = gptq.quantize(w, self._hinv[1], layer.cfg.group_size)
         self.results[layer.name] = parts
-        wq = int4.dequantize(parts["qweight"], parts["scales"], parts["zeros"], layer.cfg.group_size, x.dtype)
-        return F.linear(x, wq, bias)  # later layers see the quantized output
+        method = method_for(layer.cfg)  # later layers see the quantized op's output
+        return method.op(*method.call_args(x, parts, bias, layer.cfg))
 
     def awq_layer(self, node: fx.Node, x: torch.Tensor, biases: dict[fx.Node, Any], fetch: Fetch, peek: Fetch):
         group = self.groups[node]

@@ -1,6 +1,7 @@
 """Quantization configs: one frozen dataclass per method, validated in `__post_init__` (torchao style).
 
-    Fp8Config(granularity="per_channel", activation_scheme="dynamic")   e4m3 weights, per-token activations
+    Fp8Config(granularity="per_channel", activation_scheme="dynamic",  e4m3 weights, per-token activations
+              method="rtn")                                             (method="gptq": calibrated rounding)
     Int8WeightOnlyConfig()                                             int8 weights, per-channel scales
     Int4WeightOnlyConfig(group_size=128, method="rtn")                 packed int4, group-wise scales + zeros
 
@@ -15,26 +16,31 @@ from typing import Any
 
 GROUP_SIZES = (32, 64, 128)
 INT4_METHODS = ("rtn", "awq", "gptq")
+FP8_METHODS = ("rtn", "gptq")
 
 
 @dataclass(frozen=True)
 class Fp8Config:
     """e4m3 weights with a scale per output channel (or one per tensor); activations quantized per token
     at run time ("dynamic") and multiplied by `torch._scaled_mm` on Hopper, or kept in the activation
-    dtype ("none": FP8 weight-only)."""
+    dtype ("none": FP8 weight-only). `method` picks how the e4m3 weights are chosen: round to nearest,
+    or GPTQ onto the same grid (calibrated; same tensors, so every backend runs it unchanged)."""
 
     granularity: str = "per_channel"
     activation_scheme: str = "dynamic"
+    method: str = "rtn"
 
     def __post_init__(self) -> None:
         if self.granularity not in ("per_channel", "per_tensor"):
             raise ValueError(f"fp8 granularity must be 'per_channel' or 'per_tensor', got {self.granularity!r}")
         if self.activation_scheme not in ("dynamic", "none"):
             raise ValueError(f"fp8 activation_scheme must be 'dynamic' or 'none', got {self.activation_scheme!r}")
+        if self.method not in FP8_METHODS:
+            raise ValueError(f"fp8 method must be one of {FP8_METHODS}, got {self.method!r}")
 
     @property
     def name(self) -> str:
-        return "fp8"
+        return "fp8" + ("" if self.method == "rtn" else f"_{self.method}")
 
 
 @dataclass(frozen=True)

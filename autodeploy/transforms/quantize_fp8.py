@@ -17,6 +17,11 @@ are the members' (row-wise scales make that exact), then split_with_sizes, as fu
 plain linears (which it never sees again: they are no longer aten.linear). fuse_shared_input: false
 keeps one op per layer.
 
+`method` (per layer through overrides too): rtn rounds each weight to nearest e4m3 as it loads; gptq
+rounds onto the same grid with Hessian-based error feedback from one calibration pass (see
+autodeploy/quantization/gptq.py): the same tensors and ops, so nothing changes at run time.
+SmolLM2-135M, weights only: rtn +3.4% perplexity, gptq about half that (BENCHMARKS.md).
+
 Layers: include / exclude globs over module names, per-layer overrides (see
 autodeploy/quantization/selection.py). Off unless the recipe enables it.
 """
@@ -29,6 +34,8 @@ from pydantic import Field, model_validator
 
 import autodeploy.transforms.plan_quantization  # noqa: F401  (registers first: its plan feeds this transform)
 from autodeploy.quantization.apply import quantize_graph
+from autodeploy.quantization.calibrated import calibrated_producers
+from autodeploy.quantization.calibration import CalibrationConfig
 from autodeploy.quantization.config import Fp8Config
 from autodeploy.quantization.selection import SelectionFields, check_overrides
 from autodeploy.transforms.pipeline import Stage, TransformInfo, register
@@ -41,10 +48,15 @@ class QuantizeFp8Config(SelectionFields):
     activation_scheme: Literal["dynamic", "none"] = Field(
         "dynamic", description="dynamic: activations to e4m3 per token (FP8 GEMM); none: FP8 weights only."
     )
+    method: Literal["rtn", "gptq"] = Field("rtn", description="Round to nearest, or GPTQ onto the e4m3 grid (calibrated).")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Calibration text for gptq (default: shipped English text)."
+    )
     experts: bool = Field(True, description="Also store MoE expert stacks in FP8 (dequantized before the expert op).")
 
     def build(self, values: dict[str, Any]) -> Fp8Config:
-        return Fp8Config(**({"granularity": self.granularity, "activation_scheme": self.activation_scheme} | values))
+        mine = {"granularity": self.granularity, "activation_scheme": self.activation_scheme, "method": self.method}
+        return Fp8Config(**(mine | values))
 
     @model_validator(mode="after")
     def _check(self):
@@ -54,4 +66,8 @@ class QuantizeFp8Config(SelectionFields):
 
 @register(Stage.QUANTIZE, QuantizeFp8Config)
 def apply(gm, ctx, cfg: QuantizeFp8Config) -> TransformInfo:
-    return quantize_graph(gm, cfg, cfg.build, experts=cfg.experts)
+    details: dict[str, Any] = {}
+    info = quantize_graph(gm, cfg, cfg.build, experts=cfg.experts,
+                          makers=lambda chosen: calibrated_producers(gm, ctx, cfg.calibration, chosen, details))
+    info.details.update(details)
+    return info

@@ -34,17 +34,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, model_validator
-from torch import fx
 
-from autodeploy.models.weights import checkpoint_name, weight_plan
 import autodeploy.transforms.plan_quantization  # noqa: F401  (registers first: its plan feeds this transform)
 from autodeploy.quantization.apply import quantize_graph
-from autodeploy.quantization.calibrate import Calibrator
-from autodeploy.quantization.calibration import CalibrationConfig, calibration_tokens, context_tokenizer
+from autodeploy.quantization.calibrated import calibrated_producers
+from autodeploy.quantization.calibration import CalibrationConfig
 from autodeploy.quantization.config import GROUP_SIZES, Int4WeightOnlyConfig
-from autodeploy.quantization.rewrite import LinearSite, weight_source
 from autodeploy.quantization.selection import SelectionFields, check_overrides
 from autodeploy.transforms.pipeline import Stage, TransformInfo, register
 
@@ -74,44 +70,9 @@ class QuantizeInt4WeightOnlyConfig(SelectionFields):
         return self
 
 
-def _real_lookup(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
-    out = {checkpoint_name(n): t.detach() for n, t in gm.named_parameters()}
-    out.update({checkpoint_name(n): b for n, b in gm.named_buffers()})
-    return out
-
-
-def _calibrated(gm: fx.GraphModule, ctx, cfg: QuantizeInt4WeightOnlyConfig, chosen, details: dict):
-    """Producers for the awq / gptq layers, fed by one calibration pass (now, or when weights load)."""
-    layers: list[tuple[LinearSite, Int4WeightOnlyConfig]] = [(s, c) for s, c in chosen if c.method != "rtn"]
-    if not layers:
-        return {}
-    tokens = ctx.extra.get("calibration_tokens")
-    if tokens is None:
-        tokens = calibration_tokens(cfg.calibration, context_tokenizer(ctx))
-    details["calibration_tokens"] = list(tokens.shape)
-    cal = Calibrator(gm, layers, tokens)
-    plan = weight_plan(gm)
-    norms = cal.folded_norms()
-    details["folded_norms"] = len(norms)
-    for target in norms:
-        source, consumes = weight_source(gm, target)
-        plan.set(target, lambda fetch, t=target, src=source: (src(fetch), cal.norm(t))[1], consumes=consumes)
-    if not gm.get_parameter(layers[0][0].weight.target).is_meta:  # weights already in the graph: calibrate now
-        lookup = _real_lookup(gm)
-        device = next(iter(lookup.values())).device
-        cal.run(lookup.__getitem__, lookup.__getitem__, device)
-        for target in norms:
-            owner, _, leaf = target.rpartition(".")
-            mod = gm.get_submodule(owner) if owner else gm
-            mod._parameters[leaf] = torch.nn.Parameter(cal.norm(target), requires_grad=False)
-    else:
-        plan.before_load.append(cal.run)
-    return {site.name: (lambda fetch, name=site.name: cal.parts(name)) for site, _ in layers}
-
-
 @register(Stage.QUANTIZE, QuantizeInt4WeightOnlyConfig)
 def apply(gm, ctx, cfg: QuantizeInt4WeightOnlyConfig) -> TransformInfo:
     details: dict[str, Any] = {}
-    info = quantize_graph(gm, cfg, cfg.build, makers=lambda chosen: _calibrated(gm, ctx, cfg, chosen, details))
+    info = quantize_graph(gm, cfg, cfg.build, makers=lambda chosen: calibrated_producers(gm, ctx, cfg.calibration, chosen, details))
     info.details.update(details)
     return info

@@ -1,11 +1,12 @@
-"""AWQ and GPTQ on one layer: both beat round-to-nearest int4 on inputs with activation outliers."""
+"""AWQ and GPTQ on one layer: both beat round-to-nearest int4 (GPTQ also e4m3) on inputs with activation outliers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from autodeploy.quantization import awq, gptq, int4
+from autodeploy.quantization import awq, fp8, gptq, int4
+from autodeploy.quantization.metrics import sqnr
 
 N, K = 128, 256
 
@@ -72,3 +73,26 @@ def test_gptq_dead_inputs_and_packing():
     q = gptq.quantize(w, gptq.hessian(x_cal), 64)
     assert q["qweight"].shape == (N, K // 2) and q["scales"].shape == (N, K // 64)
     assert torch.isfinite(_deq(q, 64)).all()
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gptq_fp8_beats_rtn_on_the_same_grid(granularity, seed):
+    """Same e4m3 tensors and scales as fp8.quantize, a better output: held-out output SQNR 31.6 dB
+    (rtn) -> 36.4-37.4 dB measured (gptq); asked for 2 dB."""
+    w, x_cal, x_test = _layer(seed)
+    rtn = fp8.quantize(w, granularity)
+    q = gptq.quantize_fp8(w, gptq.hessian(x_cal), granularity)
+    assert q["weight"].dtype == fp8.DTYPE and torch.equal(q["weight_scale"], rtn["weight_scale"])
+    ref = x_test @ w.T
+    got, base = (sqnr(x_test @ fp8.dequantize(**p).T, ref) for p in (q, rtn))
+    assert got >= base + 2.0, f"GPTQ {got:.1f} dB vs RTN {base:.1f} dB"
+
+
+def test_gptq_int4_feedback_matches_plain_rounding_without_correlation():
+    """With H = I (inputs uncorrelated, equal power) the feedback has nothing to move: GPTQ == RTN."""
+    w, _, _ = _layer(6)
+    q = gptq.quantize(w, torch.eye(K), 64, damp=0.0)
+    assert torch.equal(_deq(q, 64), _deq(int4.quantize(w, 64), 64))
+    q8 = gptq.quantize_fp8(w, torch.eye(K), damp=0.0)
+    assert torch.equal(q8["weight"].float(), fp8.quantize(w)["weight"].float())

@@ -101,3 +101,38 @@ def test_moe_expert_stacks_weight_only():
     load_weights(gm, model_state(model), "cpu")
     with torch.no_grad():
         assert sqnr(gm(ids, pos), expected) >= 25.0
+
+
+def test_gptq_calibrated_at_load_matches_in_place_and_keeps_the_rtn_layout():
+    """method gptq: the same e4m3 tensors and ops as rtn, chosen by one calibration pass (in place, or
+    when weights load on a meta graph: the two agree); v_proj left to rtn by an override."""
+    from torch.export import Dim
+
+    from autodeploy.export.export import LogitsOnly
+
+    g = torch.Generator().manual_seed(1)
+    calibration = {"token_ids": torch.randint(0, 256, (4, 32), generator=g).tolist()}
+    recipe = quant_recipe(quantize_fp8=dict(method="gptq", activation_scheme="none", calibration=calibration,
+                                            fuse_shared_input=False, overrides={"*.v_proj": {"method": "rtn"}}))
+    model = tiny_model("llama")
+    ids, pos = torch.randint(0, 256, (2, 7)), torch.arange(7).expand(2, 7)
+    b, s = Dim("b", min=1, max=8), Dim("s", min=1, max=64)
+    in_place = check_transform(
+        LogitsOnly(model), [ids, pos], "quantize_fp8",
+        before={aten.linear: 15, FP8: 0}, after={aten.linear: 1, FP8: 14}, matches=14,  # lm_head excluded
+        second_inputs=[ids[:1, :5], pos[:1, :5]], dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}), recipe=recipe,
+        run_first=["cleanup_export", "match_rmsnorm", "match_gated_mlp"], compare=sqnr_at_least(30.0),
+    )
+    info = next(h for h in reversed(in_place.meta["autodeploy_history"]) if h["name"] == "quantize_fp8")
+    assert info["details"]["calibration_tokens"] == [4, 32]
+    layers = info["details"]["layers"]
+    assert layers["model.layers.0.self_attn.q_proj"] == "fp8_gptq" and layers["model.layers.0.self_attn.v_proj"] == "fp8"
+    params = dict(in_place.named_parameters())
+    assert params["model.model.layers.0.self_attn.q_proj.weight"].dtype == torch.float8_e4m3fn
+    assert params["model.model.layers.0.self_attn.q_proj.weight_scale"].shape == (64,)
+
+    gm = meta_graph("llama")
+    run_transforms(gm, ["cleanup_export", "match_rmsnorm", "match_gated_mlp", "quantize_fp8"], recipe=recipe)
+    load_weights(gm, model_state(model), "cpu")
+    with torch.no_grad():
+        assert sqnr(gm(ids, pos), in_place(ids, pos)) >= 60.0  # same calibration, bit-close
