@@ -76,13 +76,24 @@ def rows(args: tuple[Any, ...]) -> int:
     return t.numel() // max(1, t.shape[-1]) if t.dim() else 1
 
 
+def weight_shapes(args: tuple[Any, ...]) -> tuple:
+    """Full shapes of the tensor arguments after the first: at a site whose other tensors are all
+    parameters (weights, scales) they are fixed, and tell apart sites of one K (qkv / o / gate_up)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return tuple(tuple(int(d) for d in t.shape) for t in tensors[1:])
+
+
 def tuned_variant(base: OpOverload, sig: tuple, table: list[tuple[int, OpOverload]]) -> OpOverload:
-    """`<op>_tuned`: picks, per call, the choice of the tuned bucket nearest in rows (log scale)."""
+    """`<op>_tuned`: picks, per call, the choice of the tuned bucket nearest in rows (log scale).
+
+    `sig` is signature(args), or signature(args) + weight_shapes(args) for a site whose other
+    tensors are parameters (select_backends decides those per weight shape); calls look up both."""
     name = op_name(base)
     _TUNED.setdefault(name, {})[sig] = sorted(table, key=lambda e: e[0])
 
     def impl(*args, **kwargs):
-        entries = _TUNED[name].get(signature(args))
+        plain = signature(args)
+        entries = _TUNED[name].get(plain + weight_shapes(args)) or _TUNED[name].get(plain)
         if not entries:
             return base(*args, **kwargs)
         r = max(1, rows(args))

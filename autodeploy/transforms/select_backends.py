@@ -149,7 +149,10 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
         bound = bound_args(node)
         names = list(bound)
         vals = [v.meta.get("val") if isinstance(v, fx.Node) else v for v in bound.values()]
-        key = (node.target, signature(tuple(vals)))
+        # sites whose tensors after the first are all parameters are decided per weight shape: qkv,
+        # o and gate_up share K but not N, and a GEMV can win on one and lose on another (the 8B INT4
+        # run kept one K=4096 decision for all three)
+        key = (node.target, signature(tuple(vals)) + _param_shapes(bound))
         if key not in decided:
             by_name = {b.name: b.op for b in backends}
             table: list[tuple[int, OpOverload]] = []
@@ -178,6 +181,18 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
         changed=swapped > 0,
         details={"choices": choices, "autotune": tuner.enabled, "cache_hits": tuner.hits, "tuned": tuner.tuned},
     )
+
+
+def _param_shapes(bound: dict) -> tuple:
+    """weight_shapes() of a site whose tensor arguments after the first are get_attr parameters; else ()."""
+    tensors = [v for v in bound.values() if isinstance(v, fx.Node) and isinstance(v.meta.get("val"), torch.Tensor)]
+    rest = tensors[1:]
+    if not rest or any(t.op != "get_attr" for t in rest):
+        return ()
+    shapes = tuple(tuple(t.meta["val"].shape) for t in rest)
+    if any(isinstance(d, torch.SymInt) for shape in shapes for d in shape):
+        return ()
+    return tuple(tuple(int(d) for d in shape) for shape in shapes)
 
 
 def _is_weight_linear(node: fx.Node) -> bool:

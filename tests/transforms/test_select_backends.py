@@ -182,3 +182,46 @@ def test_examples_of_float8_inputs_are_drawn_in_fp32_then_cast():
     ex = _example(v, {}, torch.device("cpu"))
     assert ex.dtype == torch.float8_e4m3fn and ex.shape == (4, 8)
     assert ex.float().abs().sum() > 0
+
+
+GATED = torch.ops.autodeploy.gated_linear.default
+GATED_ALT_CALLS = {"n": 0}
+
+
+def _gated_alt_impl(*args, **kwargs):
+    GATED_ALT_CALLS["n"] += 1
+    return reference_fn(GATED)(*args, **kwargs)
+
+
+GATED_ALT = derive_op(GATED, "testalt", _gated_alt_impl)
+
+
+class TwoGatedLinears(nn.Module):
+    """Two projections with one K (64) and different N: the decision must be per weight shape."""
+
+    def __init__(self, h: int = 64):
+        super().__init__()
+        self.w_small = nn.Parameter(torch.randn(2 * 32, h) * 0.1)  # [2I, K], I = 32
+        self.w_big = nn.Parameter(torch.randn(2 * 64, h) * 0.1)  # I = 64
+        self.proj = nn.Linear(32, h)
+
+    def forward(self, x):  # x [b, s, h]
+        y = self.proj(torch.ops.autodeploy.gated_linear(x, self.w_small, None, "silu"))
+        return torch.ops.autodeploy.gated_linear(y, self.w_big, None, "silu")
+
+
+def test_sites_sharing_k_are_decided_per_weight_shape(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTODEPLOY_CACHE", str(tmp_path))
+    register_backend("gated_linear", "alt", GATED_ALT)
+    try:
+        def measure(cand, inputs, device, warmup=3, reps=10):
+            n = inputs[1].shape[0]  # the weight's 2I: alt wins only on the small weight
+            return (1.0 if n == 64 else 3.0) if cand.name == "alt" else 2.0
+
+        monkeypatch.setattr(autotuner, "measure_candidate", measure)
+        GATED_ALT_CALLS["n"] = 0
+        check_transform(TwoGatedLinears(), INPUTS, "select_backends", before={GATED: 2, GATED_ALT: 0},
+                        after={GATED: 1, GATED_ALT: 1}, matches=1, second_inputs=SECOND, dynamic_shapes=DYN)
+        assert GATED_ALT_CALLS["n"] > 0
+    finally:
+        unregister_backend("gated_linear", "alt")
