@@ -43,7 +43,7 @@ from torch import Tensor
 
 import autodeploy.backends.torch.quant_linear  # noqa: F401  (autodeploy::fp8_linear, the fallback)
 from autodeploy.backends.triton._common import DTYPES, interpreted, num_sms, rows_of, unsupported_device_or_dtype
-from autodeploy.backends.triton.linear import _sum_splits_kernel
+from autodeploy.backends.triton.linear import _sum_splits_kernel, split_k
 from autodeploy.quantization import fp8 as fp8_q
 
 log = logging.getLogger(__name__)
@@ -196,18 +196,9 @@ def supports(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Ten
     return unsupported_reason(x, weight, weight_scale, bias) is None
 
 
-def _largest_bk(k: int, bk: int) -> int:
-    while k % bk:  # k % 64 == 0: ends at 64 at the latest
-        bk //= 2
-    return bk
-
-
 def normalized(config: dict, m: int, n: int, k: int) -> dict:
     """A config made valid for (m, n, k): BK dividing K, the split a whole number of BK steps."""
-    bk = _largest_bk(k, config["bk"])
-    split = max(1, min(config.get("split", 1), k // bk))
-    k_per_split = triton.cdiv(triton.cdiv(k, split), bk) * bk
-    split = triton.cdiv(k, k_per_split)
+    bk, split, k_per_split = split_k(k, config["bk"], config.get("split", 1))
     return dict(config, bk=bk, split=split, k_per_split=k_per_split, fp8_dot=config.get("fp8_dot", True),
                 x_prologue=config.get("x_prologue", m > 2))
 

@@ -170,12 +170,18 @@ def _largest_bk(k: int, bk: int) -> int:
     return bk
 
 
+def split_k(k: int, bk: int, split: int) -> tuple[int, int, int]:
+    """(bk, split, k_per_split) valid for K: BK the largest power of two <= bk dividing K, each split
+    a whole number of BK steps (the GEMV kernels' loops have no K masks). Shared by fp8_gemv.py."""
+    bk = _largest_bk(k, bk)
+    split = max(1, min(split, k // bk))
+    k_per_split = triton.cdiv(triton.cdiv(k, split), bk) * bk
+    return bk, triton.cdiv(k, k_per_split), k_per_split
+
+
 def normalized(config: dict, m: int, n: int, k: int) -> dict:
     """A config made valid for (m, n, k): BK dividing K, the split a whole number of BK steps."""
-    bk = _largest_bk(k, config["bk"])
-    split = max(1, min(config.get("split", 1), k // bk))
-    k_per_split = triton.cdiv(triton.cdiv(k, split), bk) * bk
-    split = triton.cdiv(k, k_per_split)
+    bk, split, k_per_split = split_k(k, config["bk"], config.get("split", 1))
     kind = config.get("kind", "dot")
     bm = max(1, triton.next_power_of_2(m)) if kind == "fma" else 16
     return dict(config, kind=kind, bk=bk, split=split, k_per_split=k_per_split, bm=bm)
