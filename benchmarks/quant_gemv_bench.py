@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.triton_linear_sweep import CALLS as SWEEP_CALLS  # noqa: E402
+from benchmarks.triton_linear_sweep import graph_us as sweep_graph_us  # noqa: E402
+
 BF16 = torch.bfloat16
 DEVICE = "cuda"  # --cpu-check: "cpu", kernels interpreted, tiny shapes, no timing
 ACT = BF16  # activations; --cpu-check: fp16 (the interpreter's bf16 tl.dot is wrong)
@@ -46,7 +49,7 @@ LAYERS = 32
 WEIGHTS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
            "lm_head": (128256, 4096)}
 GROUP = 128
-CALLS = 20
+CALLS = SWEEP_CALLS  # graph_us captures this many calls
 # neighbours of the defaults: (BN, BK, num_warps, num_stages)
 FP8_TILES = [(16, 256, 4, 6), (32, 256, 4, 5), (64, 256, 4, 4), (32, 512, 4, 3), (64, 512, 4, 3), (128, 256, 8, 3)]
 INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4), (16, 128, 4, 12),
@@ -54,24 +57,10 @@ INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4
 
 
 def graph_us(call, copies: int) -> float:
-    """Median microseconds per call of CALLS calls (call(i) uses weight copy i % copies) in one CUDA graph."""
-    import triton.testing
-
+    """triton_linear_sweep.graph_us with a shorter budget (many variants per weight); 1.0 on --cpu-check."""
     if DEVICE == "cpu":
         return 1.0
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(min(CALLS, copies)):
-            call(i % copies)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(CALLS):
-            call(i % copies)
-    ms = triton.testing.do_bench(graph.replay, warmup=3, rep=15, return_mode="median")
-    del graph
-    return ms * 1e3 / CALLS
+    return sweep_graph_us(call, copies, warmup=3, rep=15)
 
 
 class Case:

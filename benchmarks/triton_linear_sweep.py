@@ -63,8 +63,9 @@ def weights_of(model: str) -> list[tuple[str, int, int]]:
             (f"{model} down", h, f), (f"{model} lm_head", VOCAB, h)]
 
 
-def graph_us(call, copies: int) -> float:
-    """Median microseconds per call of CALLS calls (call(i) uses weight copy i % copies) in one graph."""
+def graph_us(call, copies: int, warmup: int = 5, rep: int = 30) -> float:
+    """Median microseconds per call of CALLS calls (call(i) uses weight copy i % copies) in one CUDA
+    graph (shared by gated_linear_bench.py and quant_gemv_bench.py)."""
     import triton.testing
 
     side = torch.cuda.Stream()
@@ -77,7 +78,7 @@ def graph_us(call, copies: int) -> float:
     with torch.cuda.graph(graph):
         for i in range(CALLS):
             call(i % copies)
-    ms = triton.testing.do_bench(graph.replay, warmup=5, rep=30, return_mode="median")
+    ms = triton.testing.do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
     del graph
     return ms * 1e3 / CALLS
 
