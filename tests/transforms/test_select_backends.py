@@ -225,3 +225,30 @@ def test_sites_sharing_k_are_decided_per_weight_shape(tmp_path, monkeypatch):
         assert GATED_ALT_CALLS["n"] > 0
     finally:
         unregister_backend("gated_linear", "alt")
+
+
+def test_per_shape_tables_dispatch_per_call(tmp_path, monkeypatch):
+    """Both sites mixed, in opposite ways (small weight: alt at decode; big weight: alt at prefill):
+    one signature, two tables told apart by the weight shapes at every call."""
+    monkeypatch.setenv("AUTODEPLOY_CACHE", str(tmp_path))
+    register_backend("gated_linear", "alt", GATED_ALT)
+    try:
+        def measure(cand, inputs, device, warmup=3, reps=10):
+            rows = inputs[0].numel() // inputs[0].shape[-1]
+            alt_wins = (rows <= 8) == (inputs[1].shape[0] == 64)
+            return (1.0 if alt_wins else 3.0) if cand.name == "alt" else 2.0
+
+        monkeypatch.setattr(autotuner, "measure_candidate", measure)
+        gm = check_transform(TwoGatedLinears(), INPUTS, "select_backends", before={GATED: 2}, after={GATED: 0},
+                             matches=2, second_inputs=SECOND, dynamic_shapes=DYN)
+        tuned = torch.ops.autodeploy.gated_linear_tuned.default
+        assert sum(n.target is tuned for n in gm.graph.nodes) == 2
+        with torch.no_grad():
+            GATED_ALT_CALLS["n"] = 0
+            gm(torch.randn(4, 1, 64))  # decode-sized: only the small weight's site takes alt
+            assert GATED_ALT_CALLS["n"] == 1
+            GATED_ALT_CALLS["n"] = 0
+            gm(torch.randn(1, 700, 64))  # prefill-sized: only the big weight's site takes alt
+            assert GATED_ALT_CALLS["n"] == 1
+    finally:
+        unregister_backend("gated_linear", "alt")
