@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from autodeploy.backends.torch.moe import gated_act, route
+from autodeploy.backends.torch.moe import route, run_sorted, weighted_sum
 
 
 def local_experts(x: Tensor, weights: Tensor, ids: Tensor, expert_start: int, w_gate_up: Tensor, w_down: Tensor,
@@ -34,18 +33,8 @@ def local_experts(x: Tensor, weights: Tensor, ids: Tensor, expert_start: int, w_
     pairs, lid = pairs[order], lid[order]
     counts = torch.bincount(lid, minlength=n_local).tolist()  # one host sync, as autodeploy::moe
     out = x.new_zeros(t * k, h)  # [t*k, h]: pairs of other ranks stay 0
-    rows = x[pairs // k]
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        seg = rows[start : start + n]
-        gate_up = F.linear(seg, w_gate_up[e], None if b_gate_up is None else b_gate_up[e])  # [n, 2f]
-        hidden = gated_act(gate_up, act, interleaved, alpha, limit)  # [n, f]
-        out[pairs[start : start + n]] = F.linear(hidden, w_down[e], None if b_down is None else b_down[e])
-        start += n
-    weighted = out.float().view(t, k, h) * weights.float().unsqueeze(-1)  # [t, k, h]
-    return weighted.sum(dim=1).to(x.dtype)
+    out[pairs] = run_sorted(x[pairs // k], counts, w_gate_up, w_down, b_gate_up, b_down, act, interleaved, alpha, limit)
+    return weighted_sum(out, weights, x.dtype)
 
 
 @torch.library.custom_op("autodeploy::moe_ep", mutates_args=())

@@ -110,6 +110,32 @@ def gated_act(gate_up: Tensor, act: str, interleaved: bool, alpha: float, limit:
     raise ValueError(f"moe: act must be one of {ACTIVATIONS}, got {act!r}")
 
 
+def run_sorted(rows: Tensor, counts: list[int], w_gate_up: Tensor, w_down: Tensor, b_gate_up: Optional[Tensor],
+               b_down: Optional[Tensor], act: str, interleaved: bool, alpha: float, limit: float) -> Tensor:
+    """rows [m, h] grouped by expert (counts[e] rows for expert e, in order) -> each row through its expert [m, h].
+
+    Shared with distributed/moe_ep.py, whose counts cover only the rank's experts."""
+    out = rows.new_empty(rows.shape[0], w_down.shape[1])  # [m, h]
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        seg = rows[start : start + n]
+        gate_up = F.linear(seg, w_gate_up[e], None if b_gate_up is None else b_gate_up[e])  # [n, 2f]
+        hidden = gated_act(gate_up, act, interleaved, alpha, limit)  # [n, f]
+        out[start : start + n] = F.linear(hidden, w_down[e], None if b_down is None else b_down[e])
+        start += n
+    return out
+
+
+def weighted_sum(out: Tensor, weights: Tensor, dtype: torch.dtype) -> Tensor:
+    """out [t*k, h] in (token, slot) order, weights [t, k] -> [t, h]: the k partial outputs of a token
+    summed in fp32 in slot order, as transformers does."""
+    t, k = weights.shape
+    weighted = out.float().view(t, k, out.shape[-1]) * weights.float().unsqueeze(-1)  # [t, k, h]
+    return weighted.sum(dim=1).to(dtype)
+
+
 def experts(
     x: Tensor,
     weights: Tensor,
@@ -124,27 +150,14 @@ def experts(
     limit: float,
 ) -> Tensor:
     """x [t, h], weights/ids [t, k] -> [t, h]: each (token, slot) pair through its expert, then the weighted sum."""
-    t, k = ids.shape
+    k = ids.shape[1]
     flat_ids = ids.reshape(-1)  # [t*k], slot-major per token as HF lays it out
     order = torch.argsort(flat_ids, stable=True)  # pairs grouped by expert
     counts = torch.bincount(flat_ids, minlength=w_gate_up.shape[0]).tolist()  # one host sync
-    rows = x[order // k]  # [t*k, h], sorted by expert
-    h = w_down.shape[1]
-    out_sorted = x.new_empty(t * k, h)  # [t*k, h]
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        seg = rows[start : start + n]
-        gate_up = F.linear(seg, w_gate_up[e], None if b_gate_up is None else b_gate_up[e])  # [n, 2f]
-        hidden = gated_act(gate_up, act, interleaved, alpha, limit)  # [n, f]
-        out_sorted[start : start + n] = F.linear(hidden, w_down[e], None if b_down is None else b_down[e])
-        start += n
+    out_sorted = run_sorted(x[order // k], counts, w_gate_up, w_down, b_gate_up, b_down, act, interleaved, alpha, limit)
     out = torch.empty_like(out_sorted)
     out[order] = out_sorted  # back to (token, slot) order
-    # The k partial outputs of a token are summed in fp32 in slot order, as transformers does.
-    weighted = out.float().view(t, k, h) * weights.float().unsqueeze(-1)  # [t, k, h]
-    return weighted.sum(dim=1).to(x.dtype)
+    return weighted_sum(out, weights, x.dtype)
 
 
 @torch.library.custom_op("autodeploy::moe", mutates_args=())
