@@ -75,6 +75,21 @@ async def collect(state: Any, streams: Sequence[Stream], http: HTTPRequest) -> N
         cancel_unfinished(state, streams)
 
 
+async def finish(state: Any, streams: Sequence[Stream], http: HTTPRequest, endpoint: str) -> bool:
+    """A non-streamed response's wait: collect, record the metrics, raise a 500 APIError naming an engine
+    failure. False when the client left (the route answers 499), True when every choice is complete."""
+    try:
+        await collect(state, streams, http)
+    except ClientGone:
+        return False
+    finally:
+        record(state, endpoint, streams)
+    failed = next((m for s in streams if (m := engine_failure(s))), None)
+    if failed:
+        raise APIError(500, failed, None, "engine_error")
+    return True
+
+
 async def merged(streams: Sequence[Stream]) -> AsyncIterator[tuple[int, StreamDelta]]:
     """(choice index, delta) from every choice until all have finished."""
     if len(streams) == 1:

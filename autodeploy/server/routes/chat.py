@@ -98,15 +98,8 @@ async def chat_completions(request: Request) -> Response:
     streams = await gen.submit_all(state, [ids] * req.n, params, rid)
     if req.stream:
         return event_stream(_stream(state, req, plan, rid, streams))
-    try:
-        await gen.collect(state, streams, request)
-    except gen.ClientGone:
-        return Response(status_code=499)
-    finally:
-        gen.record(state, "chat", streams)
-    failed = next((m for s in streams if (m := gen.engine_failure(s))), None)
-    if failed:
-        raise APIError(500, failed, None, "engine_error")
+    if not await gen.finish(state, streams, request, "chat"):
+        return Response(status_code=499)  # the client left: its choices were cancelled
     choices = [_choice(i, s.request.text, s.request.finish_reason, plan) for i, s in enumerate(streams)]
     completion = sum(s.request.num_output for s in streams)
     usage = Usage(prompt_tokens=len(ids), completion_tokens=completion, total_tokens=len(ids) + completion)

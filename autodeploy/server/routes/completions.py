@@ -75,15 +75,8 @@ async def completions(request: Request) -> Response:
     echo = [texts[i // req.n] if req.echo else "" for i in range(len(streams))]
     if req.stream:
         return event_stream(_stream(state, req, rid, streams, echo))
-    try:
-        await gen.collect(state, streams, request)
-    except gen.ClientGone:
-        return Response(status_code=499)
-    finally:
-        gen.record(state, "completions", streams)
-    failed = next((m for s in streams if (m := gen.engine_failure(s))), None)
-    if failed:
-        raise APIError(500, failed, None, "engine_error")
+    if not await gen.finish(state, streams, request, "completions"):
+        return Response(status_code=499)  # the client left: its choices were cancelled
     choices = [CompletionChoice(index=i, text=echo[i] + s.request.text, finish_reason=s.request.finish_reason)
                for i, s in enumerate(streams)]
     usage = _usage(prompts, streams)
