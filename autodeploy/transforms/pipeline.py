@@ -151,9 +151,9 @@ def _fake_attr_prop(gm: fx.GraphModule, mode):
     """FakeTensorProp whose get_attr hands out fake copies of parameters and buffers.
 
     Plain FakeTensorProp passes the module's own tensors (meta after export, sliced meta after
-    sharding) into ops next to symbolic fake activations. torch 2.11 then fails inside aten.linear
-    ("Cannot call numel() on tensor with symbolic sizes/strides": the sharded graph on the H100
-    machine; torch 2.13 converts them itself). Fake copies from the same mode are what export traced.
+    sharding) into ops next to symbolic fake activations, leaving their conversion to each op; fake
+    copies from the same mode are what export itself traced with. (The torch 2.11 failure of the
+    2-rank run was fixed by the python dispatcher in propagate_shapes; this alone did not fix it.)
     """
     from torch._subclasses.fake_tensor import FakeTensor
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
