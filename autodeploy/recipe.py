@@ -51,6 +51,10 @@ class RuntimeConfig(_Strict):
         None, ge=1, description="Ranks the model is split over (tensor / expert parallel); null: the launcher's "
         "WORLD_SIZE (torchrun), else 1.",
     )
+    all_reduce: Literal["auto", "nccl"] = Field(
+        "auto", description="Tensor-parallel all-reduces on CUDA: auto sends small ones (decode) through a "
+        "one-shot kernel over symmetric memory, falling back to NCCL where that is unavailable; nccl: all NCCL.",
+    )
     overlap_scheduling: bool = Field(
         True, description="Launch each step before reading the previous step's tokens (hides host work behind the GPU)."
     )

@@ -9,7 +9,9 @@ new tensors (custom ops may not alias their inputs). `world_size` is an argument
 the graph states its output shape without a process group (shape propagation, plan printing).
 
 They are opaque to torch.compile (their fake impls give shapes) and capturable in CUDA graphs on
-NCCL once the communicator exists (the first eager call creates it).
+NCCL once the communicator exists (the first eager call creates it). Small CUDA all-reduces go
+through symm_all_reduce.py's one-shot kernel when runtime.all_reduce is "auto" (the default) and
+every rank could set it up.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from autodeploy.distributed import symm_all_reduce
 
 
 def _world() -> int:
@@ -26,6 +30,10 @@ def _world() -> int:
 @torch.library.custom_op("autodeploy::all_reduce", mutates_args=())
 def all_reduce(x: Tensor) -> Tensor:
     """x [...] -> the sum of every rank's x [...]."""
+    if _world() > 1:
+        summed = symm_all_reduce.try_all_reduce(x)  # small CUDA messages: one kernel over NVLink
+        if summed is not None:
+            return summed
     out = x.contiguous().clone()
     if _world() > 1:
         dist.all_reduce(out)

@@ -16,6 +16,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from autodeploy.distributed import symm_all_reduce
 from autodeploy.errors import RecipeError
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,10 @@ def rank_device(device: str, world: int) -> str:
     return device
 
 
-def init_distributed(world: int, device: str) -> None:
-    """Join (or check) the process group of `world` ranks; a no-op at world size 1."""
+def init_distributed(world: int, device: str, all_reduce: str = "auto") -> None:
+    """Join (or check) the process group of `world` ranks; a no-op at world size 1. `all_reduce`:
+    "auto" sets up the one-shot symmetric-memory path for small all-reduces on CUDA
+    (symm_all_reduce.py), "nccl" leaves every all-reduce to NCCL."""
     global _CONTROL
     if world <= 1:
         return
@@ -104,6 +107,7 @@ def init_distributed(world: int, device: str) -> None:
     if _CONTROL is None:
         # every rank creates it at the same point: group creation is itself collective
         _CONTROL = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        symm_all_reduce.setup(all_reduce, symm_all_reduce.DEFAULT_MAX_BYTES, torch.device(device), _CONTROL)
 
 
 def control_group():
@@ -115,6 +119,7 @@ def control_group():
 
 def destroy() -> None:
     global _CONTROL
+    symm_all_reduce.reset()
     if is_initialized():
         dist.destroy_process_group()
     _CONTROL = None

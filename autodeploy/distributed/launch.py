@@ -57,7 +57,7 @@ def setup_ranks(recipe) -> int:
     if world <= 1:
         return 1
     rt.device = dist.rank_device(rt.device, world)
-    dist.init_distributed(world, rt.device)
+    dist.init_distributed(world, rt.device, rt.all_reduce)
     rt.world_size = world  # the transforms read it
     _pending_stop = True
     if not _atexit_registered:

@@ -1,6 +1,8 @@
 """Tensor parallelism on 2 GPUs over NCCL (skipped without 2 CUDA devices).
 
     collectives       autodeploy::all_reduce / all_gather eager and replayed from a CUDA graph
+    one-shot          small bf16 / fp32 all-reduces through symmetric memory (runtime.all_reduce
+                      "auto"): active on NVLink H100s, equal to NCCL's sum, replayable in a graph
     tiny llama        h100 recipe (torch.compile + CUDA graphs, overlap scheduling) in fp32, so a
                       different summation order cannot flip a greedy token: the 2-rank runtime's
                       greedy tokens equal the 1-rank runtime's, step logits within fp32 tolerance
@@ -54,6 +56,46 @@ def _collectives(rank: int, out) -> dict:
         replays.append(y.clone().cpu())
     torch.cuda.synchronize(dev)
     return {"sum": eager_sum.cpu(), "cat": eager_cat.cpu(), "replays": replays}
+
+
+def _one_shot(rank: int, out) -> dict:
+    import torch.distributed as tdist
+
+    from autodeploy.distributed import dist, symm_all_reduce
+
+    dist.init_distributed(2, "cuda")
+    import autodeploy.distributed.collectives  # noqa: F401
+
+    dev = torch.device(f"cuda:{rank}")
+    gen = torch.Generator(device="cpu").manual_seed(rank)
+    results = {"active": symm_all_reduce.active()}
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(1, 4096, generator=gen).to(dev, dtype)  # a decode step's [1, hidden]
+        got = torch.ops.autodeploy.all_reduce(x)
+        want = x.clone()
+        tdist.all_reduce(want)  # NCCL
+        results[str(dtype)] = (got.float().cpu(), want.float().cpu())
+    static = torch.zeros(2, 4096, device=dev, dtype=torch.bfloat16)
+    torch.ops.autodeploy.all_reduce(static)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ys = [torch.ops.autodeploy.all_reduce(static + i) for i in range(3)]  # back to back, one buffer
+    static.fill_(float(rank + 1))
+    graph.replay()
+    torch.cuda.synchronize(dev)
+    results["graph"] = [float(y[1, 7]) for y in ys]
+    return results
+
+
+def test_one_shot_all_reduce_matches_nccl(tmp_path):
+    ranks, _ = run_ranks(_one_shot, 2, tmp_path)
+    for r in ranks:
+        assert r["active"], "symmetric-memory all-reduce did not set up on this 2-GPU host"
+        for dtype in (torch.bfloat16, torch.float32):
+            got, want = r[str(dtype)]
+            assert_close(got, want, dtype)
+        # (1 + i) + (2 + i) for the three captured calls
+        assert r["graph"] == [3.0, 5.0, 7.0]
 
 
 def test_collectives_eager_and_in_a_cuda_graph(tmp_path):

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Named GPU stages in one device call, in groups: stages of a group run at once (each on the GPU
+# named after '@'), groups run one after the other. Each stage has a time limit and a log.
+#
+#   bash benchmarks/gpu_stages.sh "oneshot@01:90" "quant@1 bench_1b@0" "tp2@01:200"
+# (name@gpus[:seconds]; without a limit a stage may use what is left of BUDGET_S)
+#   run(command='bash benchmarks/gpu_stages.sh "..."', kind="nvidia-h100-x2", carry=[".whl"])
+#
+# Stages (see stage_* below): oneshot (2-GPU symmetric-memory all-reduce test), tp2 / tp2_nccl
+# (8B TP=2 batch-1 bench, one-shot vs NCCL all-reduces), tp1, bench_1b (cold caches, batch 1 and
+# 16, transformers baselines), bench_1b_warm (optimize again with caches warm), quant (8B bf16 / FP8
+# / INT4 via quant_gpu.py; QUANT_VARIANTS overrides), gemv (quant_gemv_bench.py), gpu_tests
+# (tests/gpu on one GPU), parity. JSON results under $OUT, logs in $OUT/logs.tgz (only a few files
+# come back from a device call), a summary last.
+set -u
+OUT=${OUT:-$PWD/out}; L=$OUT/logs; mkdir -p "$L"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  > "$L/pip.log" 2>&1 || echo "wheel install failed"
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+export TORCHINDUCTOR_CACHE_DIR=/tmp/adc/i TRITON_CACHE_DIR=/tmp/adc/t
+nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader | tee "$L/env.txt"
+T=${BUDGET_S:-585}
+AD="python3 -m autodeploy bench"
+B1=(random:llama-3.2-1b --recipe h100 --input-len 128 --output-len 256)
+B8=(random:llama-3.1-8b --recipe h100 --batch-sizes 1 --input-len 128 --output-len 256 --no-baselines
+    --set runtime.max_batch_size=1 --set runtime.max_seq_len=512 --set runtime.max_num_tokens=512
+    --set "runtime.cuda_graph_batch_sizes=[1]" --set runtime.kv_memory_gb=1)
+
+stage_oneshot() { python3 -m pytest -q -x tests/gpu/test_tp_nccl.py; }
+stage_tp2() { $AD "${B8[@]}" --world-size 2 --json "$OUT/tp2.json"; }
+stage_tp2_nccl() { $AD "${B8[@]}" --world-size 2 --set runtime.all_reduce=nccl --json "$OUT/tp2_nccl.json"; }
+stage_tp1() { $AD "${B8[@]}" --json "$OUT/tp1.json"; }
+stage_bench_1b() { $AD "${B1[@]}" --batch-sizes 1,16 --baselines eager,static --json "$OUT/bench_1b.json"; }
+stage_bench_1b_fast() { $AD "${B1[@]}" --batch-sizes 1 --no-baselines --json "$OUT/bench_1b_fast.json"; }
+stage_bench_1b_warm() { $AD "${B1[@]}" --batch-sizes 1 --output-len 32 --no-baselines --json "$OUT/bench_1b_warm.json"; }
+stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf --serve-input-len 128 \
+  --serve-output-len 128 --no-baselines --json "$OUT/bench_serve.json"; }
+stage_quant() { python3 benchmarks/quant_gpu.py --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" --input-len 128 \
+  --output-len 256 --budget-s "$1" --timeout-s 150 --json "$OUT/quant_8b.json"; }
+stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
+stage_gpu_tests() { python3 -m pytest -q -x tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
+stage_parity() { python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
+
+run_stage() {  # name gpus limit
+  local name=$1 gpus=$2 limit=$3 t0=$SECONDS
+  declare -F "stage_$name" > /dev/null || { echo "$name: unknown stage"; return; }
+  local devs; devs=$(echo "$gpus" | sed 's/./&,/g; s/,$//')
+  CUDA_VISIBLE_DEVICES=$devs AUTODEPLOY_CACHE=/tmp/adc${gpus:0:1} \
+    timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 OUT L 2>/dev/null); \
+      stage_$name $limit" > "$L/$name.log" 2>&1
+  echo "$name@$gpus rc=$? $((SECONDS - t0))s"
+}
+
+for group in "$@"; do
+  left=$((T - SECONDS - 15))
+  (( left < 20 )) && { echo "SKIPPED: $group"; continue; }
+  for item in $group; do
+    name=${item%@*}; spec=${item#*@}; gpus=${spec%%:*}; limit=$left
+    [[ $spec == *:* ]] && limit=${spec#*:} && (( limit > left )) && limit=$left
+    run_stage "$name" "$gpus" "$limit" &
+  done
+  wait
+done
+for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
+python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
+for t in oneshot tp2 tp2_nccl quant gemv gpu_tests; do
+  tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step" | tail -12
+done
