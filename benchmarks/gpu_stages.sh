@@ -38,6 +38,11 @@ stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf
 stage_quant() { python3 benchmarks/quant_gpu.py --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" --input-len 128 \
   --output-len 256 --budget-s "$1" --timeout-s 150 --json "$OUT/quant_8b.json"; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
+P8=(--source random:llama-3.1-8b --batch 1 --steps 30)
+stage_profile_fp8() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_fp8.enabled=true; }
+stage_profile_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_int4_weight_only.enabled=true \
+  --set transforms.quantize_int4_weight_only.group_size=128; }
+stage_profile_1b() { python3 benchmarks/profile_decode.py --batch 1 --steps 100; }
 stage_gpu_tests() { python3 -m pytest -q -x tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
@@ -46,7 +51,7 @@ run_stage() {  # name gpus limit
   declare -F "stage_$name" > /dev/null || { echo "$name: unknown stage"; return; }
   local devs; devs=$(echo "$gpus" | sed 's/./&,/g; s/,$//')
   CUDA_VISIBLE_DEVICES=$devs AUTODEPLOY_CACHE=/tmp/adc${gpus:0:1} \
-    timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 OUT L 2>/dev/null); \
+    timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 P8 OUT L 2>/dev/null); \
       stage_$name $limit" > "$L/$name.log" 2>&1
   echo "$name@$gpus rc=$? $((SECONDS - t0))s"
 }

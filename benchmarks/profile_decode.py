@@ -35,14 +35,18 @@ def main() -> None:
     ap.add_argument("--recipe", default="h100")
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--set", action="append", default=[], help="recipe override key=value (repeatable), "
+                    "e.g. transforms.quantize_fp8.enabled=true")
     args = ap.parse_args()
-    import autodeploy
+    from autodeploy.profiler.bench import build_runtime
     from autodeploy.runtime.sampling import SamplingParams
 
     batches = [int(b) for b in args.batch.split(",")]
     t0 = time.perf_counter()
-    rt = autodeploy.optimize(args.source, args.recipe, kv_memory_gb=1.0,
-                             cuda_graph_batch_sizes=sorted(set(max(2, b) for b in batches)))
+    buckets = sorted(set(max(2, b) for b in batches))
+    rt = build_runtime(args.source, args.recipe, ["runtime.kv_memory_gb=1.0", f"runtime.cuda_graph_batch_sizes={buckets}",
+                                                  f"runtime.max_batch_size={max(buckets)}", "runtime.max_seq_len=1024",
+                                                  "runtime.max_num_tokens=1024"] + args.set)
     print(f"optimize {time.perf_counter() - t0:.1f} s")
     eng = rt.engine
     model = eng.model

@@ -139,7 +139,7 @@ def _add_parts(
         with gm.graph.inserting_before(before):
             node = gm.graph.get_attr(full)
         if fake_mode is not None:
-            node.meta["val"] = fake_mode.from_tensor(gm.get_parameter(full))
+            node.meta["val"] = fake_mode.from_tensor(gm.get_parameter(full), static_shapes=True)
         nodes[leaf] = node
     return nodes
 

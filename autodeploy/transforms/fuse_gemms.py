@@ -125,7 +125,7 @@ def _fuse(gm: fx.GraphModule, group: list[fx.Node]) -> None:
     x_val = val(x)
     for node in (w_node, b_node):
         if node is not None:  # a fake tensor in the mode the graph was traced with
-            node.meta["val"] = x_val.fake_mode.from_tensor(gm.get_parameter(node.target))
+            node.meta["val"] = x_val.fake_mode.from_tensor(gm.get_parameter(node.target), static_shapes=True)
     fused.meta["val"] = x_val.new_empty(tuple(x_val.shape[:-1]) + (sum(sizes),), dtype=val(weights[0]).dtype)
     split.meta["val"] = list(torch.split(fused.meta["val"], sizes, dim=-1))
     for lin, out, piece in zip(group, outs, split.meta["val"]):

@@ -84,6 +84,19 @@ def test_calibration_at_load_matches_calibration_in_place(method):
         assert sqnr(gm(ids, pos), model(input_ids=ids, position_ids=pos).logits) >= 15.0
 
 
+def test_new_parameters_have_static_shapes():
+    """The packed weights, scales and zeros (and fused GEMM weights) carry concrete sizes in their
+    fake values: select_backends builds its timing examples from them, and a symbolic size there was
+    bound to the token count (the 8B run timed qkv with scales [N, 1] and kept the torch reference)."""
+    gm = meta_graph("llama")
+    run_transforms(gm, CANONICAL + ["quantize_int4_weight_only", "fuse_gemms"],
+                   recipe=quant_recipe(quantize_int4_weight_only=dict(group_size=32)))
+    attrs = [n for n in gm.graph.nodes if n.op == "get_attr" and isinstance(n.meta.get("val"), torch.Tensor)]
+    assert any(n.target.endswith("scales") for n in attrs)
+    for n in attrs:
+        assert all(isinstance(d, int) for d in n.meta["val"].shape), (n.target, n.meta["val"].shape)
+
+
 def test_calibration_text_needs_a_tokenizer():
     gm = meta_graph("llama")
     recipe = quant_recipe(quantize_int4_weight_only=dict(method="gptq"))
