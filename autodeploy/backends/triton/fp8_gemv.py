@@ -16,12 +16,13 @@ one kernel streams the weight once, in the layout of backends/triton/linear.py's
 
 The products of two e4m3 values are exact, so the result equals the reference's up to fp32
 summation order (cuBLASLt's fast accumulation included). `x_prologue` picks where x is quantized:
-  in the kernel (False, default for M <= 2): before its main loop each program reads its x rows
-      once more for their amax, one wide load per row (8B: 8-28 KB, from L2), so about one L2
-      round trip (~0.5 us) shows, instead of a second launch and its gap in the graph.
-  a prologue kernel (True, default for M > 2): one program per row writes e4m3 x and s_x; the GEMV
-      then reads e4m3 x once. In the kernel, each of the (down: 256) programs would reread
-      M x K x 2 bytes for the amax: at M = 16, 0.46 MB each, twice its weight tile, through L2.
+  in the kernel (False): before its main loop each program reads its x rows once more for their
+      amax, one wide load per row (8B: 8-28 KB, from L2), instead of a second launch.
+  a prologue kernel (True, the default): one program per row writes e4m3 x and s_x; the GEMV then
+      reads e4m3 x once. Measured on the H100 at M = 1 (quant_gemv_bench.txt, 2026-11-28) the
+      prologue wins on all four 8B weights: qkv 14.4 vs 20.0 us, o 12.9 vs 14.0, gate_up 44.3 vs
+      45.0, down 30.6 vs 56.7 (its 256 programs each re-reading the 28 KB row cost more than the
+      extra launch); at M = 16 each program would reread 0.46 MB.
 `fp8_dot` False multiplies in fp16 instead (e4m3 -> fp16 is exact): the same numbers, a fallback
 should a Triton build reject an fp8 tl.dot in this orientation. quantize_input False (FP8 weights,
 x as is) multiplies w (converted to x's dtype, exact) with x in x's dtype.
@@ -200,7 +201,7 @@ def normalized(config: dict, m: int, n: int, k: int) -> dict:
     """A config made valid for (m, n, k): BK dividing K, the split a whole number of BK steps."""
     bk, split, k_per_split = split_k(k, config["bk"], config.get("split", 1))
     return dict(config, bk=bk, split=split, k_per_split=k_per_split, fp8_dot=config.get("fp8_dot", True),
-                x_prologue=config.get("x_prologue", m > 2))
+                x_prologue=config.get("x_prologue", True))
 
 
 @functools.lru_cache(maxsize=1024)  # per call at decode: keep the host's share of a few-us GEMV small
