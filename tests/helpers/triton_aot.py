@@ -71,10 +71,27 @@ def cases():
         yield f"int4_gemv bn={bn}", int4_gemv._int4_gemv_kernel, i4, c, (), 3
 
 
+def pdl_cases():
+    """Kernels with programmatic dependent launch (griddepcontrol) compiled in, as AUTODEPLOY_PDL=1 runs them."""
+    from autodeploy.backends.triton import paged_attention_decode_rope, rmsnorm
+
+    bf = "bf16"
+    for residual in (False, True):
+        yield f"rmsnorm pdl residual={residual}", rmsnorm._rmsnorm_kernel, \
+            dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, res_out_ptr=bf), \
+            dict(HAS_RESIDUAL=residual, UNIT_OFFSET=False, BLOCK_H=2048, PDL=True), ("eps",), 1
+    ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, cos_ptr=bf, sin_ptr=bf, kc_ptr=bf, vc_ptr=bf, slot_ptr="i64",
+                pt_ptr="i32", lens_ptr="i32", sinks_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32")
+    c = dict(G=4, D=64, D_V=64, D_ROT=64, INTERLEAVED=False, PAGE_SIZE=64, NUM_SPLITS=4, SOFTCAP=False,
+             WINDOW=False, HAS_SINKS=False, BLOCK_G=16, BLOCK_N=64, BLOCK_D=64, BLOCK_DV=64, BLOCK_GP=4,
+             BLOCK_S=4, SUB_S=4, PRECISION="tf32", PDL=True)
+    yield "decode_rope pdl", paged_attention_decode_rope._decode_rope_kernel, ptrs, c, ("scale", "softcap"), 2
+
+
 def main() -> int:
     print(f"triton {triton.__version__}, target sm_90")
     failed = 0
-    for name, kernel, ptrs, consts, floats, stages in cases():
+    for name, kernel, ptrs, consts, floats, stages in [*cases(), *pdl_cases()]:
         try:
             compile_case(kernel, ptrs, consts, floats, stages=stages)
             print(f"ok    {name}")

@@ -58,3 +58,36 @@ def dot_precision(dtype: torch.dtype) -> str:
 def rows_of(x: torch.Tensor) -> torch.Tensor:
     """[..., h] -> [M, h] without a copy when the leading dims flatten (most activations)."""
     return x.reshape(-1, x.shape[-1])
+
+
+# ---- programmatic dependent launch (Hopper) -----------------------------------------------------
+# In a CUDA graph the decode kernels run back to back, each waiting for the previous one to finish
+# and then paying its own launch (block scheduling, prologue: ~1-2 us each, ~100 per 1B step).
+# With PDL a kernel is launched while its predecessor still runs; its programs start, signal that
+# their own dependents may launch, then wait (griddepcontrol.wait) until the predecessor's grid
+# has completed and its writes are visible, before touching any memory. Every PDL kernel waits
+# before its first load or store, so the stream's order still holds for everything it reads or
+# writes (a kernel completes only after its wait returned, i.e. after its predecessor completed).
+# AUTODEPLOY_PDL=1 turns it on (sm_90+, compiled kernels only); off by default until measured.
+
+
+@functools.lru_cache(maxsize=None)
+def pdl_enabled(device: torch.device) -> bool:
+    import os
+
+    if os.environ.get("AUTODEPLOY_PDL", "0") != "1" or interpreted() or device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_launch(device: torch.device) -> dict:
+    """Launch kwargs of a kernel that calls pdl_wait_and_release(PDL=True) first."""
+    return {"launch_pdl": True} if pdl_enabled(device) else {}
+
+
+@triton.jit
+def pdl_wait_and_release(PDL: tl.constexpr):
+    """First statement of a PDL kernel: let the next kernel launch, wait for the previous one."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import dot_precision
+from autodeploy.backends.triton._common import dot_precision, pdl_enabled, pdl_launch, pdl_wait_and_release
 from autodeploy.backends.triton.paged_attention_decode import _scores, choose_num_splits
 
 MERGE_TILE = 4096  # fp32 partials the merging program loads at once: 32 registers a thread at 4 warps
@@ -87,8 +87,9 @@ def _decode_rope_kernel(
     PAGE_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
     HAS_SINKS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_wait_and_release(PDL)  # q / k / v come from the qkv GEMV launched just before
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
@@ -303,7 +304,7 @@ def decode_rope(
         SOFTCAP=logit_softcap is not None, WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         BLOCK_G=max(16, triton.next_power_of_2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         BLOCK_GP=block_gp, BLOCK_S=block_s, SUB_S=max(1, min(block_s, MERGE_TILE // (block_gp * block_dv))),
-        PRECISION=dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        PRECISION=dot_precision(q.dtype), PDL=pdl_enabled(q.device),
+        num_warps=num_warps, num_stages=num_stages, **pdl_launch(q.device),
     )
     return out

@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import (pdl_enabled, pdl_launch, pdl_wait_and_release, rows_of,
+                                                unsupported_device_or_dtype)
 
 MAX_HIDDEN = 65536
 
@@ -33,8 +34,9 @@ def _rmsnorm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_res, stride_out, stride_res_out,
     h, eps,
-    HAS_RESIDUAL: tl.constexpr, UNIT_OFFSET: tl.constexpr, BLOCK_H: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, UNIT_OFFSET: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_wait_and_release(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < h
@@ -95,7 +97,7 @@ def launch(x: Tensor, weight: Tensor, eps: float, add_unit_offset: bool, residua
             x2.stride(0), r2.stride(0), out2.stride(0), res_out2.stride(0),
             h, float(eps),
             HAS_RESIDUAL=residual is not None, UNIT_OFFSET=bool(add_unit_offset), BLOCK_H=block_h,
-            num_warps=_num_warps(block_h),
+            PDL=pdl_enabled(x.device), num_warps=_num_warps(block_h), **pdl_launch(x.device),
         )
     return out if residual is None else (out, res_out)
 
