@@ -11,7 +11,9 @@ lm_head [128256, 4096]) and row count, each backend:
   fp8 gemv    autodeploy::triton_fp8_linear's kernel (backends/triton/fp8_gemv.py): launch_config's
               default, then a few neighbours (x quantized in the kernel or by its prologue, tiles)
   int4 old    the int4 GEMM kernel with its own decode config (int4_gemm.launch_config)
-  int4 gemv   backends/triton/int4_gemv.py: the default, then neighbours (tiles, magic codes on/off)
+  int4 gemv   backends/triton/int4_gemv.py (tl.dot): the default, then neighbours (tiles, magic codes on/off)
+  int4 fma    backends/triton/int4_gemv_fma.py (no tl.dot; rows <= 4): the default, x gathered instead
+              of x_planes(), then neighbours (tiles, warps, a K split)
 Every call is timed as CALLS calls captured in one CUDA graph, replayed (triton.testing.do_bench,
 median), over enough copies of the weight that none is still in L2 when its turn comes again (a
 decode step reads each weight once from HBM). GB/s counts the weight's bytes only (int4: packed
@@ -54,6 +56,10 @@ CALLS = SWEEP_CALLS  # graph_us captures this many calls
 FP8_TILES = [(16, 256, 4, 6), (32, 256, 4, 5), (64, 256, 4, 4), (32, 512, 4, 3), (64, 512, 4, 3), (128, 256, 8, 3)]
 INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4), (16, 128, 4, 12),
               (32, 128, 4, 10), (64, 128, 8, 6)]
+# int4 fma: (BN, BK bytes per row per step, num_warps, split); each compiled to SASS without shared-memory
+# shuffles in the loop (tiles of <= 16 words per thread, <= 2 group chunks per step)
+FMA_TILES = [(8, 256, 4, 1), (16, 256, 4, 1), (16, 128, 4, 1), (32, 256, 4, 1), (32, 128, 4, 1), (64, 128, 4, 1),
+             (16, 256, 8, 1), (8, 128, 2, 1), (16, 256, 4, 2), (32, 256, 4, 2)]
 
 
 def graph_us(call, copies: int) -> float:
@@ -107,7 +113,7 @@ def sqnr(out, truth) -> float:
 
 
 def run_case(case: Case, sms: int) -> None:
-    from autodeploy.backends.triton import fp8_gemv, int4_gemm, int4_gemv
+    from autodeploy.backends.triton import fp8_gemv, int4_gemm, int4_gemv, int4_gemv_fma
     from autodeploy.quantization import fp8, int4
 
     m, n, k = case.m, case.n, case.k
@@ -173,6 +179,16 @@ def run_case(case: Case, sms: int) -> None:
     for label, cfg, optional in variants:
         case.time("int4 gemv", label, lambda i, cfg=cfg: int4_gemm.launch(x, qws[i], s4, z4, None, GROUP, cfg),
                   truth, nb, cp, optional)
+    if m <= int4_gemv_fma.MAX_ROWS:
+        default = dict(int4_gemv_fma.launch_config(m, n, k // 2, GROUP, sms))
+        variants = [("default " + _fma_label(default), default, False),
+                    ("default, x gathered", dict(default, x_planes=False), True)]
+        for bn, bk, warps, split in FMA_TILES:
+            cfg = dict(kind="gemv_fma", bn=bn, bk=bk, split=split, num_warps=warps, num_stages=1)
+            variants.append((_fma_label(cfg), cfg, True))
+        for label, cfg, optional in variants:
+            case.time("int4 fma", label, lambda i, cfg=cfg: int4_gemm.launch(x, qws[i], s4, z4, None, GROUP, cfg),
+                      truth, nb, cp, optional)
     del qws, p, qw, w, x
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -187,14 +203,18 @@ def _int4_label(c: dict) -> str:
     return f"bn={c['bn']} bk={c['bk']} w={c['num_warps']} st={c['num_stages']} split={c.get('split', 1)}"
 
 
-BACKENDS = ["bf16", "fp8 mm", "fp8 mm*", "fp8 gemv", "int4 old", "int4 gemv"]
+def _fma_label(c: dict) -> str:
+    return f"bn={c['bn']} bk={c['bk']} w={c['num_warps']} split={c.get('split', 1)} x={'planes' if c.get('x_planes', True) else 'gather'}"
+
+
+BACKENDS = ["bf16", "fp8 mm", "fp8 mm*", "fp8 gemv", "int4 old", "int4 gemv", "int4 fma"]
 
 
 def summary(cases: list[Case], rows: list[int]) -> list[str]:
     lines = ["| weight | M | " + " | ".join(f"{b} us (GB/s)" for b in BACKENDS) + " |",
              "|---|---|" + "---|" * len(BACKENDS)]
     bytes_of = {"bf16": 2.0, "fp8 mm": 1.0, "fp8 mm*": 1.0, "fp8 gemv": 1.0, "int4 old": 0.5 + 4 / GROUP,
-                "int4 gemv": 0.5 + 4 / GROUP}
+                "int4 gemv": 0.5 + 4 / GROUP, "int4 fma": 0.5 + 4 / GROUP}
     for c in cases:
         cells = []
         for b in BACKENDS:
@@ -205,7 +225,7 @@ def summary(cases: list[Case], rows: list[int]) -> list[str]:
                 cells.append("-")
         lines.append(f"| {c.name} | {c.m} | " + " | ".join(cells) + " |")
     lines.append("\nbest configs:")
-    lines += [f"  {c.name:8s} M={c.m:<2d} " + " | ".join(f"{b}: {c.best[b][1]}" for b in ("fp8 gemv", "int4 gemv")
+    lines += [f"  {c.name:8s} M={c.m:<2d} " + " | ".join(f"{b}: {c.best[b][1]}" for b in ("fp8 gemv", "int4 gemv", "int4 fma")
                                                      if b in c.best) for c in cases]
     lines.append("")
     for m in rows:
@@ -226,7 +246,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=list(WEIGHTS))
-    ap.add_argument("--budget-s", type=float, default=65.0, help="after this, only default configs are timed")
+    ap.add_argument("--budget-s", type=float, default=150.0, help="after this, only default configs are timed")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cpu-check", action="store_true", help="run the script's logic on tiny shapes, interpreted")
     args = ap.parse_args()

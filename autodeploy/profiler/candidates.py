@@ -1,7 +1,8 @@
 """Which backend ops can replace a canonical op, in order of preference.
 
     triton          torch.ops.autodeploy.triton_<op> or <op>_triton (autodeploy.backends.triton), CUDA only
-    <registered>    extra backends added with register_backend() (tests, plug-ins)
+    <registered>    extra backends added with register_backend() (tests, plug-ins, and second Triton
+                    kernels such as int4_wo_linear's "triton-dot": names "triton-*" obey triton=)
     torch           the canonical op itself: its reference implementation
     torch-compile   the reference under torch.compile (only where `compiled=True`)
 
@@ -68,10 +69,12 @@ def module_supports(op: OpOverload) -> Callable[[dict[str, Any]], bool] | None:
 _EXTRA: dict[str, list[BackendOp]] = {}
 
 
-def register_backend(canonical: str, name: str, op: OpOverload, supports: Callable[[torch.device], bool] | None = None) -> None:
-    """Offer `op` (same schema as autodeploy::<canonical>) as a backend of that canonical op."""
+def register_backend(canonical: str, name: str, op: OpOverload, supports: Callable[[torch.device], bool] | None = None,
+                     supports_args: Callable[[dict[str, Any]], bool] | None = None) -> None:
+    """Offer `op` (same schema as autodeploy::<canonical>) as a backend of that canonical op;
+    supports_args: as BackendOp's (None: every call)."""
     entries = [b for b in _EXTRA.setdefault(canonical, []) if b.name != name]
-    entries.append(BackendOp(name, op, supports or (lambda device: True)))
+    entries.append(BackendOp(name, op, supports or (lambda device: True), supports_args))
     _EXTRA[canonical] = entries
 
 
@@ -110,7 +113,8 @@ def backends_for(
         op, check = _triton_op(name)
         if op is not None:
             out.append(BackendOp("triton", op, supports_args=check))
-    out.extend(b for b in _EXTRA.get(name, []) if b.supports(device))
+    # extras named "triton-..." (a second Triton kernel of the op) follow the triton switch too
+    out.extend(b for b in _EXTRA.get(name, []) if b.supports(device) and (triton or not b.name.startswith("triton")))
     out.append(BackendOp("torch", canonical))
     if compiled or (compiled is None and not any(b.name == "triton" for b in out)):
         op = compiled_variant(canonical)

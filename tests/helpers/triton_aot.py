@@ -42,7 +42,7 @@ def compile_case(kernel, ptrs: dict, consts: dict, floats=(), warps=4, stages=3,
 
 
 def cases():
-    from autodeploy.backends.triton import fp8_gemv, gated_linear, int4_gemv, linear
+    from autodeploy.backends.triton import fp8_gemv, gated_linear, int4_gemv, int4_gemv_fma, linear
 
     bf = "bf16"
     lin = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf)
@@ -69,6 +69,11 @@ def cases():
         c = dict(GROUP=128, BM=16, BN=bn, BK=256, MAGIC_BITS=True, MAGIC_VALUE=128.0, PARTIAL=False,
                  HAS_BIAS=False, PRECISION="tf32")
         yield f"int4_gemv bn={bn}", int4_gemv._int4_gemv_kernel, i4, c, (), 3
+    for bn, ng, gw, xp, partial in ((8, 1, 32, True, False), (16, 2, 32, False, False), (64, 1, 32, True, True),
+                                    (16, 4, 8, True, False)):
+        c = dict(LOG2_GROUP=(4 * gw).bit_length() - 1, BN=bn, NG=ng, GW=gw, X_PLANES=xp, PARTIAL=partial, HAS_BIAS=not partial)
+        ptrs = dict(i4, xp_ptr="fp32" if xp else bf, qw_ptr="i32", out_ptr="fp32" if partial else bf)
+        yield f"int4_gemv_fma bn={bn} ng={ng} gw={gw}", int4_gemv_fma._int4_gemv_fma_kernel, ptrs, c, (), 4
 
 
 def pdl_cases():

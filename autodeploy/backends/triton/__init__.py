@@ -11,7 +11,9 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::cached_attention_rope -> autodeploy::triton_cached_attention_rope  cached_attention_rope.py
                                      (decode: paged_attention_decode_rope.py, one launch per layer)
     autodeploy::int4_wo_linear    -> autodeploy::triton_int4_wo_linear        int4_gemm.py
-                                     (rows <= 16: the GEMV of int4_gemv.py)
+                                     (rows <= 4: the FMA GEMV of int4_gemv_fma.py, <= 16: the
+                                     tl.dot GEMV of int4_gemv.py; backend "triton-dot",
+                                     autodeploy::triton_int4_wo_linear_dot: always the latter)
     autodeploy::fp8_linear        -> autodeploy::triton_fp8_linear            fp8_gemv.py
                                      (rows <= 16; more rows: the reference, torch._scaled_mm)
     autodeploy::fused_add_rmsnorm -> autodeploy::triton_fused_add_rmsnorm     rmsnorm.py
@@ -55,6 +57,22 @@ def _cached_attention_rope_supports(q, k, v, k_cache, v_cache, *meta, sinks=None
     cos, sin = meta[6], meta[7]  # positional: ... slot_mapping, cos, sin, interleaved, sinks, scale, ...
     sinks = meta[9] if len(meta) > 9 else sinks
     return cached_attention_rope.supports(q, k, v, k_cache, v_cache, cos, sin, sinks)
+
+
+def _register_second_candidates() -> None:
+    """Backends the autotuner times beside the "triton" one (profiler/candidates.py register_backend)."""
+    import torch
+
+    from autodeploy.profiler.candidates import register_backend
+
+    register_backend("int4_wo_linear", "triton-dot", torch.ops.autodeploy.triton_int4_wo_linear_dot.default,
+                     supports=lambda device: device.type == "cuda",  # as the "triton" entry
+                     supports_args=lambda args: int4_gemm.supports(
+                         args["x"], args["qweight"], args["scales"], args["zeros"], args.get("bias"),
+                         args.get("group_size", 128)))
+
+
+_register_second_candidates()
 
 
 # {canonical op name: predicate over that op's call arguments}

@@ -18,10 +18,13 @@ products accumulate in fp32. When a BK tile lies inside one group (GROUP % BK ==
 otherwise per column. A skinny weight (unfused k/v: N = 1024) splits K across programs at few
 rows, its fp32 partials summed by one torch reduction (two small kernels a split call pays for).
 
-Calls of <= 16 rows (decode) go to the GEMV of int4_gemv.py instead (weights on the MMA's M
-side, zero points and scales applied per tile after the product) whenever a power of two >= 16
-divides both K/2 and the group size (every real model); `config={"kind": "gemv", ...}` forces it,
-any other explicit config this GEMM kernel.
+Decode calls go to a GEMV whenever a power of two >= 16 divides both K/2 and the group size (every
+real model): up to 4 rows the FMA GEMV of int4_gemv_fma.py (no tl.dot: nibbles dequantized in
+registers with one LOP3 and one FMA each), up to 16 the tl.dot GEMV of int4_gemv.py (weights on the
+MMA's M side, zero points and scales applied per tile after the product). An explicit config picks
+the kernel by its "kind": "gemv_fma", "gemv", anything else this GEMM kernel. The op
+autodeploy::triton_int4_wo_linear_dot takes the tl.dot GEMV for every decode call: the autotuner
+times both (backends/triton/__init__.py registers it as the "triton-dot" backend).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton import int4_gemv
+from autodeploy.backends.triton import int4_gemv, int4_gemv_fma
 from autodeploy.backends.triton._common import dot_precision, num_sms, rows_of, unsupported_device_or_dtype
 
 
@@ -141,8 +144,19 @@ def launch_config(m: int, n: int, half_k: int, group_size: int, sms: int) -> dic
                 num_warps=warps, num_stages=stages)
 
 
+def kernel_for(x2: Tensor, qweight: Tensor, group_size: int, config: Optional[dict], fma: bool = True) -> str:
+    """"gemv_fma", "gemv" or "gemm": the config's kind, else the first kernel that takes these rows."""
+    if config:
+        return config.get("kind") if config.get("kind") in ("gemv_fma", "gemv") else "gemm"
+    if fma and int4_gemv_fma.unsupported_reason(x2, qweight, group_size) is None:
+        return "gemv_fma"
+    return "gemv" if int4_gemv.unsupported_reason(x2, qweight, group_size) is None else "gemm"
+
+
 def launch(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Optional[Tensor], group_size: int,
-           config: Optional[dict] = None) -> Tensor:
+           config: Optional[dict] = None, fma: bool = True) -> Tensor:
+    """x [.., K] -> [.., N]; config None: launch_config's (or a GEMV's) untimed choice; fma=False keeps
+    decode rows off the FMA GEMV."""
     why = unsupported_reason(x, qweight, scales, zeros, bias, group_size)
     if why:
         raise NotImplementedError(f"triton int4_wo_linear: {why}")
@@ -153,8 +167,11 @@ def launch(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Opti
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
     qweight, scales, zeros = qweight.contiguous(), scales.contiguous(), zeros.contiguous()
-    gemv = config.get("kind") == "gemv" if config else int4_gemv.unsupported_reason(x2, qweight, group_size) is None
-    if gemv:  # decode rows: the weight-streaming kernel of int4_gemv.py
+    kernel = kernel_for(x2, qweight, group_size, config, fma)
+    if kernel == "gemv_fma":  # 1..4 decode rows: weights dequantized in registers, no tl.dot
+        out = int4_gemv_fma.launch(x2, qweight, scales, zeros, bias, group_size, config, num_sms(x.device))
+        return out.reshape(*x.shape[:-1], n)
+    if kernel == "gemv":  # decode rows: the weight-streaming tl.dot kernel of int4_gemv.py
         return int4_gemv.launch(x2, qweight, scales, zeros, bias, group_size, config, num_sms(x.device)).reshape(
             *x.shape[:-1], n)
     cfg = config or launch_config(m, n, half_k, group_size, num_sms(x.device))
@@ -185,5 +202,18 @@ def triton_int4_wo_linear(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Ten
 
 
 @triton_int4_wo_linear.register_fake
+def _(x, qweight, scales, zeros, bias=None, group_size=128):
+    return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+
+@torch.library.custom_op("autodeploy::triton_int4_wo_linear_dot", mutates_args=())
+def triton_int4_wo_linear_dot(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor,
+                              bias: Optional[Tensor] = None, group_size: int = 128) -> Tensor:
+    """triton_int4_wo_linear with every decode call on the tl.dot GEMV (none on the FMA GEMV): the
+    autotuner's second Triton candidate, for the row counts and cards where tensor cores win."""
+    return launch(x, qweight, scales, zeros, bias, group_size, fma=False)
+
+
+@triton_int4_wo_linear_dot.register_fake
 def _(x, qweight, scales, zeros, bias=None, group_size=128):
     return x.new_empty(*x.shape[:-1], qweight.shape[0])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import autodeploy.ops  # noqa: F401
-from autodeploy.backends.triton import int4_gemm, int4_gemv
+from autodeploy.backends.triton import int4_gemm, int4_gemv, int4_gemv_fma
 from autodeploy.quantization import int4
 from tests.backends.triton.cases import DEVICE, dtypes, randn
 from tests.helpers.tolerances import assert_close
@@ -56,17 +56,17 @@ def _gemv(bn=16, bk=128, split=1, **kw):
 
 
 @dtypes
-@pytest.mark.parametrize("m", [1, 5, 16])
-@pytest.mark.parametrize("group_size", [32, 128])
+@pytest.mark.parametrize("m", [1, 3, 5, 16])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("bn,split", [(16, 1), (32, 3)])
 def test_gemv_matches_reference(bn, split, group_size, m, dtype):
-    # N = 40: a partial last tile; K/2 = 192 = 6 steps of 32 (g = 32) or 3 of 64 (g = 128, K/2 % 128 != 0)
-    qw, s, z, b = _weights(40, 384, group_size, dtype, bias=m == 5)
+    # N = 41: odd, a partial last tile; K/2 = 192 = 6 steps of 32 (g = 32), 3 of 64 (g = 64, 128: K/2 % 128 != 0)
+    qw, s, z, b = _weights(41, 384, group_size, dtype, bias=m in (3, 16))
     x = randn(m, 384, dtype=dtype)
-    cfg = int4_gemv.normalized(_gemv(bn, 128, split), m, 40, 192, group_size)
+    cfg = int4_gemv.normalized(_gemv(bn, 128, split), m, 41, 192, group_size)
     assert cfg["bk"] == min(group_size, 64) and cfg["split"] == split
     out = int4_gemm.launch(x, qw, s, z, b, group_size, _gemv(bn, 128, split))
-    assert out.shape == (m, 40) and out.dtype == dtype
+    assert out.shape == (m, 41) and out.dtype == dtype
     assert_close(out, reference(x, qw, s, z, b, group_size))
 
 
@@ -79,20 +79,22 @@ def test_gemv_fp16_codes_from_the_magic_bits(magic):
     assert_close(out, reference(x, qw, s, z, b, 128))
 
 
-def test_decode_rows_take_the_gemv(monkeypatch):
+def test_decode_rows_take_a_gemv(monkeypatch):
     launched = []
-    real = int4_gemv.launch
-    monkeypatch.setattr(int4_gemv, "launch", lambda *a, **kw: launched.append(a[0].shape[0]) or real(*a, **kw))
+    for mod in (int4_gemv, int4_gemv_fma):
+        real = mod.launch
+        monkeypatch.setattr(mod, "launch", lambda *a, real=real, mod=mod, **kw: launched.append(mod) or real(*a, **kw))
     qw, s, z, b = _weights(24, 128, 64, torch.float32, bias=True)
-    for rows, gemv in [(1, True), (16, True), (17, False)]:
+    for rows, kernel in [(1, int4_gemv_fma), (4, int4_gemv_fma), (5, int4_gemv), (16, int4_gemv), (17, None)]:
         launched.clear()
         x = randn(rows, 128)
         assert_close(torch.ops.autodeploy.triton_int4_wo_linear(x, qw, s, z, b, 64), reference(x, qw, s, z, b, 64))
-        assert bool(launched) == gemv, rows
+        assert launched == ([kernel] if kernel else []), rows
     # K/2 = 24 and g = 16 share only 8: no 16-wide tile inside one group, the GEMM kernel takes it
     qw, s, z, _ = _weights(16, 48, 16, torch.float32)
     x = randn(1, 48)
     assert int4_gemv.unsupported_reason(x, qw, 16) is not None
+    assert int4_gemv_fma.unsupported_reason(x, qw, 16) is not None
     launched.clear()
     assert_close(int4_gemm.launch(x, qw, s, z, None, 16), reference(x, qw, s, z, None, 16))
     assert not launched
