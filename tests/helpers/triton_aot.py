@@ -91,6 +91,14 @@ def pdl_cases():
              WINDOW=False, HAS_SINKS=False, BLOCK_G=16, BLOCK_N=64, BLOCK_D=64, BLOCK_DV=64, BLOCK_GP=4,
              BLOCK_S=4, SUB_S=4, PRECISION="tf32", PDL=True)
     yield "decode_rope pdl", paged_attention_decode_rope._decode_rope_kernel, ptrs, c, ("scale", "softcap"), 2
+    from autodeploy.backends.triton import fp8_gemv
+
+    f8 = dict(x_ptr="fp8e4nv", xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr=bf, out_ptr=bf)
+    c = dict(BM=16, BN=64, BK=512, AMAX_BLOCK=4096, X_MODE=2, FP8_DOT=True, PER_TENSOR=False, PARTIAL=False,
+             HAS_BIAS=False, EXACT=False, PRECISION="tf32", PDL=True)
+    yield "fp8_gemv pdl", fp8_gemv._fp8_gemv_kernel, f8, c, (), 3
+    yield "fp8 quantize_rows pdl", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
+        dict(BLOCK=4096, EXACT=False, PDL=True), (), 1
 
 
 def main() -> int:

@@ -43,7 +43,8 @@ import triton.language as tl
 from torch import Tensor
 
 import autodeploy.backends.torch.quant_linear  # noqa: F401  (autodeploy::fp8_linear, the fallback)
-from autodeploy.backends.triton._common import DTYPES, interpreted, num_sms, rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import (DTYPES, interpreted, num_sms, pdl_enabled, pdl_launch,
+                                                pdl_wait_and_release, rows_of, unsupported_device_or_dtype)
 from autodeploy.backends.triton.linear import _sum_splits_kernel, split_k
 from autodeploy.quantization import fp8 as fp8_q
 
@@ -83,8 +84,10 @@ def _row_amax(row_ptr, K, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BLOCK: tl.constexpr, EXACT: tl.constexpr):
+def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BLOCK: tl.constexpr, EXACT: tl.constexpr,
+                          PDL: tl.constexpr = False):
     """One program per row: xs[m] = amax|x[m]| / 448 (>= 1e-12), xq[m] = e4m3(x[m] / xs[m])."""
+    pdl_wait_and_release(PDL)
     m = tl.program_id(0)
     rk = tl.arange(0, BLOCK)
     scale = tl.maximum(_row_amax(x_ptr + m * stride_xm, K, BLOCK) / FP8_MAX, MIN_SCALE)
@@ -104,8 +107,9 @@ def _fp8_gemv_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, AMAX_BLOCK: tl.constexpr,
     X_MODE: tl.constexpr,  # 0: x as is (weight-only FP8); 1: quantize x here; 2: x is e4m3 with scales xs
     FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EXACT: tl.constexpr, PRECISION: tl.constexpr,
+    EXACT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_wait_and_release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -208,25 +212,25 @@ def normalized(config: dict, m: int, n: int, k: int) -> dict:
 def launch_config(m: int, n: int, k: int, sms: int) -> dict:
     """Tile sizes and the K split for one call; not to be mutated.
 
-    Untimed first guess from the bf16 GEMV's H100 sweep (backends/triton/linear.py) at the same
-    bytes per stage (e4m3 BK = 2 x bf16 BK would double x's registers; BK 256 keeps them, with
-    more stages), and N tiles narrow enough for >= 2 programs per SM where N allows it:
-      long rows (K >= 3N: down)   BN 16, BK 256, 6 stages
+    From the H100 sweep of quant_gemv_bench.py at M = 1 (2026-11-28, 8B weights): 64-row tiles won
+    on every weight; 512-byte K steps won where N gives fewer than ~2 tiles per SM (qkv 13.2 us vs
+    20.0 at the old BN 32 / BK 256, o 11.6 vs 14.0, down 30.9 vs 56.7), 256 where N is wide
+    (gate_up 44.3, lm_head 173.5: 3.0 TB/s):
       wide (N / 64 >= 2 SMs)      BN 64, BK 256, 4 stages    gate_up, lm_head
-      otherwise                   BN 32, BK 256, 5 stages    qkv, o
-    benchmarks/quant_gemv_bench.py times these against a few neighbours.
+      otherwise                   BN 64, BK 512, 3 stages    qkv, o, down
+    Only very skinny weights (unfused k / v: under a quarter of the SMs busy) split K; qkv's 96
+    and o's 64 tiles ran fastest unsplit.
     """
-    if k >= 3 * n:
-        bn, stages = 16, 6
-    elif triton.cdiv(n, 64) >= 2 * sms:
-        bn, stages = 64, 4
+    if triton.cdiv(n, 64) >= 2 * sms:
+        bk, stages = 256, 4
     else:
-        bn, stages = 32, 5
+        bk, stages = 512, 3
+    bn = 64
     tiles = triton.cdiv(n, bn)
     split = 1
-    if tiles < sms:  # skinny weights (unfused k / v): spread K over the idle SMs, >= 4 BK steps each
-        split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * 256)))
-    return normalized(dict(bn=bn, bk=256, split=split, num_warps=4, num_stages=stages), m, n, k)
+    if tiles < sms // 4:  # skinny weights: spread K over the idle SMs, >= 4 BK steps each
+        split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
+    return normalized(dict(bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages), m, n, k)
 
 
 def _amax_block(k: int) -> int:
@@ -260,7 +264,8 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
         x_mode = 2
         xq = torch.empty(m, k, dtype=fp8_q.DTYPE, device=x.device)  # [M, K]
         xs = torch.empty(m, dtype=torch.float32, device=x.device)  # [M]
-        _quantize_rows_kernel[(m,)](x2, xq, xs, k, x2.stride(0), BLOCK=_amax_block(k), EXACT=exact, num_warps=8)
+        _quantize_rows_kernel[(m,)](x2, xq, xs, k, x2.stride(0), BLOCK=_amax_block(k), EXACT=exact, num_warps=8,
+                                    PDL=pdl_enabled(x.device), **pdl_launch(x.device))
         x2 = xq
     else:
         x_mode = 1
@@ -271,8 +276,8 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
             m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
     meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=_amax_block(k), X_MODE=x_mode, PER_TENSOR=_per_tensor(weight_scale, n),
                 PARTIAL=split > 1, HAS_BIAS=bias is not None, EXACT=exact,
-                PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl_enabled(x.device),
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device))
     grid = (triton.cdiv(n, cfg["bn"]), split)
     try:
         _fp8_gemv_kernel[grid](*args, FP8_DOT=fp8_dot, **meta)

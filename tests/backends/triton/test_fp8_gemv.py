@@ -157,7 +157,7 @@ def test_launch_config_on_an_h100():
     gate_up = fp8_gemv.launch_config(1, 28672, 4096, 132)
     down = fp8_gemv.launch_config(1, 4096, 14336, 132)
     k_proj = fp8_gemv.launch_config(1, 1024, 4096, 132)
-    assert (gate_up["bn"], gate_up["split"]) == (64, 1) and down["bn"] == 16 and down["split"] == 1
+    assert (gate_up["bn"], gate_up["bk"], gate_up["split"]) == (64, 256, 1) and (down["bn"], down["bk"], down["split"]) == (64, 512, 1)
     assert k_proj["split"] > 1 and k_proj["k_per_split"] % k_proj["bk"] == 0
     assert gate_up["x_prologue"] and down["x_prologue"]  # the prologue won on every 8B weight at M = 1
 
