@@ -32,6 +32,7 @@ stage_tp2_nccl() { $AD "${B8[@]}" --world-size 2 --set runtime.all_reduce=nccl -
 stage_tp1() { $AD "${B8[@]}" --json "$OUT/tp1.json"; }
 stage_bench_1b() { $AD "${B1[@]}" --batch-sizes 1,16 --baselines eager,static --json "$OUT/bench_1b.json"; }
 stage_bench_1b_fast() { $AD "${B1[@]}" --batch-sizes 1 --no-baselines --json "$OUT/bench_1b_fast.json"; }
+stage_bench_1b_pdl() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1 --no-baselines --json "$OUT/bench_1b_pdl.json"; }
 stage_bench_1b_warm() { $AD "${B1[@]}" --batch-sizes 1 --output-len 32 --no-baselines --json "$OUT/bench_1b_warm.json"; }
 stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf --serve-input-len 128 \
   --serve-output-len 128 --no-baselines --json "$OUT/bench_serve.json"; }
