@@ -20,15 +20,8 @@ UNCACHED = {"transforms.insert_kv_cache.enabled": False}
 INT4 = "transforms.quantize_int4_weight_only"
 
 
-def _runtime(overrides: dict, recipe: str = "cpu"):
-    return autodeploy.optimize("example:smollm2", recipe, dtype="bfloat16", overrides=UNCACHED | overrides)
-
-
-def _ppl(overrides: dict, recipe: str = "cpu") -> float:
-    return _ppl_of(_runtime(overrides, recipe))
-
-
-def _ppl_of(rt) -> float:
+def _ppl(overrides: dict) -> float:
+    rt = autodeploy.optimize("example:smollm2", "cpu", dtype="bfloat16", overrides=UNCACHED | overrides)
     ids = torch.tensor(rt.tokenizer(data_text(PPL_TEXT))["input_ids"])
     return perplexity(rt.forward, ids)
 
@@ -47,9 +40,8 @@ def test_int8_weight_only_within_1_percent(bf16):
 
 
 def test_fp8(bf16):
-    """Every linear in FP8 misses the issue's +1% on this model: e4m3 keeps 3 mantissa bits (31.6 dB per
-    weight, int8 41 dB), and SmolLM2-135M loses 3.4% with FP8 weights alone, 5.4% with FP8 activations
-    too (+1% needs a plan keeping most linears in bf16: the test below)."""
+    """The issue's +1% is not met on this model: e4m3 keeps 3 mantissa bits (31.6 dB per weight, int8
+    41 dB), and SmolLM2-135M loses 3.4% with FP8 weights alone, 5.4% with FP8 activations too."""
     dynamic = _ppl({"transforms.quantize_fp8.enabled": True})
     weight_only = _ppl({"transforms.quantize_fp8.enabled": True, "transforms.quantize_fp8.activation_scheme": "none"})
     assert bf16 < weight_only < dynamic <= bf16 * 1.06, f"bf16 {bf16:.2f} fp8 {dynamic:.2f} fp8 weights {weight_only:.2f}"
@@ -62,18 +54,6 @@ def test_fp8_gptq_weights(bf16):
            "transforms.quantize_fp8.method": "gptq", "transforms.quantize_fp8.overrides": {"*.v_proj": {"method": "rtn"}}}
     got = _ppl(fp8)
     assert got - bf16 <= 0.5 * (25.77 - 24.91), f"bf16 {bf16:.2f} fp8 gptq weights {got:.2f}"
-
-
-def test_fp8_dynamic_within_1_percent_with_gptq_and_a_plan(bf16, tmp_path):
-    """recipes/cpu-fp8.yaml: FP8 weights (GPTQ) and dynamic per-token FP8 activations, with the
-    sensitivity plan (budget 0.01) keeping the layers FP8 hurts most in bf16: 24.98 (+0.25%) with 156
-    of 210 linears kept, when recorded. Budget 0.02 (122 kept) gave +1.3%; without a plan, +5.2%."""
-    rt = _runtime({"transforms.plan_quantization.save_path": str(tmp_path / "plan.json")}, recipe="cpu-fp8")
-    got = _ppl_of(rt)
-    kept = len(rt.graph_module.meta["quantization_plan"]["keep"])
-    fp8_layers = sum(n.target == torch.ops.autodeploy.fp8_linear.default for n in rt.graph_module.graph.nodes)
-    assert got <= bf16 * 1.01, f"bf16 {bf16:.2f} fp8 gptq + plan {got:.2f} ({kept} layers kept in bf16)"
-    assert 0 < kept < 210 and fp8_layers > 0, f"{kept} kept, {fp8_layers} fp8_linear GEMMs"
 
 
 def test_int4_g128_gptq_within_10_percent_and_awq_beats_rtn(bf16):
