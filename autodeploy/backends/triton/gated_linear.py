@@ -18,6 +18,8 @@ in x's dtype: one launch, and the [M, 2I] intermediate never exists.
 The launch config is linear.py's for an [2I, K] weight with BN halved: a program reads the same
 bytes per K step (BN/2 gate + BN/2 up rows) and the grid has the same number of programs.
 Rows <= 16 that the kernel cannot take (device, dtype, K % 64) raise NotImplementedError.
+NORM=True: linear.py's add + RMSNorm prologue (the op is autodeploy::triton_add_rmsnorm_gated_linear,
+in add_rmsnorm_linear.py).
 """
 
 from __future__ import annotations

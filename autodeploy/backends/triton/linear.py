@@ -21,6 +21,12 @@ bias by a second small kernel, no atomics) paid only for long rows with fewer N 
 
 fp32 runs with exact fp32 products (no tf32), like aten.linear's default; the configs were timed in bf16.
 
+NORM=True (launch(..., norm=...); add_rmsnorm_linear.py, and gated_linear.py's kernel through the
+same helpers) gives the GEMV a residual add + RMSNorm prologue: each program first sums h = x +
+residual over all of K for the rows' rstd (program (0, 0) also stores h), then normalizes every
+x tile as it loads it. Untimed as yet: benchmarks/gated_linear_bench.py compares it with the norm
+kernel + GEMV / cuBLAS.
+
 Calls with more than `max_rows` rows go to aten.linear: select_backends puts this op in place of
 an aten.linear only where the autotuner timed it faster at decode sizes, and the same graph node
 also runs prefill, where cuBLAS's GEMM tiles win. Rows <= max_rows that the kernel cannot take
