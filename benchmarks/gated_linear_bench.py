@@ -16,6 +16,12 @@ The sweep is kept small (~1 minute on an H100, mostly compiles).
 
 The summary table ends with the decode step's weight GEMMs (layers x (qkv, o, gate_up(+act), down)
 + lm_head): cuBLAS (+ act) vs the best of cuBLAS and Triton defaults per weight.
+
+Then, for qkv and gate_up (unless --no-norm), the residual add + RMSNorm before them: the Triton norm
+kernel followed by cuBLAS (+ act) or by the Triton GEMV, vs the norm as the GEMV's prologue (one launch;
+transforms/fuse_norm_into_gemv.py). --norm-only times just those rows, e.g. for the 1B decode step:
+
+    PYTHONPATH=$PWD python3 benchmarks/gated_linear_bench.py --norm-only --models 1b --rows 1
 """
 
 from __future__ import annotations
@@ -107,11 +113,17 @@ def bench_case(label, m, n, k, sms, l2, results, mismatches):
     return row
 
 
-def bench_norm_case(label, m, n, k, l2, results, mismatches):
-    """The opt-in prologue variant (autodeploy::triton_add_rmsnorm_gated_linear) against the two launches it
-    replaces, each at default configs: Triton add + RMSNorm, then cuBLAS + act or the Triton gated GEMV."""
-    from autodeploy.backends.triton import gated_linear, gated_mlp, rmsnorm
+NORM_VARIANTS = ("norm + cuBLAS", "norm + Triton GEMV", "prologue-fused")
 
+
+def bench_norm_case(label, m, n, k, l2, results, mismatches):
+    """Add + RMSNorm as the GEMV's prologue (autodeploy::triton_add_rmsnorm_linear for qkv,
+    triton_add_rmsnorm_gated_linear for gate_up) against the two launches it replaces, each at default
+    configs: the Triton add + RMSNorm kernel, then cuBLAS (+ the Triton act) or the Triton GEMV alone.
+    These are the candidates select_backends times for autodeploy::add_rmsnorm_(gated_)linear."""
+    from autodeploy.backends.triton import gated_linear, gated_mlp, linear, rmsnorm
+
+    gated = "gate_up" in label
     w_bytes = n * k * 2
     copies = min(CALLS, math.ceil(2 * l2 / w_bytes) + 1)
     gen = torch.Generator(device=DEVICE).manual_seed(0)
@@ -120,18 +132,26 @@ def bench_norm_case(label, m, n, k, l2, results, mismatches):
     nw = (torch.rand(k, device=DEVICE, generator=gen) + 0.5).to(torch.bfloat16)
     h = (x.float() + res.float()).to(torch.bfloat16).float()
     y = F.linear(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * nw.float(), ws[0].float())
-    ref = F.silu(y[:, : n // 2]) * y[:, n // 2:]
+    ref = F.silu(y[:, : n // 2]) * y[:, n // 2:] if gated else y
     row = dict(case=label + " +norm", m=m, mb=w_bytes / 1e6)
+    norm = (res, nw, 1e-5, False)
 
-    def norm_then(i, gemv):
+    def norm_then(i, project):
         normed, _ = rmsnorm.launch(x, nw, 1e-5, False, residual=res)
-        return gemv(normed, ws[i])
+        return project(normed, ws[i])
 
-    variants = {
-        "norm, cuBLAS + act": lambda i: norm_then(i, lambda a, w: gated_mlp.launch(F.linear(a, w), None, "silu")),
-        "norm, Triton gated": lambda i: norm_then(i, lambda a, w: gated_linear.launch(a, w, None, "silu")),
-        "prologue-fused": lambda i: gated_linear.launch(x, ws[i], None, "silu", norm=(res, nw, 1e-5, False))[0],
-    }
+    if gated:
+        variants = {
+            NORM_VARIANTS[0]: lambda i: norm_then(i, lambda a, w: gated_mlp.launch(F.linear(a, w), None, "silu")),
+            NORM_VARIANTS[1]: lambda i: norm_then(i, lambda a, w: gated_linear.launch(a, w, None, "silu")),
+            NORM_VARIANTS[2]: lambda i: gated_linear.launch(x, ws[i], None, "silu", norm=norm)[0],
+        }
+    else:
+        variants = {
+            NORM_VARIANTS[0]: lambda i: norm_then(i, F.linear),
+            NORM_VARIANTS[1]: lambda i: norm_then(i, lambda a, w: linear.launch(a, w)),
+            NORM_VARIANTS[2]: lambda i: linear.launch(x, ws[i], norm=norm)[0],
+        }
     for name, call in variants.items():
         try:
             rel = _rel(call(0), ref)
@@ -155,7 +175,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--models", nargs="+", default=["1b", "8b"], choices=list(MODELS))
     ap.add_argument("--json", type=Path, default=None, help="write every timing here")
-    ap.add_argument("--no-norm", action="store_true", help="skip the add + RMSNorm prologue variant's rows")
+    ap.add_argument("--no-norm", action="store_true", help="skip the add + RMSNorm prologue rows (qkv, gate_up)")
+    ap.add_argument("--norm-only", action="store_true", help="only the add + RMSNorm prologue rows (no GEMV sweep)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("needs CUDA")
@@ -171,16 +192,18 @@ def main() -> int:
     for model in args.models:
         for m in args.rows:
             for label, n, k in weights_of(model):
-                summary.append(bench_case(label, m, n, k, sms, l2, results, mismatches))
-                if "gate_up" in label and not args.no_norm:
+                if not args.norm_only:
+                    summary.append(bench_case(label, m, n, k, sms, l2, results, mismatches))
+                if ("gate_up" in label or "qkv" in label) and not args.no_norm:
                     norm_rows.append(bench_norm_case(label, m, n, k, l2, results, mismatches))
     if args.json:
-        args.json.write_text(json.dumps(dict(card=card, results=results, summary=summary), indent=1))
+        args.json.write_text(json.dumps(dict(card=card, results=results, summary=summary, norm=norm_rows), indent=1))
 
     gbs = lambda s, us: s["mb"] * 1e3 / us  # noqa: E731  (weight bytes only)
-    print(f"\n{card}, bf16, CUDA-graph replays of {CALLS} calls, weights rotated past L2 (median us per call, GB/s)")
-    print("| weight | MB | M | cuBLAS | cuBLAS + act | Triton default | Triton best | best / cuBLAS(+act) | best config |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    if summary:
+        print(f"\n{card}, bf16, CUDA-graph replays of {CALLS} calls, weights rotated past L2 (median us per call, GB/s)")
+        print("| weight | MB | M | cuBLAS | cuBLAS + act | Triton default | Triton best | best / cuBLAS(+act) | best config |")
+        print("|---|---|---|---|---|---|---|---|---|")
     for s in summary:
         base = s.get("cublas_act", s["cublas"])
         act = f"{s['cublas_act']:.1f} ({gbs(s, s['cublas_act']):.0f})" if "cublas_act" in s else "-"
@@ -200,12 +223,14 @@ def main() -> int:
             print(f"{model} M={m}: step weight GEMMs (+ MLP act) cuBLAS {base / 1e3:.3f} ms, "
                   f"min(cuBLAS, Triton default) {mix / 1e3:.3f} ms, min(cuBLAS, Triton best) {best / 1e3:.3f} ms")
     if norm_rows:
-        print("\nadd + RMSNorm before the gate_up GEMV (default configs; us per call): two launches vs the prologue")
-        print("| weight | M | norm, cuBLAS + act | norm, Triton gated | prologue-fused |")
-        print("|---|---|---|---|---|")
+        print("\nadd + RMSNorm before the qkv / gate_up GEMV (default configs; us per call): two launches vs the "
+              "prologue (gate_up: cuBLAS + the Triton act, the Triton GEMV with its act)")
+        print("| weight | M | " + " | ".join(NORM_VARIANTS) + " | fused / best unfused |")
+        print("|---|---|---|---|---|---|")
         for r in norm_rows:
-            print(f"| {r['case']} | {r['m']} | {r['norm, cuBLAS + act']:.1f} | {r['norm, Triton gated']:.1f} | "
-                  f"{r['prologue-fused']:.1f} |")
+            unfused = min(r[NORM_VARIANTS[0]], r[NORM_VARIANTS[1]])
+            print(f"| {r['case']} | {r['m']} | " + " | ".join(f"{r[v]:.1f}" for v in NORM_VARIANTS)
+                  + f" | {r[NORM_VARIANTS[2]] / unfused:.2f} |")
     print(f"total {time.perf_counter() - t0:.0f} s")
     if mismatches:
         print("NUMERIC MISMATCH:\n  " + "\n  ".join(mismatches))

@@ -45,11 +45,21 @@ def cases():
     from autodeploy.backends.triton import fp8_gemv, gated_linear, int4_gemv, int4_gemv_fma, linear
 
     bf = "bf16"
-    lin = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf)
+    lin = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
     for bn, bk, st in ((16, 256, 4), (32, 128, 5), (64, 256, 3)):
         for partial in (False, True):
-            c = dict(BM=16, BN=bn, BK=bk, KIND=2, PARTIAL=partial, HAS_BIAS=False, PRECISION="tf32")
-            yield f"linear bn={bn} bk={bk} partial={partial}", linear._linear_kernel, dict(lin, out_ptr="fp32" if partial else bf), c, (), st
+            c = dict(BM=16, BN=bn, BK=bk, KIND=2, PARTIAL=partial, HAS_BIAS=False, PRECISION="tf32",
+                     NORM=False, UNIT_OFFSET=False)
+            yield f"linear bn={bn} bk={bk} partial={partial}", linear._linear_kernel, dict(lin, out_ptr="fp32" if partial else bf), c, ("eps",), st
+    # the add + RMSNorm prologue (add_rmsnorm_linear.py) at the configs of 1B qkv (32, 128) and a split K
+    for bn, bk, st, partial, offset, bias in ((32, 128, 5, False, False, True), (16, 256, 4, True, True, False)):
+        c = dict(BM=16, BN=bn, BK=bk, KIND=2, PARTIAL=partial, HAS_BIAS=bias, PRECISION="tf32",
+                 NORM=True, UNIT_OFFSET=offset)
+        yield (f"linear+norm bn={bn} bk={bk} partial={partial} offset={offset}", linear._linear_kernel,
+               dict(lin, out_ptr="fp32" if partial else bf), c, ("eps",), st)
+    c = dict(BM=16, BN=32, BK=128, KIND=1, PARTIAL=False, HAS_BIAS=False, PRECISION="tf32", NORM=True, UNIT_OFFSET=False)
+    yield "linear+norm kind=dot", linear._linear_kernel, lin, c, ("eps",), 3
+    yield "linear+norm kind=fma rows=1", linear._linear_kernel, lin, dict(c, BM=1, KIND=0), ("eps",), 3
     g = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
     for bn, norm in ((16, False), (32, False), (32, True)):
         c = dict(BM=16, BN=bn, BK=256, KIND=2, ACT=0, PARTIAL=False, HAS_BIAS=False, PRECISION="tf32",

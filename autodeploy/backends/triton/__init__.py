@@ -22,14 +22,17 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
                                      (+ max_rows: larger calls stay on cuBLAS)
     autodeploy::gated_linear      -> autodeploy::triton_gated_linear          gated_linear.py
                                      (GEMV + activation up to 16 rows; cuBLAS + activation above)
+    autodeploy::add_rmsnorm_linear -> autodeploy::triton_add_rmsnorm_linear   add_rmsnorm_linear.py
+    autodeploy::add_rmsnorm_gated_linear -> autodeploy::triton_add_rmsnorm_gated_linear
+                                     (add + RMSNorm as the GEMV's prologue up to 16 rows; the canonical
+                                     ops come from transforms/fuse_norm_into_gemv.py; the unfused pairs
+                                     are registered beside them as timed candidates)
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
     autodeploy::triton_rope_(q, k, cos, sin, interleaved)     in place on q and k
     autodeploy::triton_fused_gated_mlp_act(gate_up, act)      gate_up [..., 2f] from one fused GEMM
     autodeploy::triton_kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
-    autodeploy::triton_add_rmsnorm_gated_linear(x, residual, norm_w, eps, offset, w_gate_up, bias, act)
-                                                              (opt-in: add + RMSNorm as the GEMV's prologue)
 
 `SUPPORTS[canonical name](*args of that op)` says whether the kernels take a given call (device,
 dtype, sizes). Unsupported calls raise NotImplementedError naming the reason.
@@ -44,7 +47,7 @@ from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
 from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, linear  # noqa: F401
-from autodeploy.backends.triton import gated_linear  # noqa: F401
+from autodeploy.backends.triton import add_rmsnorm_linear, gated_linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -88,4 +91,8 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "gated_linear": lambda x, weight, bias=None, act="silu", *a, **kw: gated_linear.supports(x, weight, bias, act),
     "fp8_linear": lambda x, weight, weight_scale, bias=None, *a, **kw: fp8_gemv.supports(x, weight, weight_scale, bias),
     "linear": lambda input, weight, bias=None, *a, **kw: linear.supports(input, weight, bias),  # aten.linear
+    "add_rmsnorm_linear": lambda x, residual, norm_weight, eps, offset, weight, bias=None, *a, **kw:
+        add_rmsnorm_linear.supports(x, residual, norm_weight, weight, bias),
+    "add_rmsnorm_gated_linear": lambda x, residual, norm_weight, eps, offset, weight, bias=None, act="silu", *a, **kw:
+        add_rmsnorm_linear.supports_gated(x, residual, norm_weight, weight, bias, act),
 }

@@ -18,6 +18,8 @@ in x's dtype: one launch, and the [M, 2I] intermediate never exists.
 The launch config is linear.py's for an [2I, K] weight with BN halved: a program reads the same
 bytes per K step (BN/2 gate + BN/2 up rows) and the grid has the same number of programs.
 Rows <= 16 that the kernel cannot take (device, dtype, K % 64) raise NotImplementedError.
+NORM=True: linear.py's add + RMSNorm prologue (the op is autodeploy::triton_add_rmsnorm_gated_linear,
+in add_rmsnorm_linear.py).
 """
 
 from __future__ import annotations
@@ -32,18 +34,11 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton import gated_mlp, linear
-from autodeploy.backends.triton._common import dot_precision, num_sms, rows_of
+from autodeploy.backends.triton._common import dot_precision, num_sms
 from autodeploy.backends.triton.gated_mlp import ACTIVATIONS, activate
-from autodeploy.backends.triton.linear import KINDS, MAX_ROWS, gemv_acc_init, gemv_acc_rows, gemv_step
+from autodeploy.backends.triton.linear import (KINDS, MAX_ROWS, gemv_acc_init, gemv_acc_rows, gemv_rows, gemv_step,
+                                               norm_problem, norm_prologue, normed_tile, shaped)
 from autodeploy.profiler.candidates import register_backend
-
-
-@triton.jit
-def _summed(x_ptrs, res_ptrs, mask):
-    """(x + residual) in fp32, rounded once to x's dtype as the unfused residual add rounds."""
-    x = tl.load(x_ptrs, mask=mask, other=0.0)
-    r = tl.load(res_ptrs, mask=mask, other=0.0)
-    return (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype).to(tl.float32)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -65,17 +60,8 @@ def _gated_linear_kernel(
     mask_n = rn < I
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
-    if NORM:  # every program takes the rows' statistics over all of K (x rows: a few KB from L2)
-        ss = tl.zeros((BM,), dtype=tl.float32)
-        # [BM]: program (0, 0) writes the new residual (rows < M there, < 0 elsewhere; int math, one mask dtype)
-        writes = rm < M - M * tl.minimum(pid_n + pid_k, 1)
-        for k0 in range(0, K, BK):
-            offs = rm[:, None] * stride_xm + (k0 + rk)[None, :]  # [BM, BK]
-            h = _summed(x_ptr + offs, res_ptr + offs, mask_m[:, None])
-            tl.store(res_out_ptr + rm[:, None] * K + (k0 + rk)[None, :], h.to(res_out_ptr.dtype.element_ty),
-                     mask=writes[:, None] & (rk < BK)[None, :])
-            ss += tl.sum(h * h, axis=1)
-        rstd = 1.0 / tl.sqrt(ss / K + eps)  # [BM]
+    if NORM:  # every program takes the rows' statistics over all of K; program (0, 0) writes x + residual
+        rstd = norm_prologue(x_ptr, res_ptr, res_out_ptr, rm, M, K, stride_xm, eps, pid_n + pid_k, BM, BK)
     wg_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
     wu_ptrs = w_ptr + (rn + I).to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
     x_offs = rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BM, BK]
@@ -85,11 +71,7 @@ def _gated_linear_kernel(
         wg = tl.load(wg_ptrs, mask=mask_n[:, None], other=0.0)
         wu = tl.load(wu_ptrs, mask=mask_n[:, None], other=0.0)
         if NORM:  # the normalized x tile, rounded to the weight's dtype as the unfused norm's output is
-            nw = tl.load(norm_w_ptr + k0 + rk).to(tl.float32)
-            if UNIT_OFFSET:  # Gemma stores w - 1
-                nw = nw + 1.0
-            h = _summed(x_ptr + x_offs, res_ptr + x_offs, mask_m[:, None])
-            xk = (h * rstd[:, None] * nw[None, :]).to(wg.dtype)
+            xk = normed_tile(x_ptr, res_ptr, norm_w_ptr, x_offs, k0, rk, mask_m, rstd, UNIT_OFFSET).to(wg.dtype)
         else:
             xk = tl.load(x_ptr + x_offs, mask=mask_m[:, None], other=0.0)  # read once for both tiles
         acc_g = gemv_step(acc_g, wg, xk, KIND, PRECISION)
@@ -173,23 +155,18 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act: str = 
 
     norm = (residual [.., K], norm_weight [K], eps, add_unit_offset): x is first replaced by
     rmsnorm(x + residual) (the prologue); returns (out [.., I], x + residual [.., K]) then."""
-    why = unsupported_reason(x, weight, bias, act) or (_norm_problem(x, norm) if norm is not None else None)
+    why = unsupported_reason(x, weight, bias, act) or (norm_problem(x, norm) if norm is not None else None)
     if why:
         raise NotImplementedError(f"triton gated_linear: {why}")
     n, k = weight.shape
     i = n // 2
-    if norm is None:
-        x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
-    else:  # x and residual read with one row offset: both contiguous [M, K]
-        x2, res2 = rows_of(x).contiguous(), rows_of(norm[0]).contiguous()
+    x2, norm_args = gemv_rows(x, norm)  # [M, K], (residual, norm weight, new residual, eps)
     m = x2.shape[0]
     out = torch.empty(m, i, dtype=x.dtype, device=x.device)  # [M, I]
-    new_res = torch.empty(m, k, dtype=x.dtype, device=x.device) if norm is not None else None  # [M, K]
     if m == 0 or i == 0:
-        if new_res is not None:
-            new_res.copy_(x2 + res2)
-        return _shaped(out, new_res, x)
-    norm_args = (res2, norm[1], new_res, float(norm[2])) if norm is not None else (x2, x2, x2, 0.0)
+        if norm is not None:
+            norm_args[2].copy_(x2 + norm_args[0])
+        return shaped(out, norm_args, x, norm)
     cfg = linear.normalized(config, m, i, k) if config else launch_config(m, i, k, num_sms(x.device), x.element_size())
     split = cfg["split"]
     has_bias = bias is not None
@@ -212,21 +189,7 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act: str = 
             dest, bias if has_bias else dest, out, m * i, i, split,
             BLOCK=block, ACT=ACTIVATIONS[act], HAS_BIAS=has_bias, num_warps=4,
         )
-    return _shaped(out, new_res, x)
-
-
-def _shaped(out: Tensor, new_res: Optional[Tensor], x: Tensor):
-    out = out.reshape(*x.shape[:-1], out.shape[-1])
-    return out if new_res is None else (out, new_res.reshape(x.shape))
-
-
-def _norm_problem(x: Tensor, norm: tuple) -> Optional[str]:
-    residual, norm_weight = norm[0], norm[1]
-    if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
-        return "residual must have x's shape, dtype and device"
-    if norm_weight.shape != (x.shape[-1],) or norm_weight.device != x.device or norm_weight.stride(-1) != 1:
-        return f"norm weight must be a contiguous [{x.shape[-1]}] on x's device"
-    return None
+    return shaped(out, norm_args, x, norm)
 
 
 @torch.library.custom_op("autodeploy::triton_gated_linear", mutates_args=())
@@ -259,26 +222,3 @@ def _(x, weight, bias=None, act="silu"):
 
 register_backend("gated_linear", "cublas+triton_act", torch.ops.autodeploy.cublas_gated_linear.default,
                  supports=lambda device: torch.device(device).type == "cuda")
-
-
-@torch.library.custom_op("autodeploy::triton_add_rmsnorm_gated_linear", mutates_args=())
-def triton_add_rmsnorm_gated_linear(
-    x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool,
-    weight: Tensor, bias: Optional[Tensor] = None, act: str = "silu",
-) -> tuple[Tensor, Tensor]:
-    """fused_add_rmsnorm then gated_linear in one launch up to 16 rows (not used by any transform yet):
-
-        h = x + residual [.., K];  out = gated_linear(rmsnorm(h, norm_weight, eps), weight, bias, act) [.., I]
-        -> (out, h)
-
-    Every program recomputes the rows' rstd over K (a few KB of x per row, from L2) and program 0
-    writes h, so the norm kernel before the GEMV disappears. More rows: the two Triton ops in turn."""
-    if x.numel() // max(1, weight.shape[-1]) > MAX_ROWS:
-        normed, h = torch.ops.autodeploy.triton_fused_add_rmsnorm(x, residual, norm_weight, eps, add_unit_offset)
-        return triton_gated_linear(normed, weight, bias, act), h
-    return launch(x, weight, bias, act, norm=(residual, norm_weight, eps, add_unit_offset))
-
-
-@triton_add_rmsnorm_gated_linear.register_fake
-def _(x, residual, norm_weight, eps, add_unit_offset, weight, bias=None, act="silu"):
-    return x.new_empty(*x.shape[:-1], weight.shape[0] // 2), torch.empty_like(x, memory_format=torch.contiguous_format)

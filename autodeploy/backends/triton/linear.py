@@ -21,6 +21,12 @@ bias by a second small kernel, no atomics) paid only for long rows with fewer N 
 
 fp32 runs with exact fp32 products (no tf32), like aten.linear's default; the configs were timed in bf16.
 
+NORM=True (launch(..., norm=...); add_rmsnorm_linear.py, and gated_linear.py's kernel through the
+same helpers) gives the GEMV a residual add + RMSNorm prologue: each program first sums h = x +
+residual over all of K for the rows' rstd (program (0, 0) also stores h), then normalizes every
+x tile as it loads it. Untimed as yet: benchmarks/gated_linear_bench.py compares it with the norm
+kernel + GEMV / cuBLAS.
+
 Calls with more than `max_rows` rows go to aten.linear: select_backends puts this op in place of
 an aten.linear only where the autotuner timed it faster at decode sizes, and the same graph node
 also runs prefill, where cuBLAS's GEMM tiles win. Rows <= max_rows that the kernel cannot take
@@ -78,13 +84,56 @@ def gemv_acc_rows(acc, KIND: tl.constexpr):
     return acc
 
 
+# ---- the add + RMSNorm prologue (NORM=True): x rows replaced by rmsnorm(x + residual) -------------
+# At decode the rows are a few KB (K = 2048 bf16: 4 KB each), so every program can afford to read them
+# whole from L2 for the statistics; this removes the norm kernel (~1.8 us + a launch gap) before the GEMV.
+
+@triton.jit
+def summed_rows(x_ptrs, res_ptrs, mask):
+    """(x + residual) in fp32, rounded once to x's dtype as the unfused residual add rounds."""
+    x = tl.load(x_ptrs, mask=mask, other=0.0)
+    r = tl.load(res_ptrs, mask=mask, other=0.0)
+    return (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype).to(tl.float32)
+
+
+@triton.jit
+def norm_prologue(x_ptr, res_ptr, res_out_ptr, rm, M, K, stride_xm, eps, program, BM: tl.constexpr, BK: tl.constexpr):
+    """rstd [BM] of the rows h = x + residual over all of K; the program with `program == 0` stores h
+    (contiguous [M, K]) to res_out_ptr. x and residual share the row stride."""
+    rk = tl.arange(0, BK)
+    mask_m = rm < M
+    ss = tl.zeros((BM,), dtype=tl.float32)
+    # [BM]: rows < M in program 0, none elsewhere (int math: one mask dtype whatever `program` is)
+    writes = rm < M - M * tl.minimum(program, 1)
+    for k0 in range(0, K, BK):
+        offs = rm[:, None] * stride_xm + (k0 + rk)[None, :]  # [BM, BK]
+        h = summed_rows(x_ptr + offs, res_ptr + offs, mask_m[:, None])
+        tl.store(res_out_ptr + rm[:, None] * K + (k0 + rk)[None, :], h.to(res_out_ptr.dtype.element_ty),
+                 mask=writes[:, None] & (rk < BK)[None, :])
+        ss += tl.sum(h * h, axis=1)
+    return 1.0 / tl.sqrt(ss / K + eps)
+
+
+@triton.jit
+def normed_tile(x_ptr, res_ptr, norm_w_ptr, x_offs, k0, rk, mask_m, rstd, UNIT_OFFSET: tl.constexpr):
+    """rmsnorm(x + residual) of one [BM, BK] tile in fp32 (the caller rounds it to the weight's dtype,
+    as the unfused norm's output is rounded)."""
+    nw = tl.load(norm_w_ptr + k0 + rk).to(tl.float32)  # [BK]
+    if UNIT_OFFSET:  # Gemma stores w - 1
+        nw = nw + 1.0
+    h = summed_rows(x_ptr + x_offs, res_ptr + x_offs, mask_m[:, None])
+    return h * rstd[:, None] * nw[None, :]
+
+
 @triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
 def _linear_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr,
+    res_ptr, norm_w_ptr, res_out_ptr, eps,  # NORM only: residual [M, K], norm weight [K], new residual [M, K]
     M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn, stride_om, stride_split,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr,
     PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -95,15 +144,20 @@ def _linear_kernel(
     mask_n = rn < N
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    if NORM:  # every program takes the rows' statistics over all of K; program (0, 0) writes x + residual
+        rstd = norm_prologue(x_ptr, res_ptr, res_out_ptr, rm, M, K, stride_xm, eps, pid_n + pid_k, BM, BK)
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
-    x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BM, BK]
+    x_offs = rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BM, BK]
     acc = gemv_acc_init(BM, BN, KIND)
-    for _ in range(k_start, k_end, BK):
+    for k0 in range(k_start, k_end, BK):
         w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)  # [BN, BK]: the bytes that matter
-        xk = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
+        if NORM:
+            xk = normed_tile(x_ptr, res_ptr, norm_w_ptr, x_offs, k0, rk, mask_m, rstd, UNIT_OFFSET).to(w.dtype)
+        else:
+            xk = tl.load(x_ptr + x_offs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
         acc = gemv_step(acc, w, xk, KIND, PRECISION)
         w_ptrs += BK
-        x_ptrs += BK
+        x_offs += BK
     acc = gemv_acc_rows(acc, KIND)  # [BM, BN]
     mask_o = mask_m[:, None] & mask_n[None, :]
     if PARTIAL:  # fp32 partials [split, M, N], summed by _sum_splits_kernel
@@ -215,27 +269,65 @@ def launch_config(m: int, n: int, k: int, sms: int, itemsize: int = 2) -> dict:
     return normalized(dict(kind="dot_t", bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages), m, n, k)
 
 
-def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Optional[dict] = None) -> Tensor:
-    """x [.., K] @ weight [N, K]^T (+ bias) -> [.., N] on the kernel; raises NotImplementedError when it cannot."""
-    why = unsupported_reason(x, weight, bias)
+def norm_problem(x: Tensor, norm: tuple) -> Optional[str]:
+    """Why the add + RMSNorm prologue cannot take norm = (residual, norm_weight, eps, add_unit_offset); None if it can."""
+    residual, norm_weight = norm[0], norm[1]
+    if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
+        return "residual must have x's shape, dtype and device"
+    if norm_weight.shape != (x.shape[-1],) or norm_weight.device != x.device or norm_weight.stride(-1) != 1:
+        return f"norm weight must be a contiguous [{x.shape[-1]}] on x's device"
+    if norm_weight.is_floating_point() and norm_weight.dtype not in DTYPES:
+        return f"norm weight dtype {norm_weight.dtype} is not one of {DTYPES}"
+    return None
+
+
+def gemv_rows(x: Tensor, norm: Optional[tuple]):
+    """(x [M, K], norm kernel arguments (residual [M, K], norm weight, new residual [M, K], eps)) for a launch.
+
+    Without a norm the three pointers are x (never read: NORM=False). With one, x and residual are
+    read with one row stride, so both are made contiguous; the new residual is allocated here."""
+    if norm is None:
+        x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+        return x2, (x2, x2, x2, 0.0)
+    x2, res2 = rows_of(x).contiguous(), rows_of(norm[0]).contiguous()  # [M, K] each
+    new_res = torch.empty_like(x2)  # [M, K]
+    return x2, (res2, norm[1], new_res, float(norm[2]))
+
+
+def shaped(out: Tensor, norm_args: tuple, x: Tensor, norm: Optional[tuple]):
+    """out [M, N] as [.., N]; with a norm, (that, new residual shaped like x)."""
+    out = out.reshape(*x.shape[:-1], out.shape[-1])
+    return out if norm is None else (out, norm_args[2].reshape(x.shape))
+
+
+def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Optional[dict] = None,
+           norm: Optional[tuple] = None):
+    """x [.., K] @ weight [N, K]^T (+ bias) -> [.., N] on the kernel; raises NotImplementedError when it cannot.
+
+    norm = (residual [.., K], norm_weight [K], eps, add_unit_offset): x is first replaced by
+    rmsnorm(x + residual) (the prologue); returns (out [.., N], x + residual [.., K]) then."""
+    why = unsupported_reason(x, weight, bias) or (norm_problem(x, norm) if norm is not None else None)
     if why:
         raise NotImplementedError(f"triton linear: {why}")
     n, k = weight.shape
-    x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+    x2, norm_args = gemv_rows(x, norm)
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)  # [M, N]
-    if m == 0:
-        return out.reshape(*x.shape[:-1], n)
+    if m == 0 or n == 0:
+        if norm is not None:
+            norm_args[2].copy_(x2 + norm_args[0])
+        return shaped(out, norm_args, x, norm)
     cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device), x.element_size())
     split = cfg["split"]
     dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)  # [S, M, N]
     grid = (triton.cdiv(n, cfg["bn"]), split)
     _linear_kernel[grid](
-        x2, weight, bias if bias is not None else weight, dest,
+        x2, weight, bias if bias is not None else weight, dest, *norm_args,
         m, n, k, cfg["k_per_split"],
         x2.stride(0), weight.stride(0), n, m * n,
         BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], KIND=KINDS[cfg["kind"]], PARTIAL=split > 1,
         HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype),
+        NORM=norm is not None, UNIT_OFFSET=bool(norm[3]) if norm is not None else False,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if split > 1:
@@ -244,7 +336,7 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
             dest, bias if bias is not None else dest, out, m * n, n, split,
             BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
         )
-    return out.reshape(*x.shape[:-1], n)
+    return shaped(out, norm_args, x, norm)
 
 
 @torch.library.custom_op("autodeploy::triton_linear", mutates_args=())
