@@ -107,6 +107,16 @@ def pdl_cases():
     c = dict(BM=16, BN=64, BK=512, AMAX_BLOCK=4096, X_MODE=2, FP8_DOT=True, PER_TENSOR=False, PARTIAL=False,
              HAS_BIAS=False, EXACT=False, PRECISION="tf32", PDL=True)
     yield "fp8_gemv pdl", fp8_gemv._fp8_gemv_kernel, f8, c, (), 3
+    from autodeploy.backends.triton import gated_linear, linear
+
+    g = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
+    for norm in (False, True):
+        c = dict(BM=16, BN=32, BK=256, KIND=2, PARTIAL=False, HAS_BIAS=False, PRECISION="tf32", NORM=norm,
+                 UNIT_OFFSET=False, PDL=True)
+        yield f"linear pdl norm={norm}", linear._linear_kernel, g, c, ("eps",), 3
+        yield f"gated_linear pdl norm={norm}", gated_linear._gated_linear_kernel, g, dict(c, ACT=0), ("eps",), 3
+    yield "sum_splits pdl", linear._sum_splits_kernel, dict(part_ptr="fp32", bias_ptr=bf, out_ptr=bf), \
+        dict(BLOCK=1024, HAS_BIAS=False, PDL=True), (), 1
     yield "fp8 quantize_rows pdl", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False, PDL=True), (), 1
 

@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton import gated_mlp, linear
-from autodeploy.backends.triton._common import dot_precision, num_sms
+from autodeploy.backends.triton._common import dot_precision, num_sms, pdl_enabled, pdl_launch, pdl_wait_and_release
 from autodeploy.backends.triton.gated_mlp import ACTIVATIONS, activate
 from autodeploy.backends.triton.linear import (KINDS, MAX_ROWS, gemv_acc_init, gemv_acc_rows, gemv_rows, gemv_step,
                                                norm_problem, norm_prologue, normed_tile, shaped)
@@ -49,8 +49,9 @@ def _gated_linear_kernel(
     stride_xm, stride_wn, stride_om, stride_split,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr, ACT: tl.constexpr,
     PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-    NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr,
+    NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_wait_and_release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -181,7 +182,7 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act: str = 
         BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], KIND=KINDS[cfg["kind"]], ACT=ACTIVATIONS[act],
         PARTIAL=split > 1, HAS_BIAS=has_bias, PRECISION=dot_precision(x.dtype),
         NORM=norm is not None, UNIT_OFFSET=bool(norm[3]) if norm is not None else False,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PDL=pdl_enabled(x.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device),
     )
     if split > 1:
         block = 1024

@@ -44,7 +44,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import DTYPES, dot_precision, num_sms, rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import (DTYPES, dot_precision, num_sms, pdl_enabled, pdl_launch,
+                                                pdl_wait_and_release, rows_of, unsupported_device_or_dtype)
 
 MAX_ROWS = 16  # decode batches; the dot kinds pad x to the MMA's 16 rows
 K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
@@ -133,8 +134,9 @@ def _linear_kernel(
     stride_xm, stride_wn, stride_om, stride_split,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr,
     PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-    NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr,
+    NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_wait_and_release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -169,7 +171,9 @@ def _linear_kernel(
 
 
 @triton.jit
-def _sum_splits_kernel(part_ptr, bias_ptr, out_ptr, MN, N, SPLIT, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _sum_splits_kernel(part_ptr, bias_ptr, out_ptr, MN, N, SPLIT, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       PDL: tl.constexpr = False):
+    pdl_wait_and_release(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat index into out [M, N]
     mask = offs < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -328,13 +332,13 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
         BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], KIND=KINDS[cfg["kind"]], PARTIAL=split > 1,
         HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype),
         NORM=norm is not None, UNIT_OFFSET=bool(norm[3]) if norm is not None else False,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PDL=pdl_enabled(x.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device),
     )
     if split > 1:
         block = 1024
         _sum_splits_kernel[(triton.cdiv(m * n, block),)](
             dest, bias if bias is not None else dest, out, m * n, n, split,
-            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
+            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4, PDL=pdl_enabled(x.device), **pdl_launch(x.device),
         )
     return shaped(out, norm_args, x, norm)
 
