@@ -44,6 +44,8 @@ stage_profile_fp8() { python3 benchmarks/profile_decode.py "${P8[@]}" --set tran
 stage_profile_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_int4_weight_only.enabled=true \
   --set transforms.quantize_int4_weight_only.group_size=128; }
 stage_profile_1b() { python3 benchmarks/profile_decode.py --batch 1 --steps 100; }
+stage_parity_pdl() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 \
+  --json "$OUT/parity_pdl.json"; }
 stage_gpu_tests() { python3 -m pytest -q -x tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
@@ -70,6 +72,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp2 tp2_nccl quant gemv gpu_tests; do
-  tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step" | tail -12
+for t in oneshot tp2 tp2_nccl quant gemv gpu_tests parity parity_pdl; do
+  tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done
