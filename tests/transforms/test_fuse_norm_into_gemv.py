@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim
-from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 import autodeploy
 import autodeploy.ops  # noqa: F401  (registers torch.ops.autodeploy.*)
@@ -46,6 +44,27 @@ RECIPE = load_recipe("cpu", ON)
 
 def _x(b=2, s=5, dtype=torch.float32):
     return (torch.randn(b, s, H).to(dtype),)
+
+
+# transformers' own norm classes are not imported: their modules import triton, which must first be
+# imported interpreted by tests/backends/triton/conftest.py when both directories run in one process
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, h, eps=1e-6):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(h)), eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class GemmaRMSNorm(LlamaRMSNorm):
+    def forward(self, x):  # Gemma stores w - 1
+        out = x.float()
+        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (out * (1.0 + self.weight.float())).type_as(x)
 
 
 class Decoder(nn.Module):
