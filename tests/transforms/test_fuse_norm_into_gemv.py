@@ -24,6 +24,7 @@ from autodeploy.profiler.candidates import register_backend, unregister_backend
 from autodeploy.profiler.variants import derive_op, reference_fn
 from autodeploy.recipe import load_recipe
 from autodeploy.transforms.pipeline import Stage, ordered_specs
+from tests.helpers.norms import GemmaNorm, LlamaNorm
 from tests.helpers.tiny_models import save_tiny, tiny_config, tiny_model
 from tests.helpers.tolerances import assert_close_relative
 from tests.helpers.transform_check import check_transform, count, export_module, run_transforms
@@ -46,27 +47,6 @@ def _x(b=2, s=5, dtype=torch.float32):
     return (torch.randn(b, s, H).to(dtype),)
 
 
-# transformers' own norm classes are not imported: their modules import triton, which must first be
-# imported interpreted by tests/backends/triton/conftest.py when both directories run in one process
-class LlamaRMSNorm(nn.Module):
-    def __init__(self, h, eps=1e-6):
-        super().__init__()
-        self.weight, self.eps = nn.Parameter(torch.ones(h)), eps
-
-    def forward(self, x):
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-class GemmaRMSNorm(LlamaRMSNorm):
-    def forward(self, x):  # Gemma stores w - 1
-        out = x.float()
-        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * (1.0 + self.weight.float())).type_as(x)
-
-
 class Decoder(nn.Module):
     """`layers` x (norm -> q/k/v -> mix -> o, + residual; norm -> gated MLP, + residual), final norm, lm_head.
 
@@ -74,7 +54,7 @@ class Decoder(nn.Module):
 
     def __init__(self, layers=2, bias=False, gemma=False, early_read=False):
         super().__init__()
-        norm = (lambda: GemmaRMSNorm(H, eps=1e-6)) if gemma else (lambda: LlamaRMSNorm(H, eps=1e-6))
+        norm = (lambda: GemmaNorm(H, random_weight=False)) if gemma else (lambda: LlamaNorm(H, random_weight=False))
         self.early_read = early_read
         self.norms = nn.ModuleList(norm() for _ in range(2 * layers + 1))
         with torch.no_grad():  # away from the init's ones / zeros, so a lost weight shows
@@ -162,7 +142,7 @@ class Dequantized(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.norm1, self.norm2 = LlamaRMSNorm(H), LlamaRMSNorm(H)
+        self.norm1, self.norm2 = LlamaNorm(H, random_weight=False), LlamaNorm(H, random_weight=False)
         self.register_buffer("wq", torch.randint(-127, 128, (H, H), dtype=torch.int8))
         self.register_buffer("scale", torch.rand(H, 1) / 127)
         self.o = nn.Linear(H, H, bias=False)

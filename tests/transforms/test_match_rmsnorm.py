@@ -11,28 +11,10 @@ from torch.export import Dim
 
 import autodeploy.ops  # noqa: F401  (registers torch.ops.autodeploy.*)
 from autodeploy.graph import aten
+from tests.helpers.norms import GemmaNorm, LlamaNorm
 from tests.helpers.transform_check import check_transform, export_module, run_transforms
 
 RMSNORM = torch.ops.autodeploy.rmsnorm.default
-
-
-class LlamaNorm(nn.Module):
-    def __init__(self, h, eps=1e-6):
-        super().__init__()
-        self.weight, self.eps = nn.Parameter(torch.randn(h)), eps
-
-    def forward(self, x):
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-class GemmaNorm(LlamaNorm):
-    def forward(self, x):
-        out = x.float()
-        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * (1.0 + self.weight.float())).type_as(x)
 
 
 class GptOssNorm(LlamaNorm):

@@ -45,7 +45,7 @@ from torch import Tensor
 import autodeploy.backends.torch.quant_linear  # noqa: F401  (autodeploy::fp8_linear, the fallback)
 from autodeploy.backends.triton._common import (DTYPES, interpreted, num_sms, pdl_enabled, pdl_launch,
                                                 pdl_wait_and_release, rows_of, unsupported_device_or_dtype)
-from autodeploy.backends.triton.linear import _sum_splits_kernel, split_k
+from autodeploy.backends.triton.linear import split_k, sum_splits
 from autodeploy.quantization import fp8 as fp8_q
 
 log = logging.getLogger(__name__)
@@ -289,11 +289,7 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
         _FP8_DOT_BROKEN.append(str(e)[:200])
         _fp8_gemv_kernel[grid](*args, FP8_DOT=False, **meta)
     if split > 1:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * n, block),)](
-            dest, bias if bias is not None else dest, out, m * n, n, split,
-            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
-        )
+        sum_splits(dest, bias, out)
     return out.reshape(*x.shape[:-1], n)
 
 

@@ -39,7 +39,7 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton._common import dot_precision, rows_of, unsupported_device_or_dtype
-from autodeploy.backends.triton.linear import _sum_splits_kernel
+from autodeploy.backends.triton.linear import sum_splits
 
 MAX_ROWS = 16
 MIN_BK = 16  # tl.dot's smallest K
@@ -196,9 +196,5 @@ def launch(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Opti
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if split > 1:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * n, block),)](
-            dest, bias if bias is not None else dest, out, m * n, n, split,
-            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
-        )
+        sum_splits(dest, bias, out)
     return out.reshape(*x.shape[:-1], n)

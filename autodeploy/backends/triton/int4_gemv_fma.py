@@ -40,7 +40,7 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton import int4_gemv
-from autodeploy.backends.triton.linear import _sum_splits_kernel
+from autodeploy.backends.triton.linear import sum_splits
 
 MAGIC_BITS = 0x4B000000  # fp32 2^23
 MAX_ROWS = 4  # more rows: int4_gemv.py's tl.dot (one FMA per weight and row stops paying)
@@ -225,9 +225,5 @@ def launch(x2: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Opt
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if split > 1:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * n, block),)](
-            dest, bias if bias is not None else dest, out, m * n, n, split,
-            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
-        )
+        sum_splits(dest, bias, out)
     return out

@@ -184,6 +184,16 @@ def _sum_splits_kernel(part_ptr, bias_ptr, out_ptr, MN, N, SPLIT, BLOCK: tl.cons
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def sum_splits(partials: Tensor, bias: Optional[Tensor], out: Tensor) -> None:
+    """out [M, N] = sum over S of partials [S, M, N] (fp32, from a split-K GEMV) + bias, in out's dtype."""
+    split, m, n = partials.shape
+    block = 1024
+    _sum_splits_kernel[(triton.cdiv(m * n, block),)](
+        partials, bias if bias is not None else partials, out, m * n, n, split,
+        BLOCK=block, HAS_BIAS=bias is not None, num_warps=4, PDL=pdl_enabled(out.device), **pdl_launch(out.device),
+    )
+
+
 def operand_problem(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
     """Why the GEMV kernels cannot read these operands (device, dtype, layout, K), whatever the rows; None if they can."""
     why = unsupported_device_or_dtype(x, weight, bias)
@@ -335,11 +345,7 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
         PDL=pdl_enabled(x.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device),
     )
     if split > 1:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * n, block),)](
-            dest, bias if bias is not None else dest, out, m * n, n, split,
-            BLOCK=block, HAS_BIAS=bias is not None, num_warps=4, PDL=pdl_enabled(x.device), **pdl_launch(x.device),
-        )
+        sum_splits(dest, bias, out)
     return shaped(out, norm_args, x, norm)
 
 
