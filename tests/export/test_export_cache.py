@@ -68,3 +68,23 @@ def test_switches(monkeypatch):
     assert not export_cache.enabled(True)
     monkeypatch.setenv("AUTODEPLOY_EXPORT_CACHE", "1")
     assert export_cache.enabled(True) and not export_cache.enabled(False)
+
+
+def test_type_hints_memo_during_load_is_scoped_and_exact():
+    import dataclasses
+    import typing
+
+    from autodeploy.export import cache
+
+    @dataclasses.dataclass
+    class Entry:
+        name: str
+        size: int
+
+    original = typing.get_type_hints
+    with cache._type_hints_cached():
+        first = typing.get_type_hints(Entry, globalns={})
+        first["name"] = bytes  # a caller changing its copy changes nothing for the next one
+        assert typing.get_type_hints(Entry, globalns={}) == {"name": str, "size": int}
+        assert typing.get_type_hints(cache.load) == original(cache.load)  # functions pass through
+    assert typing.get_type_hints is original
