@@ -98,12 +98,16 @@ def _fuse(gm: fx.GraphModule, attn: fx.Node, rope: fx.Node) -> None:
                 a["cache_lens"], a["page_table"], a["slot_mapping"], cos2, sin2, bool(r["interleaved"]), a["sinks"],
                 a["scale"], a["sliding_window"], a["logit_softcap"])
         fused = g.call_function(FUSED, args)  # [T, n, d_v]
+    # fake values by hand (views of the inputs'; the op's is the attention's): no whole-graph propagation
+    for node, src, shape in ((q2, q, (-1, n, d)), (k2, k, (-1, n_kv, d)), (cos2, cos, (-1, d_rot)),
+                             (sin2, val(r["sin"]), (-1, d_rot))):
+        node.meta["val"] = src.reshape(shape)
     fused.meta.update({k_: v_ for k_, v_ in attn.meta.items() if k_ in ("nn_module_stack", "stack_trace", "val")})
     attn.replace_all_uses_with(fused)
     g.erase_node(attn)  # rope and its views are dead now: the pipeline's cleanup removes them
 
 
-@register(Stage.CACHE, shape_prop=True)
+@register(Stage.CACHE)
 def apply(gm: fx.GraphModule, ctx, cfg) -> TransformInfo:
     ropes = _rope_ops()
     attns = nodes_of(gm, CACHED_ATTENTION)
