@@ -78,7 +78,10 @@ def _concrete(dim, subs: dict) -> int:
     if not isinstance(dim, torch.SymInt):
         return int(dim)
     expr = dim.node.expr
-    env = getattr(dim.node.shape_env, "var_to_val", {})
+    shape_env = dim.node.shape_env  # backed_var_to_val: torch >= 2.11's name (var_to_val warns there)
+    env = getattr(shape_env, "backed_var_to_val", None)
+    if env is None:
+        env = getattr(shape_env, "var_to_val", {})
     values = {s: subs.get(s, env.get(s, 1)) for s in expr.free_symbols}
     return int(expr.xreplace(values))
 
