@@ -87,7 +87,8 @@ def cases():
 
 
 def pdl_cases():
-    """Kernels with programmatic dependent launch (griddepcontrol) compiled in, as AUTODEPLOY_PDL=1 runs them."""
+    """Kernels with programmatic dependent launch (griddepcontrol) compiled in, as AUTODEPLOY_PDL=1 runs
+    them, and the paged decode attention whose key loop they share."""
     from autodeploy.backends.triton import paged_attention_decode_rope, rmsnorm
 
     bf = "bf16"
@@ -101,6 +102,12 @@ def pdl_cases():
              WINDOW=False, HAS_SINKS=False, BLOCK_G=16, BLOCK_N=64, BLOCK_D=64, BLOCK_DV=64, BLOCK_GP=4,
              BLOCK_S=4, SUB_S=4, PRECISION="tf32", PDL=True)
     yield "decode_rope pdl", paged_attention_decode_rope._decode_rope_kernel, ptrs, c, ("scale", "softcap"), 2
+    from autodeploy.backends.triton import paged_attention_decode
+
+    ptrs = dict(q_ptr=bf, kc_ptr=bf, vc_ptr=bf, pt_ptr="i32", lens_ptr="i32", sinks_ptr=bf, out_ptr=bf, part_ptr="fp32")
+    c = dict(G=4, D=64, D_V=64, PAGE_SIZE=64, NUM_SPLITS=4, SOFTCAP=True, WINDOW=False, HAS_SINKS=False, BLOCK_G=16,
+             BLOCK_N=64, BLOCK_D=64, BLOCK_DV=64, PRECISION="tf32")
+    yield "paged decode", paged_attention_decode._decode_kernel, ptrs, c, ("scale", "softcap"), 2
     from autodeploy.backends.triton import fp8_gemv
 
     f8 = dict(x_ptr="fp8e4nv", xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr=bf, out_ptr=bf)

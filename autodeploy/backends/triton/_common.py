@@ -55,8 +55,14 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def unit_stride(x: torch.Tensor) -> torch.Tensor:
+    """x itself when its last dim is unit-stride (what every kernel's row loads assume), else a copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def rows_of(x: torch.Tensor) -> torch.Tensor:
-    """[..., h] -> [M, h] without a copy when the leading dims flatten (most activations)."""
+    """[..., h] -> [M, h], unit-stride on h; no copy when it already is and the leading dims flatten."""
+    x = unit_stride(x)
     return x.reshape(-1, x.shape[-1])
 
 

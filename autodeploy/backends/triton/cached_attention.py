@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from autodeploy.backends.triton import kv_cache_write
-from autodeploy.backends.triton._common import unsupported_device_or_dtype
+from autodeploy.backends.triton._common import unit_stride, unsupported_device_or_dtype
 from autodeploy.backends.triton.paged_attention_decode import decode
 from autodeploy.backends.triton.paged_attention_prefill import prefill
 
@@ -59,7 +59,7 @@ def launch(q, k, v, k_cache, v_cache, seq_lens, cu_seqlens, input_pos, cache_len
     if why:
         raise NotImplementedError(f"triton cached_attention: {why}")
     kv_cache_write.launch(k, v, k_cache, v_cache, slot_mapping, check=False)
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    q = unit_stride(q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     common = dict(scale=scale, sliding_window=sliding_window, logit_softcap=logit_softcap, sinks=sinks, out=out)
     if q.shape[0] == seq_lens.shape[0]:

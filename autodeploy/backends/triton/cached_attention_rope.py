@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from autodeploy.backends.triton import cached_attention, rope
+from autodeploy.backends.triton._common import unit_stride
 from autodeploy.backends.triton.paged_attention_decode_rope import decode_rope
 
 
@@ -40,17 +41,13 @@ def supports(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, 
     return unsupported_reason(q, k, v, k_cache, v_cache, cos, sin, sinks) is None
 
 
-def _last_dim_contiguous(x: Tensor) -> Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def launch(q, k, v, k_cache, v_cache, seq_lens, cu_seqlens, input_pos, cache_lens, page_table, slot_mapping, cos, sin,
            interleaved=False, sinks=None, scale=None, sliding_window=None, logit_softcap=None, **tuning) -> Tensor:
     """tuning: decode_rope's launch settings (num_splits, block_n, ...), for tests and benchmarks."""
     why = unsupported_reason(q, k, v, k_cache, v_cache, cos, sin, sinks)
     if why:
         raise NotImplementedError(f"triton cached_attention_rope: {why}")
-    q, k, v, cos, sin = (_last_dim_contiguous(t) for t in (q, k, v, cos, sin))
+    q, k, v, cos, sin = (unit_stride(t) for t in (q, k, v, cos, sin))
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.shape[0] == seq_lens.shape[0]:
         return decode_rope(q, k, v, cos, sin, interleaved, k_cache, v_cache, slot_mapping, page_table, cache_lens,

@@ -72,14 +72,12 @@ def launch(gate: Tensor, up: Optional[Tensor], act: str) -> Tensor:
     why = unsupported_reason(gate, up, act)
     if why:
         raise NotImplementedError(f"triton gated_mlp_act: {why}")
-    gate = gate if gate.stride(-1) == 1 else gate.contiguous()
     if up is None:
         f = gate.shape[-1] // 2
         g2 = rows_of(gate)  # [M, 2f]
         gate_rows, up_rows = g2[:, :f], g2[:, f:]  # strided views, no copy
     else:
         f = gate.shape[-1]
-        up = up if up.stride(-1) == 1 else up.contiguous()
         gate_rows, up_rows = rows_of(gate), rows_of(up)  # [M, f]
     out = torch.empty(*gate.shape[:-1], f, dtype=gate.dtype, device=gate.device)
     out2 = out.view(-1, f)

@@ -161,7 +161,7 @@ def launch(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Opti
     if why:
         raise NotImplementedError(f"triton int4_wo_linear: {why}")
     n, half_k = qweight.shape
-    x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+    x2 = rows_of(x)  # [M, K]
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:

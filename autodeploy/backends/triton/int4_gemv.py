@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import dot_precision, rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import dot_precision, rows_of, unit_stride, unsupported_device_or_dtype
 from autodeploy.backends.triton.linear import sum_splits
 
 MAX_ROWS = 16
@@ -176,12 +176,12 @@ def launch(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Opti
     if why:
         raise NotImplementedError(f"triton int4 GEMV: {why}")
     n, half_k = qweight.shape
-    x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+    x2 = rows_of(x)  # [M, K]
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)  # [M, N]
     if m == 0:
         return out.reshape(*x.shape[:-1], n)
-    qweight = qweight if qweight.stride(-1) == 1 else qweight.contiguous()
+    qweight = unit_stride(qweight)
     cfg = normalized(config, m, n, half_k, group_size) if config else launch_config(m, n, half_k, group_size, sms)
     bits, value = MAGIC.get(x.dtype, (0, 0.0)) if cfg["magic"] else (0, 0.0)
     split = cfg["split"]

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import unsupported_device_or_dtype
+from autodeploy.backends.triton._common import unit_stride, unsupported_device_or_dtype
 
 
 @triton.jit
@@ -49,8 +49,7 @@ def _kv_write_kernel(
 
 def _tokens(x: Tensor) -> Tensor:
     """[..., n_kv, d] -> [T, n_kv, d], a view when the token dims flatten."""
-    x = x.reshape(-1, x.shape[-2], x.shape[-1])
-    return x if x.stride(-1) == 1 else x.contiguous()
+    return unit_stride(x.reshape(-1, x.shape[-2], x.shape[-1]))
 
 
 def unsupported_reason(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor) -> Optional[str]:

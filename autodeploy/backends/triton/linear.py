@@ -301,7 +301,7 @@ def gemv_rows(x: Tensor, norm: Optional[tuple]):
     Without a norm the three pointers are x (never read: NORM=False). With one, x and residual are
     read with one row stride, so both are made contiguous; the new residual is allocated here."""
     if norm is None:
-        x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, K]
+        x2 = rows_of(x)  # [M, K]
         return x2, (x2, x2, x2, 0.0)
     x2, res2 = rows_of(x).contiguous(), rows_of(norm[0]).contiguous()  # [M, K] each
     new_res = torch.empty_like(x2)  # [M, K]

@@ -49,6 +49,33 @@ def _scores(q, k, scale, softcap, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr
 
 
 @triton.jit
+def attend_paged(q, m_i, l_i, acc, lo, hi, pt_row, k_base, v_base, skc_p, skc_s, svc_p, svc_s, dk, dv, scale, softcap,
+                 D: tl.constexpr, D_V: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
+    """Online softmax of q [BLOCK_G, BLOCK_D] over one sequence's cached keys lo .. hi - 1, carried in
+    (m_i, l_i [BLOCK_G], acc [BLOCK_G, BLOCK_DV]). pt_row: the sequence's page-table row; k_base /
+    v_base: the caches at this KV head."""
+    for n0 in range(lo, hi, BLOCK_N):
+        kidx = n0 + tl.arange(0, BLOCK_N)
+        k_ok = kidx < hi
+        page = tl.load(pt_row + kidx // PAGE_SIZE, mask=k_ok, other=0).to(tl.int64)
+        off = kidx % PAGE_SIZE
+        k = tl.load(k_base + page[:, None] * skc_p + off[:, None] * skc_s + dk[None, :],
+                    mask=k_ok[:, None] & (dk < D)[None, :], other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
+        s = _scores(q, k, scale, softcap, SOFTCAP, PRECISION)
+        s = tl.where(k_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile holds >= 1 visible key
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + page[:, None] * svc_p + off[:, None] * svc_s + dv[None, :],
+                    mask=k_ok[:, None] & (dv < D_V)[None, :], other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_DV]
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, kc_ptr, vc_ptr, pt_ptr, lens_ptr, sinks_ptr, out_ptr, part_ptr,
     sq_t, sq_h, skc_p, skc_s, skc_h, svc_p, svc_s, svc_h, spt_b, so_t, so_h,
@@ -82,23 +109,9 @@ def _decode_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_DV], tl.float32)
-    for n0 in range(lo, hi, BLOCK_N):
-        kidx = n0 + tl.arange(0, BLOCK_N)
-        k_ok = kidx < hi
-        page = tl.load(pt_ptr + seq * spt_b + kidx // PAGE_SIZE, mask=k_ok, other=0).to(tl.int64)
-        off = kidx % PAGE_SIZE
-        k = tl.load(kc_ptr + page[:, None] * skc_p + off[:, None] * skc_s + kvh * skc_h + dk[None, :],
-                    mask=k_ok[:, None] & (dk < D)[None, :], other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
-        s = _scores(q, k, scale, softcap, SOFTCAP, PRECISION)
-        s = tl.where(k_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile holds >= 1 visible key
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(vc_ptr + page[:, None] * svc_p + off[:, None] * svc_s + kvh * svc_h + dv[None, :],
-                    mask=k_ok[:, None] & (dv < D_V)[None, :], other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_DV]
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    m_i, l_i, acc = attend_paged(q, m_i, l_i, acc, lo, hi, pt_ptr + seq * spt_b, kc_ptr + kvh * skc_h,
+                                 vc_ptr + kvh * svc_h, skc_p, skc_s, svc_p, svc_s, dk, dv, scale, softcap,
+                                 D, D_V, PAGE_SIZE, BLOCK_N, SOFTCAP, PRECISION)
 
     if NUM_SPLITS == 1:
         if HAS_SINKS:

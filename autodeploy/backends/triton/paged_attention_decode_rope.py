@@ -44,7 +44,7 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton._common import dot_precision, pdl_enabled, pdl_launch, pdl_wait_and_release
-from autodeploy.backends.triton.paged_attention_decode import _scores, choose_num_splits
+from autodeploy.backends.triton.paged_attention_decode import attend_paged, choose_num_splits
 
 MERGE_TILE = 4096  # fp32 partials the merging program loads at once: 32 registers a thread at 4 warps
 
@@ -120,23 +120,9 @@ def _decode_rope_kernel(
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_DV], tl.float32)
         hi_cached = tl.minimum(hi, ctx - 1)  # the new key comes from registers, not the cache
-        for n0 in range(lo, hi_cached, BLOCK_N):
-            kidx = n0 + tl.arange(0, BLOCK_N)
-            k_ok = kidx < hi_cached
-            page = tl.load(pt_ptr + seq * spt_b + kidx // PAGE_SIZE, mask=k_ok, other=0).to(tl.int64)
-            off = kidx % PAGE_SIZE
-            kt = tl.load(kc_ptr + page[:, None] * skc_p + off[:, None] * skc_s + kvh * skc_h + dk[None, :],
-                         mask=k_ok[:, None] & (dk < D)[None, :], other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_D]
-            s = _scores(q, kt, scale, softcap, SOFTCAP, PRECISION)
-            s = tl.where(k_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile holds >= 1 visible key
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            vt = tl.load(vc_ptr + page[:, None] * svc_p + off[:, None] * svc_s + kvh * svc_h + dv[None, :],
-                         mask=k_ok[:, None] & (dv < D_V)[None, :], other=0.0).to(q.dtype)  # [BLOCK_N, BLOCK_DV]
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
-            m_i = m_new
+        m_i, l_i, acc = attend_paged(q, m_i, l_i, acc, lo, hi_cached, pt_ptr + seq * spt_b, kc_ptr + kvh * skc_h,
+                                     vc_ptr + kvh * svc_h, skc_p, skc_s, svc_p, svc_s, dk, dv, scale, softcap,
+                                     D, D_V, PAGE_SIZE, BLOCK_N, SOFTCAP, PRECISION)
 
         if writes:
             one = kvh + tl.arange(0, 1)  # [1]: this KV head as a one-row block

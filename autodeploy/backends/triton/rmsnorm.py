@@ -80,11 +80,11 @@ def launch(x: Tensor, weight: Tensor, eps: float, add_unit_offset: bool, residua
     if why:
         raise NotImplementedError(f"triton rmsnorm: {why}")
     h = x.shape[-1]
-    x2 = rows_of(x if x.stride(-1) == 1 else x.contiguous())  # [M, h]
+    x2 = rows_of(x)  # [M, h]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     out2 = out.view(-1, h)
     if residual is not None:
-        r2 = rows_of(residual if residual.stride(-1) == 1 else residual.contiguous())
+        r2 = rows_of(residual)
         res_out = torch.empty_like(out)
         res_out2 = res_out.view(-1, h)
     else:
