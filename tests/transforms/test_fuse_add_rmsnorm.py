@@ -15,10 +15,9 @@ from torch.export import Dim
 import autodeploy
 import autodeploy.ops  # noqa: F401  (registers torch.ops.autodeploy.*)
 from autodeploy.graph import aten, nodes_of
-from autodeploy.profiler import autotuner
-from autodeploy.profiler.candidates import backends_for, register_backend, unregister_backend
-from autodeploy.profiler.variants import derive_op, reference_fn
+from autodeploy.profiler.candidates import backends_for
 from autodeploy.transforms.pipeline import Stage, ordered_specs, propagate_shapes
+from tests.helpers.stand_in import faster_stand_ins, stand_in
 from tests.helpers.tiny_models import save_tiny, tiny_config, tiny_model
 from tests.helpers.tolerances import assert_close_relative
 from tests.helpers.transform_check import check_transform, export_module, run_transforms
@@ -160,36 +159,18 @@ def test_runs_before_backend_selection():
 
 
 # ---- backend selection sees the fused op ---------------------------------------------------------
-ALT_CALLS = {"n": 0}
+ALT = stand_in(FUSED)
 
 
-def _alt_impl(*args, **kwargs):
-    ALT_CALLS["n"] += 1
-    return reference_fn(FUSED)(*args, **kwargs)
-
-
-ALT = derive_op(FUSED, "testalt", _alt_impl)
-
-
-@pytest.fixture
-def alt_backend(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTODEPLOY_CACHE", str(tmp_path))
-    monkeypatch.setattr(autotuner, "measure_candidate",
-                        lambda cand, inputs, device, warmup=3, reps=10: 1.0 if cand.name == "alt" else 2.0)
-    register_backend("fused_add_rmsnorm", "alt", ALT)
-    ALT_CALLS["n"] = 0
-    yield
-    unregister_backend("fused_add_rmsnorm", "alt")
-
-
-def test_faster_backend_replaces_the_fused_op(alt_backend):
+def test_faster_backend_replaces_the_fused_op(monkeypatch, tmp_path):
     # a stand-in for the Triton twin, which needs CUDA: the fused op's two outputs pass through
-    check_transform(
-        DecoderLayer(), _x(), ["fuse_add_rmsnorm", "select_backends"],
-        before={ADD: 2, FUSED: 0, ALT: 0}, after={ADD: 0, FUSED: 0, ALT: 2},
-        matches=4, second_inputs=_x(3, 5), dynamic_shapes=DYN,  # 2 fusions + 2 swaps
-    )
-    assert ALT_CALLS["n"] > 0
+    with faster_stand_ins(monkeypatch, tmp_path, FUSED) as (_, calls):
+        check_transform(
+            DecoderLayer(), _x(), ["fuse_add_rmsnorm", "select_backends"],
+            before={ADD: 2, FUSED: 0, ALT: 0}, after={ADD: 0, FUSED: 0, ALT: 2},
+            matches=4, second_inputs=_x(3, 5), dynamic_shapes=DYN,  # 2 fusions + 2 swaps
+        )
+        assert calls["n"] > 0
 
 
 def test_triton_twin_is_the_first_candidate_on_cuda():

@@ -16,11 +16,10 @@ from torch.export import Dim
 import autodeploy
 import autodeploy.ops  # noqa: F401  (registers torch.ops.autodeploy.*)
 from autodeploy.graph import aten, nodes_of
-from autodeploy.profiler import autotuner
-from autodeploy.profiler.candidates import backends_for, register_backend, unregister_backend
-from autodeploy.profiler.variants import derive_op, reference_fn
+from autodeploy.profiler.candidates import backends_for
 from autodeploy.recipe import load_recipe
 from autodeploy.transforms.pipeline import Stage, ordered_specs
+from tests.helpers.stand_in import faster_stand_ins, stand_in
 from tests.helpers.tiny_models import save_tiny, tiny_config, tiny_model
 from tests.helpers.tolerances import assert_close_relative
 from tests.helpers.transform_check import check_transform, count, export_module, run_transforms
@@ -163,37 +162,19 @@ def test_reference_op_schema_and_fake():
 
 
 # ---- backend selection sees the fused op ---------------------------------------------------------
-ALT_CALLS = {"n": 0}
+ALT = stand_in(GATED)
 
 
-def _alt_impl(*args, **kwargs):
-    ALT_CALLS["n"] += 1
-    return reference_fn(GATED)(*args, **kwargs)
-
-
-ALT = derive_op(GATED, "testalt", _alt_impl)
-
-
-@pytest.fixture
-def alt_backend(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTODEPLOY_CACHE", str(tmp_path))
-    monkeypatch.setattr(autotuner, "measure_candidate",
-                        lambda cand, inputs, device, warmup=3, reps=10: 1.0 if cand.name == "alt" else 2.0)
-    register_backend("gated_linear", "alt", ALT)
-    ALT_CALLS["n"] = 0
-    yield
-    unregister_backend("gated_linear", "alt")
-
-
-def test_faster_backend_replaces_the_fused_op(alt_backend):
+def test_faster_backend_replaces_the_fused_op(monkeypatch, tmp_path):
     # a stand-in for the Triton twin, which needs CUDA
-    check_transform(
-        Mlp(layers=2), _x(), ["fuse_gated_linear", "select_backends"],
-        before={ACT: 2, GATED: 0, ALT: 0}, after={ACT: 0, GATED: 0, ALT: 2},
-        matches=4, second_inputs=_x(3, 1), dynamic_shapes=DYN, recipe=ON,  # 2 fusions + 2 swaps
-        run_first=["match_gated_mlp", "fuse_gemms"],
-    )
-    assert ALT_CALLS["n"] > 0
+    with faster_stand_ins(monkeypatch, tmp_path, GATED) as (_, calls):
+        check_transform(
+            Mlp(layers=2), _x(), ["fuse_gated_linear", "select_backends"],
+            before={ACT: 2, GATED: 0, ALT: 0}, after={ACT: 0, GATED: 0, ALT: 2},
+            matches=4, second_inputs=_x(3, 1), dynamic_shapes=DYN, recipe=ON,  # 2 fusions + 2 swaps
+            run_first=["match_gated_mlp", "fuse_gemms"],
+        )
+        assert calls["n"] > 0
 
 
 def test_triton_twin_is_the_first_candidate_on_cuda():

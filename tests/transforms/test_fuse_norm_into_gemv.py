@@ -19,12 +19,10 @@ from torch.export import Dim
 import autodeploy
 import autodeploy.ops  # noqa: F401  (registers torch.ops.autodeploy.*)
 from autodeploy.graph import aten, nodes_of
-from autodeploy.profiler import autotuner
-from autodeploy.profiler.candidates import register_backend, unregister_backend
-from autodeploy.profiler.variants import derive_op, reference_fn
 from autodeploy.recipe import load_recipe
 from autodeploy.transforms.pipeline import Stage, ordered_specs
 from tests.helpers.norms import GemmaNorm, LlamaNorm
+from tests.helpers.stand_in import faster_stand_ins, stand_in
 from tests.helpers.tiny_models import save_tiny, tiny_config, tiny_model
 from tests.helpers.tolerances import assert_close_relative
 from tests.helpers.transform_check import check_transform, count, export_module, run_transforms
@@ -173,42 +171,19 @@ def test_runs_after_the_fusions_it_reads_before_backend_selection():
 
 
 # ---- backend selection sees the fused ops -------------------------------------------------------
-ALT_CALLS = {"n": 0}
+ALT_LINEAR, ALT_GATED = stand_in(NORM_LINEAR), stand_in(NORM_GATED)
 
 
-def _alt(base):
-    def impl(*args, **kwargs):
-        ALT_CALLS["n"] += 1
-        return reference_fn(base)(*args, **kwargs)
-
-    return derive_op(base, "testalt", impl)
-
-
-ALT_LINEAR, ALT_GATED = _alt(NORM_LINEAR), _alt(NORM_GATED)
-
-
-@pytest.fixture
-def alt_backends(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTODEPLOY_CACHE", str(tmp_path))
-    monkeypatch.setattr(autotuner, "measure_candidate",
-                        lambda cand, inputs, device, warmup=3, reps=10: 1.0 if cand.name == "alt" else 2.0)
-    register_backend("add_rmsnorm_linear", "alt", ALT_LINEAR)
-    register_backend("add_rmsnorm_gated_linear", "alt", ALT_GATED)
-    ALT_CALLS["n"] = 0
-    yield
-    unregister_backend("add_rmsnorm_linear", "alt")
-    unregister_backend("add_rmsnorm_gated_linear", "alt")
-
-
-def test_faster_backend_replaces_the_fused_ops(alt_backends):
+def test_faster_backend_replaces_the_fused_ops(monkeypatch, tmp_path):
     # a stand-in for the Triton twins and the unfused pairs, which need CUDA
-    check_transform(
-        Decoder(), _x(), ["fuse_norm_into_gemv", "select_backends"],
-        before={NORM_LINEAR: 0, ALT_LINEAR: 0, ALT_GATED: 0},
-        after={NORM_LINEAR: 0, NORM_GATED: 0, ALT_LINEAR: 1, ALT_GATED: 2, NORM: 1},
-        matches=3 + 3, second_inputs=_x(3, 1), dynamic_shapes=DYN, recipe=RECIPE, run_first=FIRST,
-    )  # 3 fusions, 3 swaps (on the CPU the other ops have the reference only)
-    assert ALT_CALLS["n"] > 0
+    with faster_stand_ins(monkeypatch, tmp_path, NORM_LINEAR, NORM_GATED) as (_, calls):
+        check_transform(
+            Decoder(), _x(), ["fuse_norm_into_gemv", "select_backends"],
+            before={NORM_LINEAR: 0, ALT_LINEAR: 0, ALT_GATED: 0},
+            after={NORM_LINEAR: 0, NORM_GATED: 0, ALT_LINEAR: 1, ALT_GATED: 2, NORM: 1},
+            matches=3 + 3, second_inputs=_x(3, 1), dynamic_shapes=DYN, recipe=RECIPE, run_first=FIRST,
+        )  # 3 fusions, 3 swaps (on the CPU the other ops have the reference only)
+        assert calls["n"] > 0
 
 
 # ---- whole tiny models ---------------------------------------------------------------------------
