@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -79,8 +80,6 @@ def rows_of(x: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def pdl_enabled(device: torch.device) -> bool:
-    import os
-
     if os.environ.get("AUTODEPLOY_PDL", "0") != "1" or interpreted() or device.type != "cuda":
         return False
     return torch.cuda.get_device_capability(device)[0] >= 9
