@@ -35,6 +35,14 @@ stage_tp1() { $AD "${B8[@]}" --json "$OUT/tp1.json"; }
 stage_bench_1b() { $AD "${B1[@]}" --batch-sizes 1,16 --baselines eager,static --json "$OUT/bench_1b.json"; }
 stage_bench_1b_fast() { $AD "${B1[@]}" --batch-sizes 1 --no-baselines --json "$OUT/bench_1b_fast.json"; }
 stage_bench_1b_pdl() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1 --no-baselines --json "$OUT/bench_1b_pdl.json"; }
+# the cold 1B build with stack dumps every 45 s and the compiled-kernel count every 15 s (where the time goes)
+stage_bench_1b_diag() {
+  ( while sleep 15; do echo "[watch ${SECONDS}s] triton kernels: $(ls /tmp/adc/t 2>/dev/null | wc -l)" >&2; done ) &
+  local watch=$!
+  python3 benchmarks/stack_dumps.py 45 autodeploy bench "${B1[@]}" --batch-sizes 1 --no-baselines --json "$OUT/bench_1b_diag.json"
+  kill $watch; }
+stage_bench_1b_nofold() { $AD "${B1[@]}" --batch-sizes 1 --no-baselines --set transforms.fuse_norm_into_gemv.enabled=false \
+  --json "$OUT/bench_1b_nofold.json"; }
 stage_bench_1b_warm() { $AD "${B1[@]}" --batch-sizes 1 --output-len 32 --no-baselines --json "$OUT/bench_1b_warm.json"; }
 stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf --serve-input-len 128 \
   --serve-output-len 128 --no-baselines --json "$OUT/bench_serve.json"; }
