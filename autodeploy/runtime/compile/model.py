@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from autodeploy.runtime.compile.buckets import bucket_for, is_decode_only, normalize_buckets
+from autodeploy.runtime.compile.fallbacks import register_fallbacks
 from autodeploy.runtime.compile.metadata import MetadataBuffers, PackedStep
 from autodeploy.runtime.cached_model import apply_token_source
 from autodeploy.runtime.sequence_info import SequenceInfo
@@ -224,6 +225,7 @@ def _default_compile(gm):
     """
     from torch.fx.experimental import _config as fx_config
 
+    register_fallbacks(gm)  # before Inductor meets the custom ops (fallbacks.py: why)
     compiled = torch.compile(gm, dynamic=True)
 
     def run(*args):
