@@ -43,6 +43,11 @@ class RuntimeConfig(_Strict):
     compile_backend: Literal["eager", "torch-compile", "cuda-graph"] = Field(
         "eager", description="How the transformed graph runs: as is, torch.compile, or compiled with CUDA graphs."
     )
+    torch_compile: bool = Field(
+        True, description="cuda-graph backend: compile the graph with torch.compile before capturing (Inductor fuses "
+        "the aten ops between custom ops); false: capture the transformed graph as is (no Inductor: a far shorter "
+        "optimize, and prefill / mixed steps run the graph eagerly).",
+    )
     cuda_graph_batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], description="Decode batch buckets captured as CUDA graphs."
     )

@@ -43,6 +43,8 @@ stage_bench_1b_diag() {
   kill $watch; }
 stage_bench_1b_nofold() { $AD "${B1[@]}" --batch-sizes 1 --no-baselines --set transforms.fuse_norm_into_gemv.enabled=false \
   --json "$OUT/bench_1b_nofold.json"; }
+stage_bench_1b_nocompile() { $AD "${B1[@]}" --batch-sizes 1,16 --no-baselines --set runtime.torch_compile=false \
+  --json "$OUT/bench_1b_nocompile.json"; }
 stage_bench_1b_warm() { $AD "${B1[@]}" --batch-sizes 1 --output-len 32 --no-baselines --json "$OUT/bench_1b_warm.json"; }
 stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf --serve-input-len 128 \
   --serve-output-len 128 --no-baselines --json "$OUT/bench_serve.json"; }

@@ -117,3 +117,16 @@ def test_tiny_llama_cuda_graph_tokens_match_eager_and_cpu(tmp_path):
     assert graph_tokens == eager_tokens
     assert graph_tokens == cpu_tokens
     assert getattr(rt.model, "replays", 0) > 0  # the decode steps really went through the graphs
+
+
+def test_capture_without_torch_compile_matches_eager():
+    """runtime.torch_compile false: the transformed graph captured as is, same tokens and logits."""
+    model = CompiledModel(toy_cached_model(PAGES, PAGE, "cuda"), "cuda-graph", batch_sizes=BUCKETS, max_batch_size=8,
+                          max_num_tokens=256, max_seq_len=64, torch_compile=False)
+    assert sorted(model.graphs) == [2, 4, 8]
+    prompts = _prompts(3, seed=5)
+    want_tokens, want_logits = greedy_decode(toy_cached_model(PAGES, PAGE, "cuda"), prompts, 8, PAGE, pages_per_seq=7)
+    tokens, logits = greedy_decode(model, prompts, 8, PAGE, pages_per_seq=7)
+    assert model.replays == 7 and tokens == want_tokens
+    for a, b in zip(logits, want_logits):
+        assert_close(a, b)

@@ -145,6 +145,17 @@ def test_cuda_graph_backend_without_a_gpu_compiles_only():
     assert tokens == greedy_decode(toy_cached_model(40, 4), PROMPTS, 3, 4)[0]
 
 
+def test_cuda_graph_backend_without_torch_compile_runs_the_graph_as_is():
+    cached = toy_cached_model(40, 4)
+    model = CompiledModel(cached, "cuda-graph", torch_compile=False,
+                          compile_fn=lambda gm: pytest.fail("torch_compile=False must not compile"))
+    assert model.fn is cached.gm and not model.torch_compile
+    tokens, _ = greedy_decode(model, PROMPTS, 3, 4)
+    assert tokens == greedy_decode(toy_cached_model(40, 4), PROMPTS, 3, 4)[0]
+    rt = load_recipe("h100", overrides={"runtime.torch_compile": False, "runtime.device": "cpu"}).runtime
+    assert not compile_model(toy_cached_model(8, 4), rt).torch_compile
+
+
 def test_compile_model_follows_the_recipe():
     cached = toy_cached_model(8, 4)
     assert compile_model(cached, load_recipe("cpu").runtime) is cached  # eager on the CPU: nothing to wrap

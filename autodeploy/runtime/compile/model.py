@@ -4,6 +4,7 @@
     eager          graph as is                           graph as is
     torch-compile  torch.compile(graph, dynamic=True)    same
     cuda-graph     torch.compile(graph, dynamic=True)    CUDA graph of bucket B >= b, replayed
+                   (runtime.torch_compile false: the graph as is, and captured as is)
 
 Every step's metadata reaches the device in one copy (metadata.py). A CUDA graph is captured per
 bucket B >= 2 over fixed buffers: the metadata views of shape (T=B, b=B, P=max_pages) and the KV
@@ -57,6 +58,7 @@ class CompiledModel:
         max_num_tokens: int = 2048,
         max_seq_len: int = 2048,
         capture: bool = True,
+        torch_compile: bool = True,
         compile_fn: Callable[[Any], Any] | None = None,
     ) -> None:
         if backend not in BACKENDS:
@@ -67,7 +69,8 @@ class CompiledModel:
         self.page_size = cached.page_size
         self.use_graphs = backend == "cuda-graph" and self.device.type == "cuda"
         if backend == "cuda-graph" and not self.use_graphs:
-            log.warning("cuda-graph backend on %s: CUDA graphs need a GPU; running torch.compile only", self.device)
+            log.warning("cuda-graph backend on %s: CUDA graphs need a GPU; running %s only", self.device,
+                        "torch.compile" if torch_compile else "the graph as is")
         # the last page belongs to padding sequences (CUDA-graph buckets, b >= 2 for torch.compile),
         # never to a request: the engine sees one page fewer
         padded = backend != "eager"
@@ -88,7 +91,8 @@ class CompiledModel:
         # + 1: a compiled step of one sequence carries one padding sequence (see forward())
         self.meta = MetadataBuffers(max(max_num_tokens + 1, top), max(max_batch_size + 1, top), self.max_pages,
                                     self.device)
-        if backend == "eager":
+        self.torch_compile = backend == "torch-compile" or (backend == "cuda-graph" and torch_compile)
+        if not self.torch_compile:
             self.fn = cached.gm
         else:
             self.fn = (compile_fn or _default_compile)(cached.gm)
@@ -253,5 +257,5 @@ def compile_model(cached, runtime_config) -> Any:
         return cached
     return CompiledModel(
         cached, backend, batch_sizes=rt.cuda_graph_batch_sizes, max_batch_size=rt.max_batch_size,
-        max_num_tokens=rt.max_num_tokens, max_seq_len=rt.max_seq_len,
+        max_num_tokens=rt.max_num_tokens, max_seq_len=rt.max_seq_len, torch_compile=rt.torch_compile,
     )
