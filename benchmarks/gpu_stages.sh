@@ -49,7 +49,7 @@ stage_bench_1b_warm() { $AD "${B1[@]}" --batch-sizes 1 --output-len 32 --no-base
 stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf --serve-input-len 128 \
   --serve-output-len 128 --no-baselines --json "$OUT/bench_serve.json"; }
 stage_quant() { python3 benchmarks/quant_gpu.py --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" --input-len 128 \
-  --output-len 256 --budget-s "$1" --timeout-s 150 --json "$OUT/quant_8b.json"; }
+  --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" ${QUANT_SET:+--set "$QUANT_SET"} --json "$OUT/quant_8b.json"; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
 P8=(--source random:llama-3.1-8b --batch 1 --steps 30)
 stage_profile_fp8() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_fp8.enabled=true; }
