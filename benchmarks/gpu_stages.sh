@@ -58,6 +58,11 @@ stage_profile_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" --set tra
 stage_profile_1b() { python3 benchmarks/profile_decode.py --batch 1 --steps 100; }
 stage_parity_pdl() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 \
   --json "$OUT/parity_pdl.json"; }
+# the captured-as-is path (no Inductor) with PDL: tokens against the CPU reference, then 1B batch 1
+stage_parity_nocompile() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --archs llama,gemma2 --tokens 32 \
+  --set runtime.torch_compile=false --json "$OUT/parity_nocompile.json"; }
+stage_bench_1b_pdl_nocompile() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1 --no-baselines --set runtime.torch_compile=false \
+  --json "$OUT/bench_1b_pdl_nocompile.json"; }
 stage_gpu_tests() { python3 -m pytest -q -x tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 

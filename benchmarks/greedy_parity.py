@@ -7,6 +7,7 @@ few prompts. Reported per prompt: the first position where the tokens differ (or
 the logit gap of the CPU reference between its own token and the GPU's (a near-tie when small).
 
     PYTHONPATH=$PWD python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 --json out.json
+    ... --set runtime.torch_compile=false             # GPU recipe overrides (repeatable)
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _logit_gap(model_dir: str, prefix: list[int], cpu_tok: int, gpu_tok: int) ->
     return float(logits[cpu_tok] - logits[gpu_tok])
 
 
-def compare_arch(arch: str, n: int, gpu_recipe: str, dtype: str, device: str = "cuda") -> dict:
+def compare_arch(arch: str, n: int, gpu_recipe: str, dtype: str, device: str = "cuda", extra: list[str] = ()) -> dict:
     from tests.helpers.tiny_models import save_tiny
 
     d = tempfile.mkdtemp(prefix=f"parity_{arch}_")
@@ -59,7 +60,7 @@ def compare_arch(arch: str, n: int, gpu_recipe: str, dtype: str, device: str = "
              "runtime.kv_page_size=16", "runtime.kv_num_pages=64"]
     cpu, cpu_info = _tokens(d, "cpu", small, n)
     gpu, gpu_info = _tokens(d, gpu_recipe, small + [f"runtime.device={device}", f"runtime.dtype={dtype}",
-                                                    "runtime.cuda_graph_batch_sizes=[1,2,4]"], n)
+                                                    "runtime.cuda_graph_batch_sizes=[1,2,4]", *extra], n)
     rows = []
     for prompt, c, g in zip(PROMPTS, cpu, gpu):
         pos = next((i for i, (a, b) in enumerate(zip(c, g)) if a != b), None)
@@ -79,6 +80,7 @@ def main() -> int:
     ap.add_argument("--recipe", default="h100", help="GPU recipe")
     ap.add_argument("--dtype", default="float32", help="GPU dtype (the CPU reference is float32)")
     ap.add_argument("--device", default="cuda", help="device of the compared path (cpu: checks the script itself)")
+    ap.add_argument("--set", action="append", default=[], help="extra override of the GPU recipe (repeatable)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     from tests.helpers.tiny_models import ARCHS
@@ -88,7 +90,7 @@ def main() -> int:
     for arch in archs:
         t0 = time.perf_counter()
         try:
-            res = compare_arch(arch, args.tokens, args.recipe, args.dtype, args.device)
+            res = compare_arch(arch, args.tokens, args.recipe, args.dtype, args.device, args.set)
         except Exception as e:  # one architecture failing never stops the others
             traceback.print_exc(file=sys.stderr)
             res = {"arch": arch, "match": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
