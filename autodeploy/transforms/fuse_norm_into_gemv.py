@@ -38,7 +38,7 @@ normed output's dtype with K = the norm's width. Left alone, on purpose:
     dequantized or sliced, is no get_attr parameter) and a weight whose K is not the norm's width
     (a row-parallel shard reads a slice of the normed output, so that is not its direct reader anyway);
   - a normed output read twice (separate q / k / v projections when fuse_gemms is off).
-Off unless a recipe enables it (h100 does; on the CPU the op is the same norm + linear).
+Off unless a recipe enables it (h100 and h100-fp8 do; on the CPU the op is the same norm + linear).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ summation order (cuBLASLt's fast accumulation included). `x_prologue` picks wher
       prologue wins on all four 8B weights: qkv 14.4 vs 20.0 us, o 12.9 vs 14.0, gate_up 44.3 vs
       45.0, down 30.6 vs 56.7 (its 256 programs each re-reading the 28 KB row cost more than the
       extra launch); at M = 16 each program would reread 0.46 MB.
+`launch_quantized` runs the GEMV alone on rows quantized elsewhere (e4m3 x and s_x as the prologue
+kernel writes them): add_rmsnorm_fp8_linear.py's norm kernel writes them instead of the normed row.
 `fp8_dot` False multiplies in fp16 instead (e4m3 -> fp16 is exact): the same numbers, a fallback
 should a Triton build reject an fp8 tl.dot in this orientation. quantize_input False (FP8 weights,
 x as is) multiplies w (converted to x's dtype, exact) with x in x's dtype.
