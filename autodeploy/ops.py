@@ -6,7 +6,9 @@
     torch.ops.autodeploy.gated_mlp_act(gate, up, act)
     torch.ops.autodeploy.gated_linear(x, weight_gate_up, bias, act)   (from transforms/fuse_gated_linear.py)
     torch.ops.autodeploy.add_rmsnorm_linear(x, residual, norm_weight, eps, add_unit_offset, weight, bias)
-    torch.ops.autodeploy.add_rmsnorm_gated_linear(..., weight_gate_up, bias, act)   (both from transforms/fuse_norm_into_gemv.py)
+    torch.ops.autodeploy.add_rmsnorm_gated_linear(..., weight_gate_up, bias, act)
+    torch.ops.autodeploy.add_rmsnorm_fp8_linear(..., weight e4m3, weight_scale, bias, quantize_input)
+                                   (the three from transforms/fuse_norm_into_gemv.py)
 
 `bound_args(node)` reads a canonical op node's arguments by schema name (defaults filled in), so
 later transforms never reach into `node.args[3]`.

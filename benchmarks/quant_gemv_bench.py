@@ -14,6 +14,13 @@ lm_head [128256, 4096]) and row count, each backend:
   int4 gemv   backends/triton/int4_gemv.py (tl.dot): the default, then neighbours (tiles, magic codes on/off)
   int4 fma    backends/triton/int4_gemv_fma.py (no tl.dot; rows <= 4): the default, x gathered instead
               of x_planes(), then neighbours (tiles, warps, a K split)
+Then, for qkv and gate_up (unless --no-norm; --norm-only: just these), the residual add + RMSNorm before
+them as an FP8 decode step runs it (the candidates select_backends times for autodeploy::add_rmsnorm_fp8_linear):
+  fp8 norm+q+gemv  the Triton norm kernel, fp8_gemv's quantization kernel, the GEMV: 3 launches (unfused)
+  fp8 normq+gemv   add + RMSNorm + e4m3 quantization in one kernel, then the same GEMV: 2 launches
+                   (backends/triton/add_rmsnorm_fp8_linear.py, transforms/fuse_norm_into_gemv.py)
+  fp8 norm+mm      the Triton norm kernel, then fp8_linear's torch quantization + torch._scaled_mm
+e.g. PYTHONPATH=$PWD python3 benchmarks/quant_gemv_bench.py --norm-only --rows 1 16
 Every call is timed as CALLS calls captured in one CUDA graph, replayed (triton.testing.do_bench,
 median), over enough copies of the weight that none is still in L2 when its turn comes again (a
 decode step reads each weight once from HBM). GB/s counts the weight's bytes only (int4: packed
@@ -194,6 +201,57 @@ def run_case(case: Case, sms: int) -> None:
         torch.cuda.empty_cache()
 
 
+NORM_BACKENDS = ("fp8 norm+q+gemv", "fp8 normq+gemv", "fp8 norm+mm")
+
+
+def run_norm_case(case: Case) -> None:
+    """Add + RMSNorm before an FP8 projection: the unfused launches vs the norm + quantization kernel."""
+    from autodeploy.backends.triton import add_rmsnorm_fp8_linear, fp8_gemv, rmsnorm
+    from autodeploy.quantization import fp8
+
+    m, n, k = case.m, case.n, case.k
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    x = torch.randn(m, k, device=DEVICE, generator=gen)
+    x[:, 7] *= 25.0
+    x, res = x.to(ACT), (3 * torch.randn(m, k, device=DEVICE, generator=gen)).to(ACT)
+    nw = (torch.rand(k, device=DEVICE, generator=gen) + 0.5).to(ACT)
+    p = fp8.quantize(torch.randn(n, k, device=DEVICE, generator=gen) * k**-0.5)
+    w8, s8 = p["weight"], p["weight_scale"]
+    cp = case.copies(n * k)
+    w8s = [w8] + [w8.clone() for _ in range(cp - 1)]
+    normed, _ = rmsnorm.launch(x, nw, 1e-5, False, residual=res)
+    xq, xs = fp8.quantize_rows(normed)
+    truth = F.linear(xq.float() * xs, fp8.dequantize(w8, s8))
+
+    def norm_then(i, project):
+        y, _ = rmsnorm.launch(x, nw, 1e-5, False, residual=res)
+        return project(y, w8s[i])
+
+    variants = {
+        NORM_BACKENDS[0]: lambda i: norm_then(i, lambda y, w: fp8_gemv.launch(y, w, s8)),
+        NORM_BACKENDS[1]: lambda i: add_rmsnorm_fp8_linear.launch(x, res, nw, 1e-5, False, w8s[i], s8)[0],
+        NORM_BACKENDS[2]: lambda i: norm_then(i, lambda y, w: torch.ops.autodeploy.fp8_linear(y, w, s8)),
+    }
+    for backend, fn in variants.items():
+        case.time(backend, "default", fn, truth, n * k, cp)
+    del w8s, p, w8
+
+
+def norm_summary(cases: list[Case], rows: list[int]) -> list[str]:
+    """Per row count: the 8B step's 64 norm-fed sites (32 x qkv + gate_up) under each form."""
+    lines = []
+    for m in rows:
+        by = {c.name: c for c in cases if c.m == m and any(b in c.best for b in NORM_BACKENDS)}
+        if set(by) != {"qkv", "gate_up"}:
+            continue
+        out = []
+        for b in NORM_BACKENDS:
+            us = sum(by[nm].best.get(b, (math.nan,))[0] for nm in by)
+            out.append(f"{b} {LAYERS * us / 1e3:.3f} ms ({us:.1f} us per layer)")
+        lines.append(f"M={m} add + RMSNorm + FP8 qkv / gate_up, 8B step: " + "; ".join(out))
+    return lines
+
+
 def _fp8_label(c: dict) -> str:
     xq = "pro" if c.get("x_prologue") else "ink"
     return f"bn={c['bn']} bk={c['bk']} w={c['num_warps']} st={c['num_stages']} split={c.get('split', 1)} x={xq}"
@@ -248,6 +306,8 @@ def main() -> int:
     ap.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=list(WEIGHTS))
     ap.add_argument("--budget-s", type=float, default=150.0, help="after this, only default configs are timed")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-norm", action="store_true", help="skip the add + RMSNorm rows (qkv, gate_up)")
+    ap.add_argument("--norm-only", action="store_true", help="only the add + RMSNorm rows (no GEMV sweep)")
     ap.add_argument("--cpu-check", action="store_true", help="run the script's logic on tiny shapes, interpreted")
     args = ap.parse_args()
     if args.cpu_check:
@@ -276,16 +336,23 @@ def main() -> int:
     cases, results, mismatches = [], [], []
     for m in args.rows:
         for name in args.weights:
+            if args.norm_only and name not in ("qkv", "gate_up"):
+                continue
             n, k = WEIGHTS[name]
             print(f"{name} [{n}, {k}] M={m}", flush=True)
             case = Case(name, m, n, k, l2, t0 + args.budget_s, results, mismatches)
-            run_case(case, sms)
+            if not args.norm_only:
+                run_case(case, sms)
+            if name in ("qkv", "gate_up") and not args.no_norm:
+                run_norm_case(case)
             cases.append(case)
             if args.json:
                 args.json.write_text(json.dumps(dict(card=card, results=results), indent=1))
     print(f"\n{card}, CUDA-graph replays of {CALLS} calls, weights rotated past L2 (best config per backend;"
           f" GB/s of weight bytes; {time.monotonic() - t0:.0f} s)")
-    print("\n".join(summary(cases, args.rows)))
+    if not args.norm_only:
+        print("\n".join(summary(cases, args.rows)))
+    print("\n".join(norm_summary(cases, args.rows)))
     if mismatches:
         print("NUMERIC MISMATCH:\n  " + "\n  ".join(mismatches))
         return 1

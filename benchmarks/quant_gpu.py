@@ -26,6 +26,8 @@ from pathlib import Path
 VARIANTS: dict[str, list[str]] = {
     "bf16": [],
     "fp8": ["transforms.quantize_fp8.enabled=true"],
+    # the add + RMSNorm not folded into the FP8 qkv / gate_up (norm, quantization and GEMV: 3 launches a site)
+    "fp8_nofold": ["transforms.quantize_fp8.enabled=true", "transforms.fuse_norm_into_gemv.fp8=false"],
     # lm_head in FP8 too (the GEMV bench: 3.57 -> 3.36 ms of the 8B step's GEMMs)
     "fp8_lm_head": ["transforms.quantize_fp8.enabled=true", "transforms.quantize_fp8.exclude=[]"],
     "int4": ["transforms.quantize_int4_weight_only.enabled=true", "transforms.quantize_int4_weight_only.group_size=128"],

@@ -13,6 +13,19 @@ replace; the point is backend selection, which times the Triton twins (add + nor
 prologue: one launch of ~100 per 1B step fewer per site, 31 of the 32 norm launches) against the
 unfused pair (backends/triton/add_rmsnorm_linear.py) and keeps the faster.
 
+FP8 linears (quantize_fp8, Stage.QUANTIZE, so before this stage) fold the same way (`fp8`, on by default):
+
+    before:  fused_add_rmsnorm(...) ─ [0] normed ─ autodeploy.fp8_linear(normed, W8 [N, K], s_w, b?, q) ─ y
+    after:   autodeploy.add_rmsnorm_fp8_linear(x, r, w_norm, eps, offset, W8, s_w, b?, q) ─┬─ [0] ─ y
+                                                                                        └─ [1] ─ h
+
+quantize_fp8 fuses q / k / v and gate / up into one fp8_linear each (then a split; gate_up's halves go to
+gated_mlp_act, which fuse_gated_linear leaves to plain linears), so both sites of an FP8 layer are this
+fold. Its Triton twin (backends/triton/add_rmsnorm_fp8_linear.py) writes the normed row as e4m3 codes
+and scales in the norm kernel: 2 launches per decode site instead of norm, quantization and GEMV (64
+per 8B step fewer); the unfused pairs stay timed candidates. Matched: the weight an e4m3 [N, K]
+get_attr parameter, its scale an fp32 get_attr, the bias as above, quantize_input a constant.
+
 Matched: the normed output [0] has exactly one reader, which reads it as its input x: an aten.linear
 (no kwargs) or an autodeploy.gated_linear, whose weight (and bias) are get_attr parameters in the
 normed output's dtype with K = the norm's width. Left alone, on purpose:
@@ -21,11 +34,11 @@ normed output's dtype with K = the norm's width. Left alone, on purpose:
   - the final norm before the lm_head (its new residual [1] has no reader): insert_kv_cache finds the
     lm_head linear to compute prefill logits for last tokens only, and the norm is < 2% of the lm_head's
     weight read (1B: 263 MB, ~170 us);
-  - quantized projections (fp8 / int4 / int8 ops are no aten.linear; a weight computed in the graph,
-    e.g. dequantized or sliced, is no get_attr parameter) and a weight whose K is not the norm's width
+  - other quantized projections (int4 / int8 weight-only ops; a weight computed in the graph, e.g.
+    dequantized or sliced, is no get_attr parameter) and a weight whose K is not the norm's width
     (a row-parallel shard reads a slice of the normed output, so that is not its direct reader anyway);
   - a normed output read twice (separate q / k / v projections when fuse_gemms is off).
-Off unless a recipe enables it (h100 does; on the CPU the op is the same norm + linear).
+Off unless a recipe enables it (h100 and h100-fp8 do; on the CPU the op is the same norm + linear).
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ import autodeploy.transforms.fuse_add_rmsnorm  # noqa: F401  (registers first: i
 import autodeploy.transforms.fuse_gated_linear  # noqa: F401  (registers first, and fuse_gemms before it)
 from autodeploy.graph import aten, is_op, nodes_of, val
 from autodeploy.ops import bound_args
+from autodeploy.quantization import fp8 as fp8_q
 from autodeploy.transforms.pipeline import Stage, TransformConfig, TransformInfo, register
 
 NORM = torch.ops.autodeploy.fused_add_rmsnorm.default
@@ -47,10 +61,13 @@ LINEAR = aten.linear.default
 GATED_LINEAR = torch.ops.autodeploy.gated_linear.default
 NORM_LINEAR = torch.ops.autodeploy.add_rmsnorm_linear.default
 NORM_GATED_LINEAR = torch.ops.autodeploy.add_rmsnorm_gated_linear.default
+FP8_LINEAR = torch.ops.autodeploy.fp8_linear.default
+NORM_FP8_LINEAR = torch.ops.autodeploy.add_rmsnorm_fp8_linear.default
 
 
 class FuseNormIntoGemvConfig(TransformConfig):
-    enabled: bool = Field(False, description="Run this transform (the h100 recipe turns it on).")
+    enabled: bool = Field(False, description="Run this transform (the h100 recipes turn it on).")
+    fp8: bool = Field(True, description="Also fold the norm into FP8 linears (autodeploy.add_rmsnorm_fp8_linear).")
 
 
 def _outputs(norm: fx.Node) -> tuple[list[fx.Node], list[fx.Node]] | None:
@@ -70,7 +87,7 @@ def _parameter(node, dtype: torch.dtype, shape_ok) -> bool:
             and v.dtype == dtype and shape_ok(tuple(v.shape)))
 
 
-def _projection(normed: fx.Node) -> tuple[fx.Node, dict] | None:
+def _projection(normed: fx.Node, fp8: bool) -> tuple[fx.Node, dict] | None:
     """(the one reader of `normed`, its arguments by name) when it is a plain projection of it."""
     if len(normed.users) != 1:
         return None
@@ -79,7 +96,7 @@ def _projection(normed: fx.Node) -> tuple[fx.Node, dict] | None:
         if proj.kwargs or not 2 <= len(proj.args) <= 3:
             return None
         args = dict(x=proj.args[0], weight=proj.args[1], bias=proj.args[2] if len(proj.args) > 2 else None)
-    elif is_op(proj, GATED_LINEAR):
+    elif is_op(proj, GATED_LINEAR) or (fp8 and is_op(proj, FP8_LINEAR)):
         args = bound_args(proj)
     else:
         return None
@@ -87,7 +104,14 @@ def _projection(normed: fx.Node) -> tuple[fx.Node, dict] | None:
     if args["x"] is not normed or not isinstance(nv, torch.Tensor) or not nv.dtype.is_floating_point:
         return None
     k = nv.shape[-1]
-    if not _parameter(args["weight"], nv.dtype, lambda s: len(s) == 2 and s[1] == k):
+    if is_op(proj, FP8_LINEAR):  # e4m3 weight; fp32 scales of any layout the op reads
+        scale_ok = _parameter(args["weight_scale"], torch.float32, lambda s: True)
+        if not scale_ok or not isinstance(args["quantize_input"], bool):
+            return None
+        weight_dtype = fp8_q.DTYPE
+    else:
+        weight_dtype = nv.dtype
+    if not _parameter(args["weight"], weight_dtype, lambda s: len(s) == 2 and s[1] == k):
         return None
     n = val(args["weight"]).shape[0]
     if args["bias"] is not None and not _parameter(args["bias"], nv.dtype, lambda s: s == (n,)):
@@ -95,7 +119,7 @@ def _projection(normed: fx.Node) -> tuple[fx.Node, dict] | None:
     return proj, args
 
 
-def _sites(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, dict, list[fx.Node]]]:
+def _sites(gm: fx.GraphModule, fp8: bool) -> list[tuple[fx.Node, fx.Node, dict, list[fx.Node]]]:
     """(norm, projection, its arguments, getitems of the norm) for every site to fuse."""
     sites = []
     for norm in nodes_of(gm, NORM):
@@ -105,7 +129,7 @@ def _sites(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, dict, list[fx.Nod
         normed, residuals = outs[0][0], outs[1]
         if not any(r.users for r in residuals):  # the final norm: its reader is the lm_head (see above)
             continue
-        found = _projection(normed)
+        found = _projection(normed, fp8)
         if found is not None:
             sites.append((norm, *found, [normed, *residuals]))
     return sites
@@ -114,15 +138,19 @@ def _sites(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, dict, list[fx.Nod
 def _fuse(gm: fx.GraphModule, norm: fx.Node, proj: fx.Node, args: dict, getitems: list[fx.Node]) -> None:
     graph = gm.graph
     n = bound_args(norm)
-    params = [p for p in (args["weight"], args["bias"]) if p is not None]
+    params = [p for p in (args["weight"], args.get("weight_scale"), args["bias"]) if p is not None]
     for p in params:  # get_attr nodes read nothing: moving them before the norm is always valid
         norm.prepend(p)
-    gated = is_op(proj, GATED_LINEAR)
-    op_args = (n["x"], n["residual"], n["weight"], n["eps"], n["add_unit_offset"], args["weight"], args["bias"])
+    norm_args = (n["x"], n["residual"], n["weight"], n["eps"], n["add_unit_offset"])
+    if is_op(proj, GATED_LINEAR):
+        target, proj_args = NORM_GATED_LINEAR, (args["weight"], args["bias"], args["act"])
+    elif is_op(proj, FP8_LINEAR):
+        target, proj_args = NORM_FP8_LINEAR, (args["weight"], args["weight_scale"], args["bias"], args["quantize_input"])
+    else:
+        target, proj_args = NORM_LINEAR, (args["weight"], args["bias"])
     # in the norm's place: the new residual's readers may come before the projection
     with graph.inserting_after(norm):
-        fused = graph.call_function(NORM_GATED_LINEAR if gated else NORM_LINEAR,
-                                    op_args + ((args["act"],) if gated else ()))
+        fused = graph.call_function(target, norm_args + proj_args)
     with graph.inserting_after(fused):
         out = graph.call_function(operator.getitem, (fused, 0))  # [.., N] (gated: [.., N / 2])
     with graph.inserting_after(out):
@@ -142,7 +170,7 @@ def _fuse(gm: fx.GraphModule, norm: fx.Node, proj: fx.Node, args: dict, getitems
 
 @register(Stage.FUSE, FuseNormIntoGemvConfig)
 def apply(gm: fx.GraphModule, ctx, cfg) -> TransformInfo:
-    sites = _sites(gm)
+    sites = _sites(gm, cfg.fp8)
     for site in sites:
         _fuse(gm, *site)
     return TransformInfo(matches=len(sites), changed=bool(sites))

@@ -9,7 +9,7 @@ tests/backends/triton/test_compile_sm90.py runs the same cases in CI with the in
 The interpreter (TRITON_INTERPRET=1, what CI runs) executes kernels as Python and misses what only
 the compiler rejects: non-constexpr globals, branches returning different shapes, dtype mismatches.
 Each case names a kernel, its pointer dtypes and its constexprs; other arguments are i32 scalars
-(fp32 where named). Prints one line per case and exits non-zero if any failed.
+(fp32 where named); then its stages and, optionally, its warps (default 4). Prints one line per case and exits non-zero if any failed.
 """
 
 from __future__ import annotations
@@ -74,6 +74,14 @@ def cases():
             yield f"fp8_gemv mode={mode} fp8_dot={fp8_dot}", fp8_gemv._fp8_gemv_kernel, xp, c, (), 3
     yield "fp8 quantize_rows", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False), (), 1
+    # add + RMSNorm + e4m3 quantization (add_rmsnorm_fp8_linear.py) at 8B's K = 4096 (8 warps, as the norm
+    # kernel) and a 1B's 2048; its GEMV is the X_MODE=2 case above
+    from autodeploy.backends.triton import add_rmsnorm_fp8_linear
+
+    for act, block, warps, offset in ((bf, 4096, 8, False), (bf, 2048, 4, True), ("fp16", 4096, 8, False)):
+        ptrs = dict(x_ptr=act, res_ptr=act, norm_w_ptr=act, res_out_ptr=act, xq_ptr="fp8e4nv", xs_ptr="fp32")
+        yield (f"add_rmsnorm_quantize {act} K={block} offset={offset}", add_rmsnorm_fp8_linear._add_rmsnorm_quantize_kernel,
+               ptrs, dict(UNIT_OFFSET=offset, BLOCK_K=block, EXACT=False), ("eps",), 1, warps)
     i4 = dict(x_ptr=bf, qw_ptr="u8", s_ptr=bf, z_ptr=bf, bias_ptr=bf, out_ptr=bf)
     for bn in (16, 32, 64):
         c = dict(GROUP=128, BM=16, BN=bn, BK=256, MAGIC_BITS=True, MAGIC_VALUE=128.0, PARTIAL=False,
@@ -126,14 +134,19 @@ def pdl_cases():
         dict(BLOCK=1024, HAS_BIAS=False, PDL=True), (), 1
     yield "fp8 quantize_rows pdl", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False, PDL=True), (), 1
+    from autodeploy.backends.triton import add_rmsnorm_fp8_linear
+
+    ptrs = dict(x_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32")
+    yield "add_rmsnorm_quantize pdl", add_rmsnorm_fp8_linear._add_rmsnorm_quantize_kernel, ptrs, \
+        dict(UNIT_OFFSET=False, BLOCK_K=4096, EXACT=False, PDL=True), ("eps",), 1, 8
 
 
 def main() -> int:
     print(f"triton {triton.__version__}, target sm_90")
     failed = 0
-    for name, kernel, ptrs, consts, floats, stages in [*cases(), *pdl_cases()]:
+    for name, kernel, ptrs, consts, floats, stages, *warps in [*cases(), *pdl_cases()]:
         try:
-            compile_case(kernel, ptrs, consts, floats, stages=stages)
+            compile_case(kernel, ptrs, consts, floats, stages=stages, **(dict(warps=warps[0]) if warps else {}))
             print(f"ok    {name}")
         except Exception as e:  # report every case, then fail
             failed += 1

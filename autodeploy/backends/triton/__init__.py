@@ -27,6 +27,9 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
                                      (add + RMSNorm as the GEMV's prologue up to 16 rows; the canonical
                                      ops come from transforms/fuse_norm_into_gemv.py; the unfused pairs
                                      are registered beside them as timed candidates)
+    autodeploy::add_rmsnorm_fp8_linear -> autodeploy::triton_add_rmsnorm_fp8_linear  add_rmsnorm_fp8_linear.py
+                                     (up to 16 rows: add + RMSNorm + per-token e4m3 quantization in one
+                                     kernel, then fp8_gemv.py's GEMV; the unfused pairs beside it)
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
@@ -48,6 +51,7 @@ from typing import Any, Callable
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
 from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_linear, gated_linear  # noqa: F401
+from autodeploy.backends.triton import add_rmsnorm_fp8_linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -95,4 +99,7 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
         add_rmsnorm_linear.supports(x, residual, norm_weight, weight, bias),
     "add_rmsnorm_gated_linear": lambda x, residual, norm_weight, eps, offset, weight, bias=None, act="silu", *a, **kw:
         add_rmsnorm_linear.supports_gated(x, residual, norm_weight, weight, bias, act),
+    "add_rmsnorm_fp8_linear": lambda x, residual, norm_weight, eps, offset, weight, weight_scale, bias=None,
+        quantize_input=True, *a, **kw: add_rmsnorm_fp8_linear.supports(x, residual, norm_weight, weight, weight_scale,
+                                                                       bias, quantize_input),
 }

@@ -39,7 +39,7 @@ from autodeploy.profiler.candidates import register_backend
 Project = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 
-def _norm(x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool):
+def add_rmsnorm(x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool):
     """(rmsnorm(x + residual), x + residual): the Triton norm kernel where it runs, else the reference."""
     if rmsnorm.supports(x, norm_weight, residual):
         return rmsnorm.launch(x, norm_weight, eps, add_unit_offset, residual=residual)
@@ -79,7 +79,7 @@ def triton_add_rmsnorm_linear(
     """-> (linear(rmsnorm(x + residual)) [.., N], x + residual [.., K]); one GEMV launch up to 16 rows."""
     norm = (residual, norm_weight, eps, add_unit_offset)
     if linear.unsupported_reason(x, weight, bias) or linear.norm_problem(x, norm):
-        normed, new_residual = _norm(x, residual, norm_weight, eps, add_unit_offset)
+        normed, new_residual = add_rmsnorm(x, residual, norm_weight, eps, add_unit_offset)
         return F.linear(normed, weight, bias), new_residual
     return linear.launch(x, weight, bias, norm=norm)
 
@@ -97,7 +97,7 @@ def triton_add_rmsnorm_gated_linear(
     """-> (gated_linear(rmsnorm(x + residual)) [.., I], x + residual [.., K]); one GEMV launch up to 16 rows."""
     norm = (residual, norm_weight, eps, add_unit_offset)
     if gated_linear.unsupported_reason(x, weight, bias, act) or linear.norm_problem(x, norm):
-        normed, new_residual = _norm(x, residual, norm_weight, eps, add_unit_offset)
+        normed, new_residual = add_rmsnorm(x, residual, norm_weight, eps, add_unit_offset)
         return _gated(normed, weight, bias, act), new_residual
     return gated_linear.launch(x, weight, bias, act, norm=norm)
 
@@ -115,7 +115,7 @@ def _norm_then_linear(name: str, project: Project):
 
     def impl(x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool,
              weight: Tensor, bias: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        normed, new_residual = _norm(x, residual, norm_weight, eps, add_unit_offset)  # [.., K] each
+        normed, new_residual = add_rmsnorm(x, residual, norm_weight, eps, add_unit_offset)  # [.., K] each
         return project(normed, weight, bias), new_residual
 
     op = torch.library.custom_op(f"autodeploy::{name}", impl, mutates_args=())
@@ -128,7 +128,7 @@ def _norm_then_gated(name: str, cublas: bool):
 
     def impl(x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool,
              weight: Tensor, bias: Optional[Tensor] = None, act: str = "silu") -> tuple[Tensor, Tensor]:
-        normed, new_residual = _norm(x, residual, norm_weight, eps, add_unit_offset)  # [.., K] each
+        normed, new_residual = add_rmsnorm(x, residual, norm_weight, eps, add_unit_offset)  # [.., K] each
         return _gated(normed, weight, bias, act, cublas), new_residual
 
     op = torch.library.custom_op(f"autodeploy::{name}", impl, mutates_args=())

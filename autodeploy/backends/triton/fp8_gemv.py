@@ -23,6 +23,8 @@ summation order (cuBLASLt's fast accumulation included). `x_prologue` picks wher
       prologue wins on all four 8B weights: qkv 14.4 vs 20.0 us, o 12.9 vs 14.0, gate_up 44.3 vs
       45.0, down 30.6 vs 56.7 (its 256 programs each re-reading the 28 KB row cost more than the
       extra launch); at M = 16 each program would reread 0.46 MB.
+`launch_quantized` runs the GEMV alone on rows quantized elsewhere (e4m3 x and s_x as the prologue
+kernel writes them): add_rmsnorm_fp8_linear.py's norm kernel writes them instead of the normed row.
 `fp8_dot` False multiplies in fp16 instead (e4m3 -> fp16 is exact): the same numbers, a fallback
 should a Triton build reject an fp8 tl.dot in this orientation. quantize_input False (FP8 weights,
 x as is) multiplies w (converted to x's dtype, exact) with x in x's dtype.
@@ -73,6 +75,13 @@ def _round_e4m3(v, EXACT: tl.constexpr):
 
 
 @triton.jit
+def quantize_e4m3(v, scale, EXACT: tl.constexpr):
+    """fp32 v -> e4m3 codes of v / scale, clamped to +-448: the one spelling of the per-token rounding
+    (the prologue kernel here, add_rmsnorm_fp8_linear.py's norm kernel), so their codes agree bit for bit."""
+    return _round_e4m3(tl.minimum(tl.maximum(v / scale, -FP8_MAX), FP8_MAX), EXACT)
+
+
+@triton.jit
 def _row_amax(row_ptr, K, BLOCK: tl.constexpr):
     """max |row[k]| over k < K in fp32; one load when K <= BLOCK (each further step waits one L2 trip)."""
     rk = tl.arange(0, BLOCK)
@@ -94,8 +103,7 @@ def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BLOCK: tl.constex
     for k0 in range(0, K, BLOCK):  # the row's second read comes from L1 / L2
         mask = k0 + rk < K
         xk = tl.load(x_ptr + m * stride_xm + k0 + rk, mask=mask, other=0.0).to(tl.float32)
-        xq = _round_e4m3(tl.minimum(tl.maximum(xk / scale, -FP8_MAX), FP8_MAX), EXACT)
-        tl.store(xq_ptr + m * K + k0 + rk, xq, mask=mask)
+        tl.store(xq_ptr + m * K + k0 + rk, quantize_e4m3(xk, scale, EXACT), mask=mask)
     tl.store(xs_ptr + m, scale)
 
 
@@ -173,7 +181,8 @@ def _per_tensor(weight_scale: Tensor, n: int) -> Optional[bool]:
     return None
 
 
-def unsupported_reason(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
+def operand_problem(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
+    """Why the GEMV cannot read these operands at any row count; None if it can."""
     why = unsupported_device_or_dtype(x, weight_scale, bias)
     if why:
         return why
@@ -192,6 +201,14 @@ def unsupported_reason(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Op
         return f"weight scale {list(weight_scale.shape)} is block-wise: the reference dequantizes it"
     if bias is not None and bias.shape != (n,):
         return f"bias must be [{n}], got {list(bias.shape)}"
+    return None
+
+
+def unsupported_reason(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None) -> Optional[str]:
+    why = operand_problem(x, weight, weight_scale, bias)
+    if why:
+        return why
+    k = weight.shape[1]
     if x.numel() // k > MAX_ROWS:
         return f"{x.numel() // k} rows: the GEMV kernel takes at most {MAX_ROWS} (decode); torch._scaled_mm takes more"
     return None
@@ -251,38 +268,66 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
     n, k = weight.shape
     x2 = rows_of(x)  # [M, K]
     m = x2.shape[0]
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)  # [M, N]
     if m == 0:
-        return out.reshape(*x.shape[:-1], n)
+        return torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device))
-    weight_scale = weight_scale if weight_scale.is_contiguous() else weight_scale.contiguous()  # [N] / [N, 1] / []
-    exact = interpreted()
-    xs = x2  # placeholder pointer when unused
     if not quantize_input:
-        x_mode = 0
+        out = _gemv(x2, x2, 0, weight, weight_scale, bias, x.dtype, cfg, config is not None)
     elif cfg["x_prologue"]:
-        x_mode = 2
-        xq = torch.empty(m, k, dtype=fp8_q.DTYPE, device=x.device)  # [M, K]
-        xs = torch.empty(m, dtype=torch.float32, device=x.device)  # [M]
-        _quantize_rows_kernel[(m,)](x2, xq, xs, k, x2.stride(0), BLOCK=_amax_block(k), EXACT=exact, num_warps=8,
-                                    PDL=pdl_enabled(x.device), **pdl_launch(x.device))
-        x2 = xq
+        xq, xs = quantize_rows(x2)  # [M, K] e4m3, [M] fp32
+        out = _gemv(xq, xs, 2, weight, weight_scale, bias, x.dtype, cfg, config is not None)
     else:
-        x_mode = 1
+        out = _gemv(x2, x2, 1, weight, weight_scale, bias, x.dtype, cfg, config is not None)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def quantize_rows(x2: Tensor) -> tuple[Tensor, Tensor]:
+    """x2 [M, K] -> (e4m3 [M, K], fp32 scales [M]) on the prologue kernel: fp8.quantize_rows' codes."""
+    m, k = x2.shape
+    xq = torch.empty(m, k, dtype=fp8_q.DTYPE, device=x2.device)  # [M, K]
+    xs = torch.empty(m, dtype=torch.float32, device=x2.device)  # [M]
+    _quantize_rows_kernel[(m,)](x2, xq, xs, k, x2.stride(0), BLOCK=_amax_block(k), EXACT=interpreted(), num_warps=8,
+                                PDL=pdl_enabled(x2.device), **pdl_launch(x2.device))
+    return xq, xs
+
+
+def launch_quantized(xq: Tensor, xs: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                     out_dtype: torch.dtype, config: Optional[dict] = None) -> Tensor:
+    """The GEMV alone, on rows already quantized: xq e4m3 [M, K] (contiguous), xs fp32 [M] -> [M, N] in
+    out_dtype. For kernels that write quantize_rows' outputs themselves (add_rmsnorm_fp8_linear.py); the
+    caller has checked the operands with unsupported_reason on the x they came from."""
+    m, k = xq.shape
+    n = weight.shape[0]
+    if m == 0:
+        return torch.empty(0, n, dtype=out_dtype, device=xq.device)
+    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(xq.device))
+    return _gemv(xq, xs, 2, weight, weight_scale, bias, out_dtype, cfg, config is not None)
+
+
+def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+          out_dtype: torch.dtype, cfg: dict, explicit: bool) -> Tensor:
+    """One GEMV launch (+ the split-K sum): x2 [M, K] as X_MODE reads it (0: as is, 1: quantized in the
+    kernel, 2: e4m3 with scales xs [M]) -> [M, N] in out_dtype. `explicit`: the config was asked for, so
+    a failing fp8 tl.dot raises instead of falling back to fp16 products."""
+    m, k = x2.shape
+    n = weight.shape[0]
+    device = x2.device
+    out = torch.empty(m, n, dtype=out_dtype, device=device)  # [M, N]
+    weight_scale = weight_scale if weight_scale.is_contiguous() else weight_scale.contiguous()  # [N] / [N, 1] / []
     split = cfg["split"]
-    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)  # [S, M, N]
-    fp8_dot = cfg["fp8_dot"] and not (_FP8_DOT_BROKEN and config is None)
+    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=device)  # [S, M, N]
+    fp8_dot = cfg["fp8_dot"] and not (_FP8_DOT_BROKEN and not explicit)
     args = (x2, xs, weight, weight_scale, bias if bias is not None else weight_scale, dest,
             m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
-    meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=_amax_block(k), X_MODE=x_mode, PER_TENSOR=_per_tensor(weight_scale, n),
-                PARTIAL=split > 1, HAS_BIAS=bias is not None, EXACT=exact,
-                PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl_enabled(x.device),
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device))
+    meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=_amax_block(k), X_MODE=x_mode,
+                PER_TENSOR=_per_tensor(weight_scale, n), PARTIAL=split > 1, HAS_BIAS=bias is not None,
+                EXACT=interpreted(), PRECISION="ieee" if out_dtype == torch.float32 else "tf32",
+                PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device))
     grid = (triton.cdiv(n, cfg["bn"]), split)
     try:
         _fp8_gemv_kernel[grid](*args, FP8_DOT=fp8_dot, **meta)
     except Exception as e:  # noqa: BLE001  (compile errors surface at the first launch)
-        if not fp8_dot or x_mode == 0 or config is not None:
+        if not fp8_dot or x_mode == 0 or explicit:
             raise
         log.warning("triton fp8_linear: fp8 tl.dot failed (%s: %s); multiplying in fp16 instead",
                     type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
@@ -290,7 +335,7 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
         _fp8_gemv_kernel[grid](*args, FP8_DOT=False, **meta)
     if split > 1:
         sum_splits(dest, bias, out)
-    return out.reshape(*x.shape[:-1], n)
+    return out
 
 
 @torch.library.custom_op("autodeploy::triton_fp8_linear", mutates_args=())

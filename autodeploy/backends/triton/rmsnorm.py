@@ -30,6 +30,25 @@ MAX_HIDDEN = 65536
 
 
 @triton.jit
+def rmsnorm_row(x_row, res_row, w_ptr, res_out_row, cols, mask, h, eps,
+                HAS_RESIDUAL: tl.constexpr, UNIT_OFFSET: tl.constexpr):
+    """rmsnorm of one row in fp32, before its one rounding (pointers at the row's start; cols [BLOCK_H]).
+    HAS_RESIDUAL: the row is x + residual, rounded to res_out's dtype and stored there first. Shared with
+    add_rmsnorm_fp8_linear.py's norm + quantization kernel, so both normalize a row to the same bits."""
+    x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(res_row + cols, mask=mask, other=0.0).to(tl.float32)
+        summed = (x + r).to(res_out_row.dtype.element_ty)  # round like the unfused add does
+        tl.store(res_out_row + cols, summed, mask=mask)
+        x = summed.to(tl.float32)
+    inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / h + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if UNIT_OFFSET:  # Gemma stores w - 1
+        w = w + 1.0
+    return x * inv_rms * w
+
+
+@triton.jit
 def _rmsnorm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_res, stride_out, stride_res_out,
@@ -40,17 +59,9 @@ def _rmsnorm_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < h
-    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:
-        r = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
-        summed = (x + r).to(res_out_ptr.dtype.element_ty)  # round like the unfused add does
-        tl.store(res_out_ptr + row * stride_res_out + cols, summed, mask=mask)
-        x = summed.to(tl.float32)
-    inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / h + eps)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    if UNIT_OFFSET:  # Gemma stores w - 1
-        w = w + 1.0
-    tl.store(out_ptr + row * stride_out + cols, (x * inv_rms * w).to(out_ptr.dtype.element_ty), mask=mask)
+    y = rmsnorm_row(x_ptr + row * stride_x, res_ptr + row * stride_res, w_ptr, res_out_ptr + row * stride_res_out,
+                    cols, mask, h, eps, HAS_RESIDUAL, UNIT_OFFSET)
+    tl.store(out_ptr + row * stride_out + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def unsupported_reason(x: Tensor, weight: Tensor, residual: Optional[Tensor] = None) -> Optional[str]:
@@ -69,7 +80,7 @@ def supports(x: Tensor, weight: Tensor, residual: Optional[Tensor] = None) -> bo
     return unsupported_reason(x, weight, residual) is None
 
 
-def _num_warps(block_h: int) -> int:
+def num_warps(block_h: int) -> int:
     # 16 elements per thread keeps the row in registers: h=2048 -> 4 warps, h=8192 -> 16.
     return max(1, min(16, block_h // 512))
 
@@ -97,7 +108,7 @@ def launch(x: Tensor, weight: Tensor, eps: float, add_unit_offset: bool, residua
             x2.stride(0), r2.stride(0), out2.stride(0), res_out2.stride(0),
             h, float(eps),
             HAS_RESIDUAL=residual is not None, UNIT_OFFSET=bool(add_unit_offset), BLOCK_H=block_h,
-            PDL=pdl_enabled(x.device), num_warps=_num_warps(block_h), **pdl_launch(x.device),
+            PDL=pdl_enabled(x.device), num_warps=num_warps(block_h), **pdl_launch(x.device),
         )
     return out if residual is None else (out, res_out)
 
