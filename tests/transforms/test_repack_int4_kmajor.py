@@ -113,3 +113,10 @@ def test_greedy_tokens_unchanged_through_the_cpu_runtime(tmp_path):
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     assert [o.token_ids for o in repacked.generate(prompts, params)] == \
         [o.token_ids for o in plain.generate(prompts, params)]
+
+
+def test_runs_after_sharding_and_before_backend_selection():
+    from autodeploy.transforms.pipeline import ordered_specs
+
+    order = [s.name for s in ordered_specs()]
+    assert order.index("shard_tensor_parallel") < order.index("repack_int4_kmajor") < order.index("select_backends")
