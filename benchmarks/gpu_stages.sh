@@ -11,7 +11,8 @@
 # Stages (see stage_* below): oneshot (2-GPU symmetric-memory all-reduce test), tp2 / tp2_nccl
 # (8B TP=2 batch-1 bench, one-shot vs NCCL all-reduces), tp1, bench_1b (cold caches, batch 1 and
 # 16, transformers baselines), bench_1b_warm (optimize again with caches warm), quant (8B bf16 / FP8
-# / INT4 via quant_gpu.py; QUANT_VARIANTS overrides), gemv (quant_gemv_bench.py), gpu_tests
+# / INT4 via quant_gpu.py; QUANT_VARIANTS overrides), gemv (quant_gemv_bench.py), gemv_kmajor / kmajor_tests /
+# quant_kmajor (the K-major INT4 GEMV: its sweep, its GPU tests, the 8B step with it), gpu_tests
 # (tests/gpu on one GPU), parity. JSON results under $OUT, logs in $OUT/logs.tgz (only a few files
 # come back from a device call), a summary last.
 set -u
@@ -51,6 +52,14 @@ stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf
 stage_quant() { python3 benchmarks/quant_gpu.py --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" --input-len 128 \
   --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" ${QUANT_SET:+--set "$QUANT_SET"} --json "$OUT/quant_8b.json"; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
+# the K-major INT4 GEMV's default and neighbours on the 8B weights, beside cuBLAS bf16 and the half-split FMA GEMV
+stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 "int4 fma" "int4 kmaj" \
+  --budget-s $(( $1 - 20 )) --json "$OUT/gemv_kmajor.json"; }
+stage_kmajor_tests() { python3 -m pytest -q -x tests/gpu/test_int4_kmajor.py tests/backends/triton/test_int4_kmajor_gemv.py \
+  tests/backends/triton/test_int4_kmajor_gemm.py; }
+# 8B batch-1 decode: INT4 on the half-split kernels vs repacked K-major (h100 recipe + overrides, as stage quant)
+stage_quant_kmajor() { python3 benchmarks/quant_gpu.py --variants int4,int4_kmajor --input-len 128 \
+  --output-len 256 --budget-s "$1" --timeout-s 200 --json "$OUT/quant_kmajor.json"; }
 P8=(--source random:llama-3.1-8b --batch 1 --steps 30)
 stage_profile_fp8() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_fp8.enabled=true; }
 stage_profile_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_int4_weight_only.enabled=true \
@@ -90,6 +99,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp2 tp2_nccl quant gemv gpu_tests parity parity_pdl parity_nocompile; do
+for t in oneshot tp2 tp2_nccl quant quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

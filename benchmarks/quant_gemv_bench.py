@@ -14,6 +14,11 @@ lm_head [128256, 4096]) and row count, each backend:
   int4 gemv   backends/triton/int4_gemv.py (tl.dot): the default, then neighbours (tiles, magic codes on/off)
   int4 fma    backends/triton/int4_gemv_fma.py (no tl.dot; rows <= 4): the default, x gathered instead
               of x_planes(), then neighbours (tiles, warps, a K split)
+  int4 kmaj   backends/triton/int4_kmajor_gemv.py on the K-major layout (rows <= 4; the weight copies
+              repacked by quantization/int4_kmajor.py first): the default, then neighbours (BN, words
+              per step BW, warps, the K split x 1/2 and x 2)
+--backends picks a subset (e.g. `--rows 1 --backends bf16 "int4 fma" "int4 kmaj"`: the K-major sweep
+over the 8B weights with its baselines, ~100 s on an H100).
 Then, for qkv and gate_up (unless --no-norm; --norm-only: just these), the residual add + RMSNorm before
 them as an FP8 decode step runs it (the candidates select_backends times for autodeploy::add_rmsnorm_fp8_linear):
   fp8 norm+q+gemv  the Triton norm kernel, fp8_gemv's quantization kernel, the GEMV: 3 launches (unfused)
@@ -65,6 +70,10 @@ INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4
               (32, 128, 4, 10), (64, 128, 8, 6)]
 # int4 fma: (BN, BK bytes per row per step, num_warps, split); each compiled to SASS without shared-memory
 # shuffles in the loop (tiles of <= 16 words per thread, <= 2 group chunks per step)
+# int4 kmaj: (BN, BW words per step, num_warps, K split as a multiple of the default rule's); columns per
+# thread = BN / (32 num_warps): 4 (16-byte loads) or 8
+KMAJ_TILES = [(256, 4, 2, 1), (256, 16, 2, 1), (512, 4, 2, 1), (512, 8, 4, 1), (128, 8, 1, 1), (1024, 8, 8, 1),
+              (256, 8, 2, 0.5), (256, 8, 2, 2)]
 FMA_TILES = [(8, 256, 4, 1), (16, 256, 4, 1), (16, 128, 4, 1), (32, 256, 4, 1), (32, 128, 4, 1), (64, 128, 4, 1),
              (16, 256, 8, 1), (8, 128, 2, 1), (16, 256, 4, 2), (32, 256, 4, 2)]
 
@@ -89,7 +98,7 @@ class Case:
 
     def time(self, backend, label, fn, truth, nbytes, copies, optional=False):
         """fn(i) -> output on weight copy i; truth: fp32 [M, N]."""
-        if optional and time.monotonic() > self.deadline:
+        if backend not in SELECTED or (optional and time.monotonic() > self.deadline):
             return
         try:
             out = fn(0)
@@ -120,8 +129,7 @@ def sqnr(out, truth) -> float:
 
 
 def run_case(case: Case, sms: int) -> None:
-    from autodeploy.backends.triton import fp8_gemv, int4_gemm, int4_gemv, int4_gemv_fma
-    from autodeploy.quantization import fp8, int4
+    wants = lambda *names: any(b in SELECTED for b in names)  # noqa: E731
 
     m, n, k = case.m, case.n, case.k
     gen = torch.Generator(device=DEVICE).manual_seed(0)
@@ -134,10 +142,24 @@ def run_case(case: Case, sms: int) -> None:
     wb = w.to(ACT)
     nb = n * k * 2
     cp = case.copies(nb)
-    ws = [wb] + [wb.clone() for _ in range(cp - 1)]
+    ws = [wb] + [wb.clone() for _ in range(cp - 1 if wants("bf16") else 0)]
     truth = F.linear(x.float(), wb.float())
     case.time("bf16", "cuBLAS", lambda i: F.linear(x, ws[i]), truth, nb, cp)
     del ws, wb
+    if wants("fp8 mm", "fp8 mm*", "fp8 gemv"):
+        _fp8_variants(case, x, w, sms)
+    if wants("int4 old", "int4 gemv", "int4 fma", "int4 kmaj"):
+        _int4_variants(case, x, w, sms)
+    del w, x
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _fp8_variants(case: Case, x, w, sms: int) -> None:
+    from autodeploy.backends.triton import fp8_gemv
+    from autodeploy.quantization import fp8
+
+    m, n, k = case.m, case.n, case.k
 
     # FP8: the reference path, _scaled_mm alone, the GEMV
     p = fp8.quantize(w)
@@ -167,6 +189,12 @@ def run_case(case: Case, sms: int) -> None:
                   truth, nb, cp, optional)
     del w8s, p, w8
 
+
+def _int4_variants(case: Case, x, w, sms: int) -> None:
+    from autodeploy.backends.triton import int4_gemm, int4_gemv, int4_gemv_fma, int4_kmajor_gemm, int4_kmajor_gemv
+    from autodeploy.quantization import int4, int4_kmajor
+
+    m, n, k = case.m, case.n, case.k
     # INT4 weight-only, g = 128
     p = int4.quantize(w.to(ACT), GROUP)
     qw, s4, z4 = p["qweight"], p["scales"], p["zeros"]
@@ -196,9 +224,19 @@ def run_case(case: Case, sms: int) -> None:
         for label, cfg, optional in variants:
             case.time("int4 fma", label, lambda i, cfg=cfg: int4_gemm.launch(x, qws[i], s4, z4, None, GROUP, cfg),
                       truth, nb, cp, optional)
-    del qws, p, qw, w, x
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
+    if m <= int4_kmajor_gemv.MAX_ROWS and "int4 kmaj" in SELECTED:
+        kmaj = [int4_kmajor.from_half_split(q, s4, z4, GROUP) for q in qws]  # [(words [K/8, N], s_t, z_t)]
+        del qws
+        default = dict(int4_kmajor_gemv.launch_config(m, n, k, GROUP, sms))
+        variants = [("default " + _kmaj_label(default), default, False)]
+        for bn, bw, warps, factor in KMAJ_TILES:
+            split = max(1, round(factor * math.ceil(4 * sms / math.ceil(n / bn))))
+            cfg = int4_kmajor_gemv.normalized(dict(kind="gemv", bn=bn, bw=bw, split=split, num_warps=warps,
+                                                   num_stages=1), m, n, k, GROUP)
+            variants.append((_kmaj_label(cfg), cfg, True))
+        for label, cfg, optional in variants:
+            case.time("int4 kmaj", label,
+                      lambda i, cfg=cfg: int4_kmajor_gemm.launch(x, *kmaj[i], None, GROUP, cfg), truth, nb, cp, optional)
 
 
 NORM_BACKENDS = ("fp8 norm+q+gemv", "fp8 normq+gemv", "fp8 norm+mm")
@@ -261,21 +299,26 @@ def _int4_label(c: dict) -> str:
     return f"bn={c['bn']} bk={c['bk']} w={c['num_warps']} st={c['num_stages']} split={c.get('split', 1)}"
 
 
+def _kmaj_label(c: dict) -> str:
+    return f"bn={c['bn']} bw={c['bw']} w={c['num_warps']} split={c['split']}"
+
+
 def _fma_label(c: dict) -> str:
     return f"bn={c['bn']} bk={c['bk']} w={c['num_warps']} split={c.get('split', 1)} x={'planes' if c.get('x_planes', True) else 'gather'}"
 
 
-BACKENDS = ["bf16", "fp8 mm", "fp8 mm*", "fp8 gemv", "int4 old", "int4 gemv", "int4 fma"]
+BACKENDS = ["bf16", "fp8 mm", "fp8 mm*", "fp8 gemv", "int4 old", "int4 gemv", "int4 fma", "int4 kmaj"]
+SELECTED = list(BACKENDS)  # --backends
 
 
 def summary(cases: list[Case], rows: list[int]) -> list[str]:
-    lines = ["| weight | M | " + " | ".join(f"{b} us (GB/s)" for b in BACKENDS) + " |",
-             "|---|---|" + "---|" * len(BACKENDS)]
+    lines = ["| weight | M | " + " | ".join(f"{b} us (GB/s)" for b in SELECTED) + " |",
+             "|---|---|" + "---|" * len(SELECTED)]
     bytes_of = {"bf16": 2.0, "fp8 mm": 1.0, "fp8 mm*": 1.0, "fp8 gemv": 1.0, "int4 old": 0.5 + 4 / GROUP,
-                "int4 gemv": 0.5 + 4 / GROUP, "int4 fma": 0.5 + 4 / GROUP}
+                "int4 gemv": 0.5 + 4 / GROUP, "int4 fma": 0.5 + 4 / GROUP, "int4 kmaj": 0.5 + 4 / GROUP}
     for c in cases:
         cells = []
-        for b in BACKENDS:
+        for b in SELECTED:
             if b in c.best:
                 us = c.best[b][0]
                 cells.append(f"{us:.1f} ({c.n * c.k * bytes_of[b] / us / 1e3:.0f})")
@@ -283,7 +326,7 @@ def summary(cases: list[Case], rows: list[int]) -> list[str]:
                 cells.append("-")
         lines.append(f"| {c.name} | {c.m} | " + " | ".join(cells) + " |")
     lines.append("\nbest configs:")
-    lines += [f"  {c.name:8s} M={c.m:<2d} " + " | ".join(f"{b}: {c.best[b][1]}" for b in ("fp8 gemv", "int4 gemv", "int4 fma")
+    lines += [f"  {c.name:8s} M={c.m:<2d} " + " | ".join(f"{b}: {c.best[b][1]}" for b in ("fp8 gemv", "int4 gemv", "int4 fma", "int4 kmaj")
                                                      if b in c.best) for c in cases]
     lines.append("")
     for m in rows:
@@ -292,7 +335,7 @@ def summary(cases: list[Case], rows: list[int]) -> list[str]:
             continue
         bf16_head = by["lm_head"].best.get("bf16", (math.nan,))[0]
         out = []
-        for b in BACKENDS:
+        for b in SELECTED:
             layers = sum(LAYERS * by[nm].best.get(b, (math.nan,))[0] for nm in WEIGHTS if nm != "lm_head")
             head = by["lm_head"].best.get(b, (math.nan,))[0]
             out.append(f"{b} {(layers + bf16_head) / 1e3:.3f} ms (lm_head quantized: {(layers + head) / 1e3:.3f})")
@@ -305,11 +348,13 @@ def main() -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=list(WEIGHTS))
     ap.add_argument("--budget-s", type=float, default=150.0, help="after this, only default configs are timed")
+    ap.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS, help="time only these")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-norm", action="store_true", help="skip the add + RMSNorm rows (qkv, gate_up)")
     ap.add_argument("--norm-only", action="store_true", help="only the add + RMSNorm rows (no GEMV sweep)")
     ap.add_argument("--cpu-check", action="store_true", help="run the script's logic on tiny shapes, interpreted")
     args = ap.parse_args()
+    SELECTED[:] = args.backends
     if args.cpu_check:
         import os
 

@@ -42,7 +42,8 @@ def compile_case(kernel, ptrs: dict, consts: dict, floats=(), warps=4, stages=3,
 
 
 def cases():
-    from autodeploy.backends.triton import fp8_gemv, gated_linear, int4_gemv, int4_gemv_fma, linear
+    from autodeploy.backends.triton import fp8_gemv, gated_linear, int4_gemv, int4_gemv_fma, int4_kmajor_gemm, linear
+    from autodeploy.backends.triton import int4_kmajor_gemv
 
     bf = "bf16"
     lin = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
@@ -92,6 +93,17 @@ def cases():
         c = dict(LOG2_GROUP=(4 * gw).bit_length() - 1, BN=bn, NG=ng, GW=gw, X_PLANES=xp, PARTIAL=partial, HAS_BIAS=not partial)
         ptrs = dict(i4, xp_ptr="fp32" if xp else bf, qw_ptr="i32", out_ptr="fp32" if partial else bf)
         yield f"int4_gemv_fma bn={bn} ng={ng} gw={gw}", int4_gemv_fma._int4_gemv_fma_kernel, ptrs, c, (), 4
+    # the K-major GEMV (rows 1..4, split K merged by tickets) and GEMM
+    km = dict(x_ptr=bf, qw_ptr="i32", s_ptr=bf, z_ptr=bf, bias_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32")
+    for rows, gw, bn, bw, split, bias in ((1, 16, 256, 8, 16, False), (1, 16, 512, 4, 1, True), (4, 4, 256, 4, 3, True),
+                                          (2, 8, 128, 2, 1, False)):
+        c = dict(ROWS=rows, GW=gw, BN=bn, BW=bw, SPLIT=split, HAS_BIAS=bias)
+        yield f"int4_kmajor_gemv rows={rows} gw={gw} bn={bn} bw={bw} split={split}", \
+            int4_kmajor_gemv._int4_kmajor_gemv_kernel, km, c, (), 1
+    for bm, bn, bw, gw in ((16, 64, 16, 16), (64, 128, 8, 16), (32, 64, 4, 4)):
+        c = dict(GW=gw, BM=bm, BN=bn, BW=bw, HAS_BIAS=True, PRECISION="tf32")
+        yield f"int4_kmajor_gemm bm={bm} bn={bn} bw={bw} gw={gw}", int4_kmajor_gemm._int4_kmajor_gemm_kernel, \
+            km, c, (), 3
 
 
 def pdl_cases():

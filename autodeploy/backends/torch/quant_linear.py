@@ -9,6 +9,9 @@
     int4_wo_linear(x [.., K], qweight uint8 [N, K/2], scales [N, K/g], zeros [N, K/g], bias?, group_size)
         the weight dequantized to x's dtype, then one GEMM (autodeploy::triton_int4_wo_linear reads
         the packed weight directly on the GPU).
+    int4_wo_linear_kmajor(x [.., K], qweight_t int32 [K/8, N], scales_t [K/g, N], zeros_t [K/g, N], bias?, group_size)
+        the same linear on the K-major layout of autodeploy/quantization/int4_kmajor.py (made on the
+        GPU by transforms/repack_int4_kmajor.py for the decode GEMV); the same dequantized values.
     dequantize_per_channel(q, scale, dtype) -> q * scale in `dtype`: MoE expert stacks stored as int8 / fp8.
 
 All return x's dtype and shape [.., N].
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from autodeploy.quantization import fp8 as fp8_q
 from autodeploy.quantization import int4 as int4_q
+from autodeploy.quantization import int4_kmajor
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,6 +117,24 @@ def int4_wo_linear(
 @int4_wo_linear.register_fake
 def _(x, qweight, scales, zeros, bias=None, group_size=128):
     return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+
+@torch.library.custom_op("autodeploy::int4_wo_linear_kmajor", mutates_args=())
+def int4_wo_linear_kmajor(
+    x: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bias: Optional[Tensor] = None,
+    group_size: int = 128,
+) -> Tensor:
+    """x [.., K] @ dequant(qweight_t [K/8, N])^T (+ bias) -> [.., N]; int4_wo_linear's numerics."""
+    if x.dtype == torch.float32 or x.device.type != "cpu":
+        w = int4_kmajor.dequantize(qweight_t, scales_t, zeros_t, group_size, x.dtype)  # [N, K]
+        return F.linear(x, w, bias)
+    w = int4_kmajor.dequantize(qweight_t, scales_t, zeros_t, group_size, torch.float32)
+    return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+
+
+@int4_wo_linear_kmajor.register_fake
+def _(x, qweight_t, scales_t, zeros_t, bias=None, group_size=128):
+    return x.new_empty(*x.shape[:-1], qweight_t.shape[1])
 
 
 @torch.library.custom_op("autodeploy::dequantize_per_channel", mutates_args=())

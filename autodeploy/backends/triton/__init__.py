@@ -14,6 +14,9 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
                                      (rows <= 4: the FMA GEMV of int4_gemv_fma.py, <= 16: the
                                      tl.dot GEMV of int4_gemv.py; backend "triton-dot",
                                      autodeploy::triton_int4_wo_linear_dot: always the latter)
+    autodeploy::int4_wo_linear_kmajor -> autodeploy::triton_int4_wo_linear_kmajor  int4_kmajor_gemm.py
+                                     (rows <= 4: the K-major FMA GEMV of int4_kmajor_gemv.py; the op
+                                     comes from transforms/repack_int4_kmajor.py)
     autodeploy::fp8_linear        -> autodeploy::triton_fp8_linear            fp8_gemv.py
                                      (rows <= 16; more rows: the reference, torch._scaled_mm)
     autodeploy::fused_add_rmsnorm -> autodeploy::triton_fused_add_rmsnorm     rmsnorm.py
@@ -49,7 +52,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
-from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, linear  # noqa: F401
+from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, int4_kmajor_gemm, linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_linear, gated_linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_fp8_linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
@@ -92,6 +95,8 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "cached_attention_rope": _cached_attention_rope_supports,
     "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
         x, qweight, scales, zeros, bias, group_size),
+    "int4_wo_linear_kmajor": lambda x, qweight_t, scales_t, zeros_t, bias=None, group_size=128, *a, **kw:
+        int4_kmajor_gemm.supports(x, qweight_t, scales_t, zeros_t, bias, group_size),
     "gated_linear": lambda x, weight, bias=None, act="silu", *a, **kw: gated_linear.supports(x, weight, bias, act),
     "fp8_linear": lambda x, weight, weight_scale, bias=None, *a, **kw: fp8_gemv.supports(x, weight, weight_scale, bias),
     "linear": lambda input, weight, bias=None, *a, **kw: linear.supports(input, weight, bias),  # aten.linear

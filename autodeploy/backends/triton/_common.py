@@ -56,6 +56,28 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+# {device: zeroed int32 counters}; each launch leaves them at zero, so the layers and graph replays of a
+# device share one set (a split-K kernel's "last program merges" tickets: paged_attention_decode_rope.py,
+# int4_kmajor_gemv.py). Launches on two streams at once would race on it (the runtime uses one stream).
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def tickets(device: torch.device, count: int) -> torch.Tensor:
+    """`count` zeroed counters (e.g. one per output tile), kept across launches. Allocated (and zeroed)
+    outside CUDA-graph capture by the runtime's warm-up; one allocated during a capture is zeroed by a
+    node of that graph and not kept, so eager launches never see its uninitialized memory."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # one key per GPU: "cuda" is "cuda:0"
+    buf = _TICKETS.get(device)
+    if buf is not None and buf.numel() >= count:
+        return buf
+    buf = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if not capturing:
+        _TICKETS[device] = buf
+    return buf
+
+
 def unit_stride(x: torch.Tensor) -> torch.Tensor:
     """x itself when its last dim is unit-stride (what every kernel's row loads assume), else a copy."""
     return x if x.stride(-1) == 1 else x.contiguous()

@@ -48,7 +48,7 @@ MAX_ROWS = 4  # more rows: int4_gemv.py's tl.dot (one FMA per weight and row sto
 
 @triton.jit
 def _codes(word, SHIFT: tl.constexpr, magic, zm):
-    """q - z in fp32 for the nibble at bit SHIFT (< 16) of each int32 word, given zm = z + 2^23 / 16^(SHIFT / 4):
+    """q - z in fp32 for the nibble at bit SHIFT (<= 19: q * 2^SHIFT < 2^23) of each int32 word, given zm = z + 2^23 / 2^SHIFT:
     (word & (0xF << SHIFT)) | 0x4B000000 is, as fp32, 2^23 + q * 16^(SHIFT / 4) (2^23: the low 23 mantissa
     bits hold an integer exactly); one FMA scales it by the power of two 16^-(SHIFT / 4) and subtracts zm,
     exactly. No int -> float conversion. `magic` (0x4B000000) comes as a run-time argument: with two immediates

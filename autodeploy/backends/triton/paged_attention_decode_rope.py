@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import dot_precision, pdl_enabled, pdl_launch, pdl_wait_and_release
+from autodeploy.backends.triton._common import dot_precision, pdl_enabled, pdl_launch, pdl_wait_and_release, tickets
 from autodeploy.backends.triton.paged_attention_decode import attend_paged, choose_num_splits
 
 MERGE_TILE = 4096  # fp32 partials the merging program loads at once: 32 registers a thread at 4 warps
@@ -228,27 +228,6 @@ def _merge_splits(part_ptr, sinks_ptr, out_row, so_h, first_row, head0, active,
     o = o / l_tot[:, None]
     tl.store(out_row + (head0 + gg)[:, None] * so_h + dv[None, :], o.to(out_row.dtype.element_ty),
              mask=g_ok[:, None] & (dv < D_V)[None, :])
-
-
-# {device: zeroed int32 counters}; each launch leaves them at zero, so the layers and graph replays of a
-# device share one set. Launches on two streams at once would race on it (the runtime uses one stream).
-_TICKETS: dict[torch.device, Tensor] = {}
-
-
-def tickets(device: torch.device, count: int) -> Tensor:
-    """A zeroed counter per (sequence, KV head), kept across launches. Allocated (and zeroed) outside
-    CUDA-graph capture by the runtime's warm-up; one allocated during a capture is zeroed by a node of
-    that graph and not kept, so eager launches never see its uninitialized memory."""
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())  # one key per GPU: "cuda" is "cuda:0"
-    buf = _TICKETS.get(device)
-    if buf is not None and buf.numel() >= count:
-        return buf
-    buf = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if not capturing:
-        _TICKETS[device] = buf
-    return buf
 
 
 def decode_rope(

@@ -1,0 +1,84 @@
+"""The K-major int4 GEMV (int4_kmajor_gemv.py) vs autodeploy::int4_wo_linear_kmajor. No tl.dot, so the
+interpreter runs it in bf16 and fp16 as well as fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import autodeploy.ops  # noqa: F401
+from autodeploy.backends.triton import int4_kmajor_gemm, int4_kmajor_gemv
+from autodeploy.quantization import int4, int4_kmajor
+from tests.backends.triton.cases import DEVICE, randn
+from tests.helpers.tolerances import assert_close
+
+reference = torch.ops.autodeploy.int4_wo_linear_kmajor
+all_dtypes = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                                     ids=lambda d: str(d).removeprefix("torch."))
+
+
+def _weights(n, k, group_size, dtype, bias=False):
+    p = int4.quantize(torch.randn(n, k) / k**0.5, group_size)
+    words, s, z = int4_kmajor.from_half_split(p["qweight"], p["scales"], p["zeros"], group_size)
+    out = [words.to(DEVICE), s.to(DEVICE, dtype), z.to(DEVICE, dtype)]
+    return out + [randn(n, dtype=dtype) if bias else None]
+
+
+def _gemv(bn=64, bw=4, split=1, warps=1):
+    return dict(kind="gemv", bn=bn, bw=bw, split=split, num_warps=warps, num_stages=1)
+
+
+@all_dtypes
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_matches_reference(group_size, m, dtype):
+    # N = 41: odd, a partial last tile; K = 384: 12 / 6 / 3 groups; split 2 merges in the last program
+    qw, s, z, b = _weights(41, 384, group_size, dtype, bias=m == 3)
+    x = randn(m, 384, dtype=dtype)
+    out = int4_kmajor_gemm.launch(x, qw, s, z, b, group_size, _gemv(bn=32, split=2))
+    assert out.shape == (m, 41) and out.dtype == dtype
+    assert_close(out, reference(x, qw, s, z, b, group_size))
+
+
+@pytest.mark.parametrize("bn,bw,split", [(16, 1, 1), (32, 2, 3), (64, 4, 5), (128, 16, 1), (32, 8, 64)])
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_tiles_rows_and_k_split(m, bn, bw, split):
+    qw, s, z, b = _weights(37, 512, 64, torch.float32, bias=m != 2)
+    x = randn(m, 512)
+    cfg = int4_kmajor_gemv.normalized(_gemv(bn, bw, split), m, 37, 512, 64)
+    assert cfg["bw"] == min(bw, 8) and cfg["split"] * cfg["groups_per_split"] >= 8
+    assert cfg["split"] == min(split, 8) if split != 5 else cfg["split"] == 4  # 8 groups: 2 per split
+    assert_close(int4_kmajor_gemm.launch(x, qw, s, z, b, 64, _gemv(bn, bw, split)), reference(x, qw, s, z, b, 64))
+
+
+def test_consecutive_split_launches_reset_the_tickets():
+    from autodeploy.backends.triton._common import tickets
+
+    qw, s, z, b = _weights(64, 256, 32, torch.float32, bias=True)
+    for _ in range(2):
+        x = randn(1, 256)
+        assert_close(int4_kmajor_gemm.launch(x, qw, s, z, b, 32, _gemv(bn=16, split=4)), reference(x, qw, s, z, b, 32))
+        assert not tickets(torch.device(DEVICE), 4)[:4].any()
+
+
+def test_default_configs_on_an_h100():
+    cfg = {name: int4_kmajor_gemv.launch_config(1, n, k, 128, 132) for name, n, k in [
+        ("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336),
+        ("lm_head", 128256, 4096)]}
+    assert all(c["bn"] == 256 and c["num_warps"] == 2 and c["bw"] == 8 for c in cfg.values())  # 4 columns a thread
+    for name, c in cfg.items():  # ~4 programs per SM (>= 2 after rounding to whole groups per split)
+        programs = -(-SHAPES[name][0] // c["bn"]) * c["split"]
+        assert programs >= 2 * 132, name
+    assert [cfg[w]["split"] for w in ("qkv", "o", "gate_up", "down", "lm_head")] == [16, 32, 5, 28, 2]
+    assert int4_kmajor_gemv.launch_config(4, 6144, 4096, 128, 132)["bw"] == 4
+
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+          "lm_head": (128256, 4096)}
+
+
+def test_rows_pick_the_kernel():
+    assert [int4_kmajor_gemm.kernel_for(m, None) for m in (1, 4, 5, 16)] == ["gemv", "gemv", "gemm", "gemm"]
+    assert int4_kmajor_gemm.kernel_for(1, dict(bm=16, bn=64, bw=16)) == "gemm"
+    assert int4_kmajor_gemm.kernel_for(9, _gemv()) == "gemv"
+    assert int4_kmajor_gemv.unsupported_reason(randn(9, 64), torch.zeros(8, 4, dtype=torch.int32), 64)

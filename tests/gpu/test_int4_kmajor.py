@@ -1,0 +1,119 @@
+"""The K-major INT4 kernels on the GPU at Llama-3.1-8B shapes: the GEMV (int4_kmajor_gemv.py, rows 1..4) and
+the tl.dot GEMM (int4_kmajor_gemm.py) against fp32 truths and the reference op, every benchmarked tile,
+the repack on the GPU, and split-K launches inside a CUDA graph (tickets reset on every replay).
+
+The small-shape tests of tests/backends/triton/test_int4_kmajor_*.py also run on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():  # also keeps the compiled kernels from being defined on a CPU run
+    pytest.skip("needs CUDA", allow_module_level=True)
+
+import autodeploy.backends.triton  # noqa: E402,F401
+import autodeploy.ops  # noqa: E402,F401
+from autodeploy.backends.triton import int4_kmajor_gemm, int4_kmajor_gemv  # noqa: E402
+from autodeploy.backends.triton._common import tickets  # noqa: E402
+from autodeploy.quantization import int4, int4_kmajor  # noqa: E402
+from autodeploy.quantization.metrics import sqnr  # noqa: E402
+from tests.helpers.tolerances import assert_close  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+BF16 = torch.bfloat16
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+          "lm_head": (128256, 4096), "k": (1024, 4096)}
+
+
+def _kmajor(n, k, g=128, dtype=BF16):
+    p = int4.quantize(torch.randn(n, k, device="cuda") / k**0.5, g)
+    s, z = p["scales"].to(dtype), p["zeros"].to(dtype)
+    return (p["qweight"], s, z), int4_kmajor.from_half_split(p["qweight"], s, z, g)
+
+
+def _x(m, k, dtype=BF16):
+    x = torch.randn(m, k, device="cuda")
+    x[:, 7] *= 25.0  # an outlier channel
+    return x.to(dtype)
+
+
+def _truth(x, half_split, g):
+    qw, s, z = half_split
+    return F.linear(x.float(), int4.dequantize(qw, s, z, g, torch.float32))
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 16])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_model_shapes_default_config(shape, m):
+    n, k = SHAPES[shape]
+    half_split, (words, s_t, z_t) = _kmajor(n, k)
+    x = _x(m, k)
+    torch.full((16 * m * n,), float("nan"), device="cuda")  # poison the allocator
+    got = torch.ops.autodeploy.triton_int4_wo_linear_kmajor(x, words, s_t, z_t, None, 128)
+    assert torch.isfinite(got).all() and got.dtype == BF16
+    assert sqnr(got, _truth(x, half_split, 128)) >= 40.0
+    want = torch.ops.autodeploy.int4_wo_linear(x, *half_split, None, 128)  # bf16 weights, cuBLAS
+    assert sqnr(got, want) >= 40.0
+    assert_close(got, want)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_every_benchmarked_tile(m):
+    from benchmarks.quant_gemv_bench import KMAJ_TILES
+
+    half_split, kmajor = _kmajor(6144, 4096)
+    x = _x(m, 4096)
+    b = torch.randn(6144, device="cuda").to(BF16)
+    truth = _truth(x, half_split, 128) + b.float()
+    for bn, bw, warps, factor in KMAJ_TILES:
+        split = max(1, round(factor * -(-4 * 132 // -(-6144 // bn))))
+        cfg = dict(kind="gemv", bn=bn, bw=bw, split=split, num_warps=warps, num_stages=1)
+        assert sqnr(int4_kmajor_gemm.launch(x, *kmajor, b, 128, cfg), truth) >= 40.0, cfg
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("g", [32, 64])
+def test_small_groups_and_dtypes(g, dtype):
+    half_split, kmajor = _kmajor(2048, 4096, g, dtype)
+    for m in (2, 40):
+        x = _x(m, 4096, dtype)
+        got = int4_kmajor_gemm.launch(x, *kmajor, None, g)
+        assert sqnr(got, _truth(x, half_split, g)) >= 40.0
+        assert_close(got, torch.ops.autodeploy.int4_wo_linear_kmajor(x, *kmajor, None, g))
+
+
+def test_prefill_rows_match_the_reference():
+    half_split, kmajor = _kmajor(4096, 4096)
+    x = _x(300, 4096)
+    got = torch.ops.autodeploy.triton_int4_wo_linear_kmajor(x, *kmajor, None, 128)
+    assert sqnr(got, _truth(x, half_split, 128)) >= 40.0
+
+
+def test_repack_on_the_gpu_equals_the_cpu_repack():
+    half_split, kmajor = _kmajor(6144, 4096)
+    on_cpu = int4_kmajor.from_half_split(*(t.cpu() for t in half_split), 128)
+    for a, b in zip(kmajor, on_cpu):
+        assert torch.equal(a.cpu(), b)
+
+
+@pytest.mark.parametrize("shape", ["o", "k"])  # split K: the last program of each n tile merges
+def test_cuda_graph_capture_and_replay(shape):
+    n, k = SHAPES[shape]
+    half_split, kmajor = _kmajor(n, k)
+    x = _x(1, k)
+    b = torch.randn(n, device="cuda").to(BF16)
+    op = torch.ops.autodeploy.triton_int4_wo_linear_kmajor
+    assert int4_kmajor_gemv.launch_config(1, n, k, 128, torch.cuda.get_device_properties(0).multi_processor_count)["split"] > 1
+    op(x, *kmajor, b, 128)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = op(x, *kmajor, b, 128)
+    for _ in range(3):
+        x.copy_(_x(1, k))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert sqnr(out, _truth(x, half_split, 128) + b.float()) >= 40.0
+        assert not tickets(torch.device("cuda"), 1024)[:1024].any()
