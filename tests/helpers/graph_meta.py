@@ -3,8 +3,12 @@ faster) are checked against the slow, general path node by node."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import fx
+
+_SYMBOL = re.compile(r"\b([su])(\d+)\b")  # ShapeEnv symbols: s (backed), u (unbacked)
 
 
 def _describe(val) -> object:
@@ -17,6 +21,17 @@ def _describe(val) -> object:
     return ("other", repr(val))
 
 
-def node_vals(gm: fx.GraphModule) -> list[tuple]:
-    """(name, op, described meta['val']) for each node; '<none>' where a node has no value."""
-    return [(n.name, n.op, _describe(n.meta["val"]) if "val" in n.meta else "<none>") for n in gm.graph.nodes]
+def node_vals(gm: fx.GraphModule, *, rename_symbols: bool = True) -> list[tuple]:
+    """(name, op, described meta['val']) for each node; '<none>' where a node has no value.
+
+    With `rename_symbols`, shape symbols are numbered in order of first appearance (s39 -> s0): two
+    runs over copies of one graph create the same symbols under different numbers."""
+    rows = [(n.name, n.op, _describe(n.meta["val"]) if "val" in n.meta else "<none>") for n in gm.graph.nodes]
+    if not rename_symbols:
+        return rows
+    names: dict[str, str] = {}
+
+    def rename(m: re.Match) -> str:
+        return names.setdefault(m.group(0), f"{m.group(1)}{sum(k[0] == m.group(1) for k in names)}")
+
+    return [(name, op, _SYMBOL.sub(rename, str(desc))) for name, op, desc in rows]
