@@ -205,7 +205,7 @@ def test_cleanup_runs_only_after_a_change(gm, toy, monkeypatch):
 
     calls = []
     real_cleanup = pipeline.cleanup
-    monkeypatch.setattr(pipeline, "cleanup", lambda g: (calls.append(1), real_cleanup(g)))
+    monkeypatch.setattr(pipeline, "cleanup", lambda g, **kw: (calls.append(1), real_cleanup(g, **kw)))
 
     def noop(gm, ctx, cfg):
         return TransformInfo()
@@ -233,7 +233,8 @@ def test_cleanup_runs_only_after_a_change(gm, toy, monkeypatch):
 
 
 def test_skipping_cleanup_changes_no_graph(monkeypatch):
-    """The cpu recipe on a tiny llama: same code and node values as with a cleanup after every transform."""
+    """The cpu recipe on a tiny llama: same code and node values as with a cleanup and a recompile
+    after every transform; the final graph module runs its final graph."""
     from autodeploy.transforms import pipeline
     from tests.helpers.graph_meta import node_vals
 
@@ -243,8 +244,11 @@ def test_skipping_cleanup_changes_no_graph(monkeypatch):
     def run():
         g = copy.deepcopy(exported)
         infos = run_pipeline(g, TransformContext(recipe=load_recipe("cpu"), hf_config=model.config))
+        assert g.code == g.graph.python_code(root_module="self").src  # the code is the final graph's
         return g.code, node_vals(g), [(i.name, i.matches) for i in infos]
 
     skipping = run()
+    real_cleanup = pipeline.cleanup
     monkeypatch.setattr(pipeline, "graph_state", lambda g: object())  # never equal: cleanup every time
+    monkeypatch.setattr(pipeline, "cleanup", lambda g, **kw: real_cleanup(g))  # with its recompile
     assert run() == skipping
