@@ -18,17 +18,17 @@ false` in a recipe, or AUTODEPLOY_EXPORT_CACHE=0 in the environment, turns the c
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
 import logging
 import os
-import typing
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from autodeploy.export.load_memos import memoized_load
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def load(root: Path, key: str):
     if not program.exists() or not side.exists():
         return None
     try:
-        with _type_hints_cached():
-            ep = torch.export.load(program)
+        ep = memoized_load(program)  # torch.export.load, minus its repeated hint and sympy work
         patches = json.loads(side.read_text())["patches"]
     except Exception as e:  # a stale or truncated entry: trace again and overwrite it
         log.warning("export cache entry %s unreadable (%s: %s): exporting again", program.name, type(e).__name__, e)
@@ -96,32 +95,6 @@ def load(root: Path, key: str):
         side.unlink(missing_ok=True)
         return None
     return ep, patches
-
-
-@contextlib.contextmanager
-def _type_hints_cached():
-    """typing.get_type_hints memoized per class while torch.export.load runs.
-
-    The loader turns its JSON into schema dataclasses one object at a time and resolves the class's
-    type hints for every object (~32k calls for a 16-layer graph: about a quarter of the load under a
-    profiler). A class's hints do not change during a load, so each is resolved once. Only the
-    (class, globalns) form the loader uses is memoized; every other call passes through."""
-    original = typing.get_type_hints
-    memo: dict[tuple, tuple] = {}  # (class, id(globalns)) -> (globalns, hints)
-
-    def get_type_hints(obj, globalns=None, localns=None, include_extras=False):
-        if not isinstance(obj, type) or localns is not None or include_extras:
-            return original(obj, globalns, localns, include_extras)
-        key = (obj, id(globalns))
-        if key not in memo:  # globalns is kept alive with its entry, so its id is not reused meanwhile
-            memo[key] = (globalns, original(obj, globalns))
-        return dict(memo[key][1])  # a copy: a caller may change what it gets
-
-    typing.get_type_hints = get_type_hints
-    try:
-        yield
-    finally:
-        typing.get_type_hints = original
 
 
 def save(root: Path, key: str, ep, patches: list[str]) -> None:

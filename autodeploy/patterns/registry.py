@@ -178,6 +178,21 @@ def _compile_one(pattern: Pattern, dtype: torch.dtype) -> _Compiled:
     return _Compiled(pattern, g1.graph, names, outputs, specs, len(n1))
 
 
+def _stored_or_compiled(pattern: Pattern, dtype: torch.dtype) -> _Compiled:
+    """The variant from the disk cache (compiled_cache.py), else traced now and stored."""
+    from autodeploy.patterns import compiled_cache
+
+    store, name = compiled_cache.store(), compiled_cache.entry_name(pattern, dtype)
+    if store is None or name is None:
+        return _compile_one(pattern, dtype)
+    hit = store.get(name)
+    if hit is not None:
+        return _Compiled(pattern, *hit)
+    c = _compile_one(pattern, dtype)
+    store.put(name, c.graph, c.inputs, c.outputs, c.specs, c.size)
+    return c
+
+
 def _flat(spec):
     if isinstance(spec, list):
         for s in spec:
@@ -208,7 +223,7 @@ def compiled(pattern: Pattern, dtypes=None) -> list[_Compiled]:
         if dtypes is not None and dtype not in dtypes:
             continue
         if dtype not in pattern._compiled:
-            pattern._compiled[dtype] = _compile_one(pattern, dtype)
+            pattern._compiled[dtype] = _stored_or_compiled(pattern, dtype)
         c = pattern._compiled[dtype]
         sig = _signature(c)
         if sig not in seen:

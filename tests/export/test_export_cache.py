@@ -74,7 +74,7 @@ def test_type_hints_memo_during_load_is_scoped_and_exact():
     import dataclasses
     import typing
 
-    from autodeploy.export import cache
+    from autodeploy.export import load_memos
 
     @dataclasses.dataclass
     class Entry:
@@ -82,9 +82,47 @@ def test_type_hints_memo_during_load_is_scoped_and_exact():
         size: int
 
     original = typing.get_type_hints
-    with cache._type_hints_cached():
+    with load_memos.type_hints_cached():
         first = typing.get_type_hints(Entry, globalns={})
         first["name"] = bytes  # a caller changing its copy changes nothing for the next one
         assert typing.get_type_hints(Entry, globalns={}) == {"name": str, "size": int}
-        assert typing.get_type_hints(cache.load) == original(cache.load)  # functions pass through
+        assert typing.get_type_hints(load_memos.memoized_load) == original(load_memos.memoized_load)  # functions pass through
     assert typing.get_type_hints is original
+
+
+def test_memoized_load_gives_the_same_program(tmp_path):
+    """The load memos change nothing in what torch.export.load returns: code, every node's fake value,
+    the dims' ranges; and the memos are gone afterwards."""
+    import typing
+
+    import sympy
+
+    from autodeploy.export import load_memos
+    from tests.helpers.graph_meta import node_vals
+
+    model = tiny_model("llama")
+    ep, _ = export_mod._trace(model, export_mod.LogitsOnly(model).eval(), torch.device("cpu"),
+                              ({0: torch.export.Dim.DYNAMIC(min=1, max=4), 1: torch.export.Dim.DYNAMIC(min=1, max=64)},) * 2)
+    torch.export.save(ep, tmp_path / "p.pt2")
+    originals = sympy.sympify, typing.get_type_hints
+    plain = torch.export.load(tmp_path / "p.pt2")
+    fast = load_memos.memoized_load(tmp_path / "p.pt2")
+    assert fast.graph_module.code == plain.graph_module.code
+    assert node_vals(fast.graph_module) == node_vals(plain.graph_module)
+    assert {str(k): str(v) for k, v in fast.range_constraints.items()} == {str(k): str(v) for k, v in plain.range_constraints.items()}
+    assert (sympy.sympify, typing.get_type_hints) == originals
+
+
+def test_sympify_memo_is_scoped_and_keyed_by_locals():
+    import sympy
+
+    from autodeploy.export import load_memos
+
+    a, b = sympy.Symbol("s0", integer=True, positive=True), sympy.Symbol("s0", integer=True)
+    original = sympy.sympify
+    with load_memos.sympify_cached():
+        first = sympy.sympify("2*s0", locals={"s0": a})
+        assert sympy.sympify("2*s0", locals={"s0": a}) is first  # memoized
+        assert sympy.sympify("2*s0", locals={"s0": b}) == 2 * b  # another symbol under that name: parsed again
+        assert sympy.sympify(3) == 3  # non-string input passes through
+    assert sympy.sympify is original

@@ -197,3 +197,58 @@ def test_optimize_prints_each_transforms_match_count(capsys, monkeypatch, tmp_pa
 
 def _table_rows(text: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip().strip("│").split("│")] for line in text.splitlines() if line.count("│") >= 6]
+
+
+def test_cleanup_runs_only_after_a_change(gm, toy, monkeypatch):
+    """A transform that leaves the graph as the last cleanup did costs no cleanup; one that edits it does."""
+    from autodeploy.transforms import pipeline
+
+    calls = []
+    real_cleanup = pipeline.cleanup
+    monkeypatch.setattr(pipeline, "cleanup", lambda g, **kw: (calls.append(1), real_cleanup(g, **kw)))
+
+    def noop(gm, ctx, cfg):
+        return TransformInfo()
+
+    def rename_output(gm, ctx, cfg):  # a new argument object, equal in value: still counts as unchanged
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        out.args = tuple(out.args)
+        return TransformInfo()
+
+    def add_dead_node(gm, ctx, cfg):
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        with gm.graph.inserting_before(out):
+            gm.graph.call_function(aten.mul.Tensor, (out.args[0], 3.0))
+        return TransformInfo(changed=True)
+
+    toy("noop_one", Stage.CLEANUP, noop)
+    toy("noop_two", Stage.CLEANUP, noop)
+    toy("same_args", Stage.CLEANUP, rename_output)
+    toy("dead_node", Stage.CLEANUP, add_dead_node)
+    toy("noop_three", Stage.CLEANUP, noop)
+    run_pipeline(gm, TransformContext(recipe=load_recipe("cpu")),
+                 only=["noop_one", "noop_two", "same_args", "dead_node", "noop_three"])
+    assert len(calls) == 2  # the first transform (the export was never cleaned) and dead_node
+    assert not [n for n in nodes_of(gm, aten.mul.Tensor) if n.args[1:] == (3.0,)]  # dead_node's mul: removed
+
+
+def test_skipping_cleanup_changes_no_graph(monkeypatch):
+    """The cpu recipe on a tiny llama: same code and node values as with a cleanup and a recompile
+    after every transform; the final graph module runs its final graph."""
+    from autodeploy.transforms import pipeline
+    from tests.helpers.graph_meta import node_vals
+
+    model = tiny_model("llama")
+    exported = export_model(model, max_batch_size=4, max_seq_len=64)
+
+    def run():
+        g = copy.deepcopy(exported)
+        infos = run_pipeline(g, TransformContext(recipe=load_recipe("cpu"), hf_config=model.config))
+        assert g.code == g.graph.python_code(root_module="self").src  # the code is the final graph's
+        return g.code, node_vals(g), [(i.name, i.matches) for i in infos]
+
+    skipping = run()
+    real_cleanup = pipeline.cleanup
+    monkeypatch.setattr(pipeline, "graph_state", lambda g: object())  # never equal: cleanup every time
+    monkeypatch.setattr(pipeline, "cleanup", lambda g, **kw: real_cleanup(g))  # with its recompile
+    assert run() == skipping
