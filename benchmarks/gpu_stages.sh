@@ -72,6 +72,9 @@ stage_parity_nocompile() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py 
   --set runtime.torch_compile=false --json "$OUT/parity_nocompile.json"; }
 stage_bench_1b_pdl_nocompile() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1 --no-baselines --set runtime.torch_compile=false \
   --json "$OUT/bench_1b_pdl_nocompile.json"; }
+# every op on its Triton kernel (no autotuning: the tuner times ops one at a time, where PDL's overlap never shows)
+stage_bench_1b_pdl_notune() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1,16 --no-baselines --no-autotune \
+  --set runtime.torch_compile=false --json "$OUT/bench_1b_pdl_notune.json"; }
 stage_gpu_tests() { python3 -m pytest -q -x tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
