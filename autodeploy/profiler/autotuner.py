@@ -42,7 +42,8 @@ Measure = Callable[[Candidate, Inputs], float]  # seconds per call
 
 
 def device_key(device: torch.device | str = "cpu") -> str:
-    """What makes timings comparable: the card, torch and triton versions."""
+    """What makes timings comparable: the card, torch and triton versions, and whether the Triton
+    kernels launch with programmatic dependent launch (choices made without it are not reused with it)."""
     device = torch.device(device)
     if device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
@@ -54,7 +55,12 @@ def device_key(device: torch.device | str = "cpu") -> str:
         triton_v = triton.__version__
     except ImportError:
         triton_v = "none"
-    return f"{gpu} | torch {torch.__version__} | triton {triton_v}"
+    key = f"{gpu} | torch {torch.__version__} | triton {triton_v}"
+    if triton_v != "none" and device.type == "cuda":
+        from autodeploy.backends.triton._common import pdl_enabled
+
+        key += " | pdl" if pdl_enabled(device) else ""
+    return key
 
 
 def _graphed(fn: Callable[[], Any], device: torch.device, inner: int) -> Callable[[], Any] | None:
