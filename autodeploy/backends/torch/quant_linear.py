@@ -102,16 +102,20 @@ def _(x, weight, weight_scale, bias=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
+def _linear_dequantized(x: Tensor, dequantized, bias: Optional[Tensor]) -> Tensor:
+    """x @ dequantized(dtype)^T (+ bias), dequantized(dtype) -> [N, K]: in x's dtype on GPUs and in fp32;
+    half precision on the CPU dequantizes and multiplies in fp32, then casts (the CPU's reference path)."""
+    if x.dtype == torch.float32 or x.device.type != "cpu":
+        return F.linear(x, dequantized(x.dtype), bias)
+    return F.linear(x.float(), dequantized(torch.float32), None if bias is None else bias.float()).to(x.dtype)
+
+
 @torch.library.custom_op("autodeploy::int4_wo_linear", mutates_args=())
 def int4_wo_linear(
     x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Optional[Tensor] = None, group_size: int = 128
 ) -> Tensor:
     """x [.., K] @ dequant(qweight [N, K/2])^T (+ bias) -> [.., N]."""
-    if x.dtype == torch.float32 or x.device.type != "cpu":
-        w = int4_q.dequantize(qweight, scales, zeros, group_size, x.dtype)  # [N, K]
-        return F.linear(x, w, bias)
-    w = int4_q.dequantize(qweight, scales, zeros, group_size, torch.float32)
-    return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+    return _linear_dequantized(x, lambda dtype: int4_q.dequantize(qweight, scales, zeros, group_size, dtype), bias)
 
 
 @int4_wo_linear.register_fake
@@ -125,11 +129,8 @@ def int4_wo_linear_kmajor(
     group_size: int = 128,
 ) -> Tensor:
     """x [.., K] @ dequant(qweight_t [K/8, N])^T (+ bias) -> [.., N]; int4_wo_linear's numerics."""
-    if x.dtype == torch.float32 or x.device.type != "cpu":
-        w = int4_kmajor.dequantize(qweight_t, scales_t, zeros_t, group_size, x.dtype)  # [N, K]
-        return F.linear(x, w, bias)
-    w = int4_kmajor.dequantize(qweight_t, scales_t, zeros_t, group_size, torch.float32)
-    return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+    return _linear_dequantized(
+        x, lambda dtype: int4_kmajor.dequantize(qweight_t, scales_t, zeros_t, group_size, dtype), bias)
 
 
 @int4_wo_linear_kmajor.register_fake
