@@ -109,9 +109,16 @@ def cases():
 def pdl_cases():
     """Kernels with programmatic dependent launch (griddepcontrol) compiled in, as AUTODEPLOY_PDL=1 runs
     them, and the paged decode attention whose key loop they share."""
-    from autodeploy.backends.triton import paged_attention_decode_rope, rmsnorm
+    from autodeploy.backends.triton import gated_mlp, paged_attention_decode_rope, rmsnorm
 
     bf = "bf16"
+    yield "gated_act pdl", gated_mlp._gated_act_kernel, dict(gate_ptr=bf, up_ptr=bf, out_ptr=bf), \
+        dict(ACT=0, BLOCK=1024, PDL=True), (), 1
+    from autodeploy.backends.triton import int4_kmajor_gemv
+
+    km = dict(x_ptr=bf, qw_ptr="i32", s_ptr=bf, z_ptr=bf, bias_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32")
+    yield "int4_kmajor_gemv pdl", int4_kmajor_gemv._int4_kmajor_gemv_kernel, km, \
+        dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True), (), 1
     for residual in (False, True):
         yield f"rmsnorm pdl residual={residual}", rmsnorm._rmsnorm_kernel, \
             dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, res_out_ptr=bf), \

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import (pdl_enabled, pdl_launch, pdl_wait_and_release, rows_of,
+                                                unsupported_device_or_dtype)
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
 
@@ -40,8 +41,9 @@ def activate(g, ACT: tl.constexpr):
 @triton.jit
 def _gated_act_kernel(
     gate_ptr, up_ptr, out_ptr, stride_gate, stride_up, stride_out, f,
-    ACT: tl.constexpr, BLOCK: tl.constexpr,
+    ACT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_wait_and_release(PDL)  # between the FP8 / int4 gate_up GEMV and the down GEMV of a decode step
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < f
@@ -86,7 +88,7 @@ def launch(gate: Tensor, up: Optional[Tensor], act: str) -> Tensor:
         block = min(1024, triton.next_power_of_2(f))
         _gated_act_kernel[(m, triton.cdiv(f, block))](
             gate_rows, up_rows, out2, gate_rows.stride(0), up_rows.stride(0), out2.stride(0), f,
-            ACT=ACTIVATIONS[act], BLOCK=block, num_warps=4,
+            ACT=ACTIVATIONS[act], BLOCK=block, PDL=pdl_enabled(gate.device), num_warps=4, **pdl_launch(gate.device),
         )
     return out
 

@@ -56,7 +56,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import tickets, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import (pdl_enabled, pdl_launch, pdl_wait_and_release, tickets,
+                                                unsupported_device_or_dtype)
 from autodeploy.backends.triton.int4_gemv_fma import MAGIC_BITS, _codes
 
 MAX_ROWS = 4  # one FFMA per weight and row: beyond ~4 rows the tl.dot GEMM (int4_kmajor_gemm.py) wins
@@ -112,8 +113,10 @@ def _int4_kmajor_gemv_kernel(
     M, N, GROUPS_PER_SPLIT, N_GROUPS, magic,
     stride_xm, stride_qw, stride_sg, stride_zg, stride_om,
     ROWS: tl.constexpr, GW: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr,
-    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    # first: no load or store (tickets included) before the previous kernel of the stream has completed
+    pdl_wait_and_release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     STEPS: tl.constexpr = GW // BW  # steps per group
@@ -235,6 +238,6 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
         m, n, cfg["groups_per_split"], k // group_size, MAGIC_BITS,
         x2.stride(0), qweight_t.stride(0), scales_t.stride(0), zeros_t.stride(0), out.stride(0),
         ROWS=m, GW=group_size // 8, BN=cfg["bn"], BW=cfg["bw"], SPLIT=split, HAS_BIAS=bias is not None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PDL=pdl_enabled(x2.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x2.device),
     )
     return out
