@@ -19,24 +19,18 @@ from autodeploy.backends.triton import int4_kmajor_gemm, int4_kmajor_gemv  # noq
 from autodeploy.backends.triton._common import tickets  # noqa: E402
 from autodeploy.quantization import int4, int4_kmajor  # noqa: E402
 from autodeploy.quantization.metrics import sqnr  # noqa: E402
+from tests.helpers.decode_shapes import SHAPES_8B as SHAPES  # noqa: E402
+from tests.helpers.decode_shapes import activations as _x  # noqa: E402
 from tests.helpers.tolerances import assert_close  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 BF16 = torch.bfloat16
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
-          "lm_head": (128256, 4096), "k": (1024, 4096)}
 
 
 def _kmajor(n, k, g=128, dtype=BF16):
     p = int4.quantize(torch.randn(n, k, device="cuda") / k**0.5, g)
     s, z = p["scales"].to(dtype), p["zeros"].to(dtype)
     return (p["qweight"], s, z), int4_kmajor.from_half_split(p["qweight"], s, z, g)
-
-
-def _x(m, k, dtype=BF16):
-    x = torch.randn(m, k, device="cuda")
-    x[:, 7] *= 25.0  # an outlier channel
-    return x.to(dtype)
 
 
 def _truth(x, half_split, g):

@@ -18,24 +18,17 @@ import autodeploy.ops  # noqa: E402,F401
 from autodeploy.backends.triton import fp8_gemv, int4_gemm, int4_gemv  # noqa: E402
 from autodeploy.quantization import fp8, int4  # noqa: E402
 from autodeploy.quantization.metrics import sqnr  # noqa: E402
+from tests.helpers.decode_shapes import SHAPES_8B as SHAPES  # noqa: E402
+from tests.helpers.decode_shapes import activations as _x  # noqa: E402
 from tests.helpers.tolerances import assert_close  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 BF16 = torch.bfloat16
-# (N, K) of each weight GEMM of an 8B decode step (qkv and gate_up fused), and an unfused k / v
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
-          "lm_head": (128256, 4096), "k": (1024, 4096)}
 
 
 def _fp8(n, k, granularity="per_channel"):
     p = fp8.quantize(torch.randn(n, k, device="cuda") / k**0.5, granularity)
     return p["weight"], p["weight_scale"]
-
-
-def _x(m, k, dtype=BF16):
-    x = torch.randn(m, k, device="cuda")
-    x[:, 7] *= 25.0  # an outlier channel
-    return x.to(dtype)
 
 
 def _fp8_truth(x, w, s):

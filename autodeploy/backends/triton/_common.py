@@ -89,6 +89,22 @@ def rows_of(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def int4_operands_problem(x: torch.Tensor, k: int, n: int, group_size: int, scales: torch.Tensor,
+                          zeros: torch.Tensor, scale_shape: tuple, bias: Optional[torch.Tensor]) -> Optional[str]:
+    """What the int4 kernels of both layouts require of x, the group size, scales / zeros (scale_shape:
+    the layout's [N, K/g] or [K/g, N]) and the bias, given the weight's K and N; None when all hold."""
+    if x.shape[-1] != k:
+        return f"x has {x.shape[-1]} input channels, the weight {k}"
+    if group_size < 16 or group_size & (group_size - 1) or k % group_size:
+        return f"group size {group_size} must be a power of two >= 16 dividing K"
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if tuple(t.shape) != tuple(scale_shape):
+            return f"{name} must be {list(scale_shape)}, got {list(t.shape)}"
+    if bias is not None and bias.shape != (n,):
+        return f"bias must be [{n}]"
+    return None
+
+
 # ---- programmatic dependent launch (Hopper) -----------------------------------------------------
 # In a CUDA graph the decode kernels run back to back, each waiting for the previous one to finish
 # and then paying its own launch (block scheduling, prologue: ~1-2 us each, ~100 per 1B step).

@@ -37,7 +37,8 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton import int4_gemv, int4_gemv_fma
-from autodeploy.backends.triton._common import dot_precision, num_sms, rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import (dot_precision, int4_operands_problem, num_sms, rows_of,
+                                                unsupported_device_or_dtype)
 
 
 @triton.jit
@@ -106,17 +107,8 @@ def unsupported_reason(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         return "qweight must be a [N, K/2] uint8 tensor"
     n, half_k = qweight.shape
-    if x.shape[-1] != 2 * half_k:
-        return f"x has {x.shape[-1]} input channels, the weight {2 * half_k}"
-    if group_size < 16 or group_size & (group_size - 1) or (2 * half_k) % group_size:
-        return f"group size {group_size} must be a power of two >= 16 dividing K"
-    groups = 2 * half_k // group_size
-    for name, t in (("scales", scales), ("zeros", zeros)):
-        if t.shape != (n, groups):
-            return f"{name} must be [{n}, {groups}], got {list(t.shape)}"
-    if bias is not None and bias.shape != (n,):
-        return f"bias must be [{n}]"
-    return None
+    k = 2 * half_k
+    return int4_operands_problem(x, k, n, group_size, scales, zeros, (n, k // max(1, group_size)), bias)
 
 
 def supports(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bias: Optional[Tensor] = None,

@@ -29,7 +29,8 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton import int4_kmajor_gemv
-from autodeploy.backends.triton._common import dot_precision, num_sms, rows_of, unsupported_device_or_dtype
+from autodeploy.backends.triton._common import (dot_precision, int4_operands_problem, num_sms, rows_of,
+                                                unsupported_device_or_dtype)
 
 
 @triton.jit
@@ -82,16 +83,7 @@ def unsupported_reason(x: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: 
         return "qweight_t must be a [K/8, N] int32 tensor"
     k_words, n = qweight_t.shape
     k = 8 * k_words
-    if x.shape[-1] != k:
-        return f"x has {x.shape[-1]} input channels, the weight {k}"
-    if group_size < 16 or group_size & (group_size - 1) or k % group_size:
-        return f"group size {group_size} must be a power of two >= 16 dividing K"
-    for name, t in (("scales_t", scales_t), ("zeros_t", zeros_t)):
-        if t.shape != (k // group_size, n):
-            return f"{name} must be [{k // group_size}, {n}], got {list(t.shape)}"
-    if bias is not None and bias.shape != (n,):
-        return f"bias must be [{n}]"
-    return None
+    return int4_operands_problem(x, k, n, group_size, scales_t, zeros_t, (k // max(1, group_size), n), bias)
 
 
 def supports(x: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bias: Optional[Tensor] = None,
