@@ -23,9 +23,10 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 export TORCHINDUCTOR_CACHE_DIR=/tmp/adc/i TRITON_CACHE_DIR=/tmp/adc/t
 nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader | tee "$L/env.txt"
 T=${BUDGET_S:-585}
+R=${RECIPE:-h100}  # the recipe of every stage: RECIPE=h200 on the H200 kinds
 AD="python3 -m autodeploy bench"
-B1=(random:llama-3.2-1b --recipe h100 --input-len 128 --output-len 256)
-B8=(random:llama-3.1-8b --recipe h100 --batch-sizes 1 --input-len 128 --output-len 256 --no-baselines
+B1=(random:llama-3.2-1b --recipe $R --input-len 128 --output-len 256)
+B8=(random:llama-3.1-8b --recipe $R --batch-sizes 1 --input-len 128 --output-len 256 --no-baselines
     --set runtime.max_batch_size=1 --set runtime.max_seq_len=512 --set runtime.max_num_tokens=512
     --set "runtime.cuda_graph_batch_sizes=[1]" --set runtime.kv_memory_gb=1)
 
@@ -49,7 +50,7 @@ stage_bench_1b_nocompile() { $AD "${B1[@]}" --batch-sizes 1,16 --no-baselines --
 stage_bench_1b_warm() { $AD "${B1[@]}" --batch-sizes 1 --output-len 32 --no-baselines --json "$OUT/bench_1b_warm.json"; }
 stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf --serve-input-len 128 \
   --serve-output-len 128 --no-baselines --json "$OUT/bench_serve.json"; }
-stage_quant() { python3 benchmarks/quant_gpu.py --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" --input-len 128 \
+stage_quant() { python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" --input-len 128 \
   --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" ${QUANT_SET:+--set "$QUANT_SET"} --json "$OUT/quant_8b.json"; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
 # the K-major INT4 GEMV's default and neighbours on the 8B weights, beside cuBLAS bf16 and the half-split FMA GEMV
@@ -58,32 +59,35 @@ stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm 
 stage_kmajor_tests() { python3 -m pytest -q -x tests/gpu/test_int4_kmajor.py tests/backends/triton/test_int4_kmajor_gemv.py \
   tests/backends/triton/test_int4_kmajor_gemm.py; }
 # 8B batch-1 decode: INT4 on the half-split kernels vs repacked K-major (h100 recipe + overrides, as stage quant)
-stage_quant_kmajor() { python3 benchmarks/quant_gpu.py --variants int4,int4_kmajor --input-len 128 \
+stage_quant_kmajor() { python3 benchmarks/quant_gpu.py --recipe $R --variants int4,int4_kmajor --input-len 128 \
   --output-len 256 --budget-s "$1" --timeout-s 200 --json "$OUT/quant_kmajor.json"; }
-P8=(--source random:llama-3.1-8b --batch 1 --steps 30)
-stage_profile_fp8() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_fp8.enabled=true; }
+P8=(--source random:llama-3.1-8b --recipe $R --batch 1 --steps 30)
+stage_profile_fp8() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_fp8.enabled=true \
+  --set "transforms.quantize_fp8.exclude=[]"; }
+stage_profile_int4_kmajor() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_int4_weight_only.enabled=true \
+  --set transforms.quantize_int4_weight_only.group_size=128 --set transforms.repack_int4_kmajor.enabled=true; }
 stage_profile_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_int4_weight_only.enabled=true \
   --set transforms.quantize_int4_weight_only.group_size=128; }
-stage_profile_1b() { python3 benchmarks/profile_decode.py --batch 1 --steps 100; }
-stage_parity_pdl() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 \
+stage_profile_1b() { python3 benchmarks/profile_decode.py --recipe $R --batch 1 --steps 100; }
+stage_parity_pdl() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 \
   --json "$OUT/parity_pdl.json"; }
 # the captured-as-is path (no Inductor) with PDL: tokens against the CPU reference, then 1B batch 1
-stage_parity_nocompile() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --archs llama,gemma2 --tokens 32 \
+stage_parity_nocompile() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --recipe $R --archs llama,gemma2 --tokens 32 \
   --set runtime.torch_compile=false --json "$OUT/parity_nocompile.json"; }
 stage_bench_1b_pdl_nocompile() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1 --no-baselines --set runtime.torch_compile=false \
   --json "$OUT/bench_1b_pdl_nocompile.json"; }
 # every op on its Triton kernel (no autotuning: the tuner times ops one at a time, where PDL's overlap never shows)
 stage_bench_1b_pdl_notune() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1,16 --no-baselines --no-autotune \
   --set runtime.torch_compile=false --json "$OUT/bench_1b_pdl_notune.json"; }
-stage_gpu_tests() { python3 -m pytest -q -x tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
-stage_parity() { python3 benchmarks/greedy_parity.py --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
+stage_gpu_tests() { python3 -m pytest -q --maxfail=15 tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
+stage_parity() { python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
 run_stage() {  # name gpus limit
   local name=$1 gpus=$2 limit=$3 t0=$SECONDS
   declare -F "stage_$name" > /dev/null || { echo "$name: unknown stage"; return; }
   local devs; devs=$(echo "$gpus" | sed 's/./&,/g; s/,$//')
   CUDA_VISIBLE_DEVICES=$devs AUTODEPLOY_CACHE=/tmp/adc${gpus:0:1} \
-    timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 P8 OUT L 2>/dev/null); \
+    timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 P8 OUT L R 2>/dev/null); \
       stage_$name $limit" > "$L/$name.log" 2>&1
   echo "$name@$gpus rc=$? $((SECONDS - t0))s"
 }
