@@ -27,6 +27,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from autodeploy.graph_capture import capture
+
 log = logging.getLogger(__name__)
 
 Inputs = tuple[Any, ...]
@@ -71,12 +73,9 @@ def _graphed(fn: Callable[[], Any], device: torch.device, inner: int) -> Callabl
         with torch.cuda.stream(side):
             fn()
         torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(inner):
-                fn()
+        graph, _ = capture(lambda: [fn() for _ in range(inner)], device)
         return graph.replay
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001  (capture() has released the random generator)
         torch.cuda.synchronize(device)
         return None
 

@@ -20,6 +20,9 @@ def test_time_callable_replays_graphs_and_falls_back_for_host_syncs():
     graphed = time_callable(lambda: a @ a, "cuda", warmup=2, reps=5)
     syncing = time_callable(lambda: (a @ a).sum().item(), "cuda", warmup=2, reps=5)  # not capturable
     assert 0 < graphed < 1e-2 and 0 < syncing < 1e-1
+    # the failed capture must not leave the CUDA generator in capture mode (autodeploy/graph_capture.py)
+    assert torch.randn(4, device="cuda").isfinite().all()
+    assert torch.multinomial(torch.ones(8, device="cuda"), 1).item() < 8
 
 
 def test_autotuner_times_triton_and_torch_rmsnorm(tmp_path):

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from autodeploy.graph_capture import capture
 from autodeploy.runtime.compile.buckets import bucket_for, is_decode_only, normalize_buckets
 from autodeploy.runtime.compile.fallbacks import register_fallbacks
 from autodeploy.runtime.compile.metadata import MetadataBuffers, PackedStep
@@ -195,9 +196,7 @@ class CompiledModel:
                     for _ in range(2):
                         self._run(packed.info)
                 torch.cuda.current_stream(self.device).wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    logits = self._run(packed.info)
+                graph, logits = capture(lambda: self._run(packed.info), self.device, pool=pool, stream=stream)
                 self.graphs[B] = _Captured(graph, logits)
             except Exception as e:  # e.g. an op that syncs with the host: that bucket runs uncaptured
                 log.warning("CUDA graph capture of decode batch %d failed (%s): it runs without a graph",
