@@ -52,6 +52,10 @@ stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf
   --serve-output-len 128 --no-baselines --json "$OUT/bench_serve.json"; }
 stage_quant() { python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" --input-len 128 \
   --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" ${QUANT_SET:+--set "$QUANT_SET"} --json "$OUT/quant_8b.json"; }
+# the same without the PDL weight prefetch (backends/triton/_common.py), for an A/B in one call
+stage_quant_nopf() { AUTODEPLOY_PDL_PREFETCH=0 python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" \
+  --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nopf.json"; }
+stage_bench_1b_nopf() { AUTODEPLOY_PDL_PREFETCH=0 $AD "${B1[@]}" --batch-sizes 1 --no-baselines --json "$OUT/bench_1b_nopf.json"; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
 # the K-major INT4 GEMV's default and neighbours on the 8B weights, beside cuBLAS bf16 and the half-split FMA GEMV
 stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 "int4 fma" "int4 kmaj" \
@@ -68,6 +72,10 @@ stage_profile_int4_kmajor() { python3 benchmarks/profile_decode.py "${P8[@]}" --
   --set transforms.quantize_int4_weight_only.group_size=128 --set transforms.repack_int4_kmajor.enabled=true; }
 stage_profile_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_int4_weight_only.enabled=true \
   --set transforms.quantize_int4_weight_only.group_size=128; }
+# per-kernel times of the K-major INT4 step without PDL (with it, a kernel's time includes its wait)
+stage_profile_int4_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}" \
+  --set transforms.quantize_int4_weight_only.enabled=true --set transforms.quantize_int4_weight_only.group_size=128 \
+  --set transforms.repack_int4_kmajor.enabled=true; }
 stage_profile_1b() { python3 benchmarks/profile_decode.py --recipe $R --batch 1 --steps 100; }
 stage_parity_pdl() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 \
   --json "$OUT/parity_pdl.json"; }
@@ -106,6 +114,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp2 tp2_nccl quant quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in oneshot tp2 tp2_nccl quant quant_nopf quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

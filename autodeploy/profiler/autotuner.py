@@ -59,9 +59,10 @@ def device_key(device: torch.device | str = "cpu") -> str:
         triton_v = "none"
     key = f"{gpu} | torch {torch.__version__} | triton {triton_v}"
     if triton_v != "none" and device.type == "cuda":
-        from autodeploy.backends.triton._common import pdl_enabled
+        from autodeploy.backends.triton._common import pdl_enabled, pdl_prefetch_enabled
 
         key += " | pdl" if pdl_enabled(device) else ""
+        key += " prefetch" if pdl_prefetch_enabled(device) else ""
     return key
 
 

@@ -14,6 +14,7 @@ Each case names a kernel, its pointer dtypes and its constexprs; other arguments
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 
@@ -37,6 +38,9 @@ def _signature(kernel, ptrs: dict, consts: dict, floats: tuple) -> dict:
 
 
 def compile_case(kernel, ptrs: dict, consts: dict, floats=(), warps=4, stages=3, cc=90):
+    # constexpr parameters with defaults (PDL, PF_LINES, ...) take them, as a launch that omits them does
+    consts = {**{p.name: p.default for p in kernel.params
+                 if p.is_constexpr and p.default is not inspect.Parameter.empty}, **consts}
     src = ASTSource(fn=kernel, signature=_signature(kernel, ptrs, consts, floats), constexprs=consts)
     return triton.compile(src, target=GPUTarget("cuda", cc, 32), options=dict(num_warps=warps, num_stages=stages))
 
@@ -119,6 +123,8 @@ def pdl_cases():
     km = dict(x_ptr=bf, qw_ptr="i32", s_ptr=bf, z_ptr=bf, bias_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32")
     yield "int4_kmajor_gemv pdl", int4_kmajor_gemv._int4_kmajor_gemv_kernel, km, \
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True), (), 1
+    yield "int4_kmajor_gemv pdl prefetch", int4_kmajor_gemv._int4_kmajor_gemv_kernel, km, \
+        dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
     for residual in (False, True):
         yield f"rmsnorm pdl residual={residual}", rmsnorm._rmsnorm_kernel, \
             dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, res_out_ptr=bf), \
@@ -141,6 +147,7 @@ def pdl_cases():
     c = dict(BM=16, BN=64, BK=512, AMAX_BLOCK=4096, X_MODE=2, FP8_DOT=True, PER_TENSOR=False, PARTIAL=False,
              HAS_BIAS=False, EXACT=False, PRECISION="tf32", PDL=True)
     yield "fp8_gemv pdl", fp8_gemv._fp8_gemv_kernel, f8, c, (), 3
+    yield "fp8_gemv pdl prefetch", fp8_gemv._fp8_gemv_kernel, f8, dict(c, PF_LINES=4, PF_STEP=128), (), 3
     from autodeploy.backends.triton import gated_linear, linear
 
     g = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
@@ -149,6 +156,9 @@ def pdl_cases():
                  UNIT_OFFSET=False, PDL=True)
         yield f"linear pdl norm={norm}", linear._linear_kernel, g, c, ("eps",), 3
         yield f"gated_linear pdl norm={norm}", gated_linear._gated_linear_kernel, g, dict(c, ACT=0), ("eps",), 3
+        pf = dict(c, PF_LINES=4, PF_STEP=64)
+        yield f"linear pdl prefetch norm={norm}", linear._linear_kernel, g, pf, ("eps",), 3
+        yield f"gated_linear pdl prefetch norm={norm}", gated_linear._gated_linear_kernel, g, dict(pf, ACT=0), ("eps",), 3
     yield "sum_splits pdl", linear._sum_splits_kernel, dict(part_ptr="fp32", bias_ptr=bf, out_ptr=bf), \
         dict(BLOCK=1024, HAS_BIAS=False, PDL=True), (), 1
     yield "fp8 quantize_rows pdl", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \

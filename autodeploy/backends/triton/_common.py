@@ -129,9 +129,43 @@ def pdl_launch(device: torch.device) -> dict:
     return {"launch_pdl": True} if pdl_enabled(device) else {}
 
 
+# ---- weight prefetch while the previous kernel finishes (PDL only) ------------------------------------
+# A GEMV program's first weight tile is a DRAM round trip (~1 us) that it used to start only after
+# griddepcontrol.wait, i.e. with the memory system idle between two kernels of the step. Weights are
+# never written during a step, so a PDL GEMV asks L2 for its first tiles before it waits: the lines
+# arrive during its predecessor's tail, and its first loads hit L2. Only read-only weights are
+# prefetched; x, outputs, partials and tickets are still touched after the wait. Launchers pass
+# PF_LINES (128-byte lines per weight row; 0 = off, as in the interpreter or without PDL) and PF_STEP
+# (elements per line). AUTODEPLOY_PDL_PREFETCH=0 turns it off (the autotune key records it).
+
+
+def pdl_prefetch_enabled(device: torch.device) -> bool:
+    return pdl_enabled(device) and os.environ.get("AUTODEPLOY_PDL_PREFETCH", "1") == "1"
+
+
+def pdl_prefetch_meta(device: torch.device, row_elems: int, element_size: int, max_lines: int = 4) -> dict:
+    """PF_LINES / PF_STEP for a kernel prefetching the first `row_elems` elements of each weight row."""
+    step = 128 // element_size
+    lines = min(max_lines, max(1, row_elems // step)) if pdl_prefetch_enabled(device) else 0
+    return dict(PF_LINES=triton.next_power_of_2(lines) if lines else 0, PF_STEP=step)
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """Ask L2 for the 128-byte line of each pointer: no registers, no wait, no fault on the load path."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def prefetch_rows(row_ptrs, PF_LINES: tl.constexpr, PF_STEP: tl.constexpr):
+    """row_ptrs [R] (each a valid row start): the first PF_LINES lines of every row into L2 (PF_LINES > 0)."""
+    prefetch_l2(row_ptrs[:, None] + (tl.arange(0, PF_LINES) * PF_STEP)[None, :])
+
+
 @triton.jit
 def pdl_wait_and_release(PDL: tl.constexpr):
-    """First statement of a PDL kernel: let the next kernel launch, wait for the previous one."""
+    """First statement of a PDL kernel (after its weight prefetch, if any): let the next kernel launch,
+    wait for the previous one."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()

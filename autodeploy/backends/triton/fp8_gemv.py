@@ -46,7 +46,8 @@ from torch import Tensor
 
 import autodeploy.backends.torch.quant_linear  # noqa: F401  (autodeploy::fp8_linear, the fallback)
 from autodeploy.backends.triton._common import (DTYPES, interpreted, num_sms, pdl_enabled, pdl_launch,
-                                                pdl_wait_and_release, rows_of, unsupported_device_or_dtype)
+                                                pdl_prefetch_meta, pdl_wait_and_release, prefetch_rows, rows_of,
+                                                unsupported_device_or_dtype)
 from autodeploy.backends.triton.linear import split_k, sum_splits
 from autodeploy.quantization import fp8 as fp8_q
 
@@ -116,8 +117,8 @@ def _fp8_gemv_kernel(
     X_MODE: tl.constexpr,  # 0: x as is (weight-only FP8); 1: quantize x here; 2: x is e4m3 with scales xs
     FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EXACT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
+    PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 128,
 ):
-    pdl_wait_and_release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -127,6 +128,9 @@ def _fp8_gemv_kernel(
     mask_n = rn < N
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    if PF_LINES > 0:  # weights only, before the wait (_common.py: weight prefetch)
+        prefetch_rows(w_ptr + tl.minimum(rn, N - 1).to(tl.int64) * stride_wn + k_start, PF_LINES, PF_STEP)
+    pdl_wait_and_release(PDL)
     x_rows = x_ptr + rm[:, None] * stride_xm  # [BM, 1]
 
     if X_MODE == 1:  # per-token scales over whole rows (every program: x is a few KB, from L2)
@@ -322,7 +326,8 @@ def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Ten
     meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=_amax_block(k), X_MODE=x_mode,
                 PER_TENSOR=_per_tensor(weight_scale, n), PARTIAL=split > 1, HAS_BIAS=bias is not None,
                 EXACT=interpreted(), PRECISION="ieee" if out_dtype == torch.float32 else "tf32",
-                PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device))
+                PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device),
+                **pdl_prefetch_meta(device, cfg["bk"], weight.element_size()))
     grid = (triton.cdiv(n, cfg["bn"]), split)
     try:
         _fp8_gemv_kernel[grid](*args, FP8_DOT=fp8_dot, **meta)

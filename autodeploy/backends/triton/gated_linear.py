@@ -34,7 +34,8 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton import gated_mlp, linear
-from autodeploy.backends.triton._common import dot_precision, num_sms, pdl_enabled, pdl_launch, pdl_wait_and_release
+from autodeploy.backends.triton._common import (dot_precision, num_sms, pdl_enabled, pdl_launch, pdl_prefetch_meta,
+                                                pdl_wait_and_release, prefetch_rows)
 from autodeploy.backends.triton.gated_mlp import ACTIVATIONS, activate
 from autodeploy.backends.triton.linear import (KINDS, MAX_ROWS, gemv_acc_init, gemv_acc_rows, gemv_rows, gemv_step,
                                                norm_problem, norm_prologue, normed_tile, shaped)
@@ -50,8 +51,8 @@ def _gated_linear_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr, ACT: tl.constexpr,
     PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
     NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, PDL: tl.constexpr = False,
+    PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 64,
 ):
-    pdl_wait_and_release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -60,6 +61,11 @@ def _gated_linear_kernel(
     mask_m = rm < M
     mask_n = rn < I
     k_start = pid_k * K_PER_SPLIT
+    if PF_LINES > 0:  # weights only, before the wait (_common.py: weight prefetch)
+        last = tl.minimum(rn, I - 1).to(tl.int64) * stride_wn + k_start
+        prefetch_rows(w_ptr + last, PF_LINES, PF_STEP)
+        prefetch_rows(w_ptr + last + I * stride_wn, PF_LINES, PF_STEP)
+    pdl_wait_and_release(PDL)
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
     if NORM:  # every program takes the rows' statistics over all of K; program (0, 0) writes x + residual
         rstd = norm_prologue(x_ptr, res_ptr, res_out_ptr, rm, M, K, stride_xm, eps, pid_n + pid_k, BM, BK)
@@ -183,6 +189,7 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, act: str = 
         PARTIAL=split > 1, HAS_BIAS=has_bias, PRECISION=dot_precision(x.dtype),
         NORM=norm is not None, UNIT_OFFSET=bool(norm[3]) if norm is not None else False,
         PDL=pdl_enabled(x.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device),
+        **pdl_prefetch_meta(x.device, cfg["bk"], weight.element_size()),
     )
     if split > 1:
         block = 1024

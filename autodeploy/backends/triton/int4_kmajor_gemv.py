@@ -56,8 +56,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import (pdl_enabled, pdl_launch, pdl_wait_and_release, tickets,
-                                                unsupported_device_or_dtype)
+from autodeploy.backends.triton._common import (pdl_enabled, pdl_launch, pdl_prefetch_enabled, pdl_wait_and_release,
+                                                tickets, unsupported_device_or_dtype)
 from autodeploy.backends.triton.int4_gemv_fma import MAGIC_BITS, _codes
 
 MAX_ROWS = 4  # one FFMA per weight and row: beyond ~4 rows the tl.dot GEMM (int4_kmajor_gemm.py) wins
@@ -113,10 +113,8 @@ def _int4_kmajor_gemv_kernel(
     M, N, GROUPS_PER_SPLIT, N_GROUPS, magic,
     stride_xm, stride_qw, stride_sg, stride_zg, stride_om,
     ROWS: tl.constexpr, GW: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr,
-    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
+    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False,
 ):
-    # first: no load or store (tickets included) before the previous kernel of the stream has completed
-    pdl_wait_and_release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     STEPS: tl.constexpr = GW // BW  # steps per group
@@ -132,7 +130,13 @@ def _int4_kmajor_gemv_kernel(
     acc1 = tl.zeros((BN,), dtype=tl.float32)
     acc2 = tl.zeros((BN,), dtype=tl.float32)
     acc3 = tl.zeros((BN,), dtype=tl.float32)
-    word = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
+    # the split's first words are read-only weights: with PREFETCH they are loaded before the wait (during
+    # the previous kernel's tail, _common.py: weight prefetch); x, out, partials and tickets only after it
+    if PREFETCH:
+        word = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
+    pdl_wait_and_release(PDL)
+    if not PREFETCH:
+        word = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
     for g in range(g_start, g_end):
         s = tl.load(s_ptr + g * stride_sg + rn, mask=mask_n, other=0.0).to(tl.float32)  # [BN]
         z = tl.load(z_ptr + g * stride_zg + rn, mask=mask_n, other=0.0).to(tl.float32)
@@ -238,6 +242,7 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
         m, n, cfg["groups_per_split"], k // group_size, MAGIC_BITS,
         x2.stride(0), qweight_t.stride(0), scales_t.stride(0), zeros_t.stride(0), out.stride(0),
         ROWS=m, GW=group_size // 8, BN=cfg["bn"], BW=cfg["bw"], SPLIT=split, HAS_BIAS=bias is not None,
-        PDL=pdl_enabled(x2.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x2.device),
+        PDL=pdl_enabled(x2.device), PREFETCH=pdl_prefetch_enabled(x2.device), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], **pdl_launch(x2.device),
     )
     return out

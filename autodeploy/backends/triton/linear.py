@@ -45,7 +45,8 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton._common import (DTYPES, dot_precision, num_sms, pdl_enabled, pdl_launch,
-                                                pdl_wait_and_release, rows_of, unsupported_device_or_dtype)
+                                                pdl_prefetch_meta, pdl_wait_and_release, prefetch_rows, rows_of,
+                                                unsupported_device_or_dtype)
 
 MAX_ROWS = 16  # decode batches; the dot kinds pad x to the MMA's 16 rows
 K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
@@ -135,8 +136,8 @@ def _linear_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KIND: tl.constexpr,
     PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
     NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, PDL: tl.constexpr = False,
+    PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 64,
 ):
-    pdl_wait_and_release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -145,6 +146,9 @@ def _linear_kernel(
     mask_m = rm < M
     mask_n = rn < N
     k_start = pid_k * K_PER_SPLIT
+    if PF_LINES > 0:  # weights only, before the wait (_common.py: weight prefetch)
+        prefetch_rows(w_ptr + tl.minimum(rn, N - 1).to(tl.int64) * stride_wn + k_start, PF_LINES, PF_STEP)
+    pdl_wait_and_release(PDL)
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
     if NORM:  # every program takes the rows' statistics over all of K; program (0, 0) writes x + residual
         rstd = norm_prologue(x_ptr, res_ptr, res_out_ptr, rm, M, K, stride_xm, eps, pid_n + pid_k, BM, BK)
@@ -343,6 +347,7 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
         HAS_BIAS=bias is not None, PRECISION=dot_precision(x.dtype),
         NORM=norm is not None, UNIT_OFFSET=bool(norm[3]) if norm is not None else False,
         PDL=pdl_enabled(x.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device),
+        **pdl_prefetch_meta(x.device, cfg["bk"], weight.element_size()),
     )
     if split > 1:
         sum_splits(dest, bias, out)
