@@ -276,6 +276,8 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
         return torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device))
     if not quantize_input:
+        if x2.element_size() == 4 and not config:  # fp32 tl.dot: the weight tile is staged as fp32 (4x its
+            cfg = normalized(dict(cfg, bk=min(cfg["bk"], 128)), m, n, k)  # bytes); BK 512 needed 256 KB of smem
         out = _gemv(x2, x2, 0, weight, weight_scale, bias, x.dtype, cfg, config is not None)
     elif cfg["x_prologue"]:
         xq, xs = quantize_rows(x2)  # [M, K] e4m3, [M] fp32
