@@ -96,7 +96,8 @@ def test_decoder_sites(dtype):
     for node in nodes_of(gm, ACT_FP8):
         gate, up, act, w, s, b, q = node.args
         assert act == "silu" and b is None and q is True
-        assert w.op == s.op == "get_attr" and w.meta["val"].dtype == torch.float8_e4m3fn and w.meta["val"].shape == (H, 96)
+        assert w.op == s.op == "get_attr" and w.meta["val"].dtype == torch.float8_e4m3fn
+        assert w.meta["val"].shape == (H, 96)  # [N, F]: the down projection's
         split = gate.args[0]  # gate and up: the halves of the gate_up fp8_linear's split, as they were
         assert gate.args[1] == 0 and up.args == (split, 1) and split.target is aten.split_with_sizes.default
         assert node.meta["val"].shape[-1] == H

@@ -119,7 +119,8 @@ def test_unsupported_calls_take_the_unfused_path():
     assert not fused.supports(gate, up[:1], "silu", w, s, b)  # up must have gate's shape
     assert not fused.supports(gate, up, "relu", w, s, b)
     for scale, quantize_input in cases:
-        assert_close(OP(gate, up, "gelu", w, scale, b, quantize_input), REF(gate, up, "gelu", w, scale, b, quantize_input))
+        args = (gate, up, "gelu", w, scale, b, quantize_input)
+        assert_close(OP(*args), REF(*args))
 
 
 @pytest.mark.parametrize("op", [fused.ACT_FP8_GEMV, fused.ACT_SCALED_MM], ids=["act+gemv", "act+scaled_mm"])
