@@ -9,6 +9,8 @@
     torch.ops.autodeploy.add_rmsnorm_gated_linear(..., weight_gate_up, bias, act)
     torch.ops.autodeploy.add_rmsnorm_fp8_linear(..., weight e4m3, weight_scale, bias, quantize_input)
                                    (the three from transforms/fuse_norm_into_gemv.py)
+    torch.ops.autodeploy.gated_act_fp8_linear(gate, up, act, weight e4m3, weight_scale, bias, quantize_input)
+                                   (from transforms/fuse_act_into_fp8_gemv.py)
 
 `bound_args(node)` reads a canonical op node's arguments by schema name (defaults filled in), so
 later transforms never reach into `node.args[3]`.

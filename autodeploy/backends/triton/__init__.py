@@ -33,6 +33,10 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::add_rmsnorm_fp8_linear -> autodeploy::triton_add_rmsnorm_fp8_linear  add_rmsnorm_fp8_linear.py
                                      (up to 16 rows: add + RMSNorm + per-token e4m3 quantization in one
                                      kernel, then fp8_gemv.py's GEMV; the unfused pairs beside it)
+    autodeploy::gated_act_fp8_linear -> autodeploy::triton_gated_act_fp8_linear  gated_act_fp8_linear.py
+                                     (up to 16 rows: act(gate) * up + per-token e4m3 quantization in one
+                                     kernel, then fp8_gemv.py's GEMV; the canonical op comes from
+                                     transforms/fuse_act_into_fp8_gemv.py; the unfused pairs beside it)
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
@@ -54,7 +58,7 @@ from typing import Any, Callable
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
 from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, int4_kmajor_gemm, linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_linear, gated_linear  # noqa: F401
-from autodeploy.backends.triton import add_rmsnorm_fp8_linear  # noqa: F401
+from autodeploy.backends.triton import add_rmsnorm_fp8_linear, gated_act_fp8_linear  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -107,4 +111,6 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "add_rmsnorm_fp8_linear": lambda x, residual, norm_weight, eps, offset, weight, weight_scale, bias=None,
         quantize_input=True, *a, **kw: add_rmsnorm_fp8_linear.supports(x, residual, norm_weight, weight, weight_scale,
                                                                        bias, quantize_input),
+    "gated_act_fp8_linear": lambda gate, up, act, weight, weight_scale, bias=None, quantize_input=True, *a, **kw:
+        gated_act_fp8_linear.supports(gate, up, act, weight, weight_scale, bias, quantize_input),
 }
