@@ -32,6 +32,8 @@ VARIANTS: dict[str, list[str]] = {
     "fp8_noactfold": ["transforms.quantize_fp8.enabled=true", "transforms.fuse_act_into_fp8_gemv.enabled=false"],
     # lm_head in FP8 too (the GEMV bench: 3.57 -> 3.36 ms of the 8B step's GEMMs)
     "fp8_lm_head": ["transforms.quantize_fp8.enabled=true", "transforms.quantize_fp8.exclude=[]"],
+    "fp8_lm_head_noactfold": ["transforms.quantize_fp8.enabled=true", "transforms.quantize_fp8.exclude=[]",
+                              "transforms.fuse_act_into_fp8_gemv.enabled=false"],
     "int4": ["transforms.quantize_int4_weight_only.enabled=true", "transforms.quantize_int4_weight_only.group_size=128"],
     # lm_head (1 GB of bf16 on the 8B shape) quantized too: a quarter of the bytes per step
     # the K-major layout for the decode GEMV (transforms/repack_int4_kmajor.py; recipes/h100-int4.yaml has it on)
