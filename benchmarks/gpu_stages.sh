@@ -56,6 +56,14 @@ stage_quant() { python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_
 stage_quant_nopf() { AUTODEPLOY_PDL_PREFETCH=0 python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" \
   --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nopf.json"; }
 stage_bench_1b_nopf() { AUTODEPLOY_PDL_PREFETCH=0 $AD "${B1[@]}" --batch-sizes 1 --no-baselines --json "$OUT/bench_1b_nopf.json"; }
+# the FP8 GEMV alone at the 8B weights (M = 1): default, tiles and K splits merged in the launch, beside cuBLAS bf16
+stage_gemv_fp8() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 "fp8 gemv" \
+  --budget-s $(( $1 - 20 )) --json "$OUT/gemv_fp8.json"; }
+# FP8 decode without the in-launch K split of fp8_gemv.launch_config (A/B against stage quant)
+stage_quant_nosplit() { AUTODEPLOY_FP8_SPLITK=0 python3 benchmarks/quant_gpu.py --recipe $R --variants fp8_lm_head \
+  --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nosplit.json"; }
+stage_fp8_tests() { python3 -m pytest -q tests/gpu/test_quant_gemv.py tests/gpu/test_add_rmsnorm_fp8_linear.py \
+  tests/gpu/test_gated_act_fp8_linear.py tests/gpu/test_quant_gpu.py; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
 # the K-major INT4 GEMV's default and neighbours on the 8B weights, beside cuBLAS bf16 and the half-split FMA GEMV
 stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 "int4 fma" "int4 kmaj" \
@@ -114,6 +122,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp2 tp2_nccl quant quant_nopf quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in oneshot tp2 tp2_nccl quant quant_nopf quant_nosplit fp8_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

@@ -66,6 +66,8 @@ GROUP = 128
 CALLS = SWEEP_CALLS  # graph_us captures this many calls
 # neighbours of the defaults: (BN, BK, num_warps, num_stages)
 FP8_TILES = [(16, 256, 4, 6), (32, 256, 4, 5), (64, 256, 4, 4), (32, 512, 4, 3), (64, 512, 4, 3), (128, 256, 8, 3)]
+FP8_SPLIT_TILES = [(64, 256, 4, 4), (64, 512, 4, 3), (32, 256, 4, 4)]
+FP8_SPLITS = (1, 2, 3, 4, 6, 8)
 INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4), (16, 128, 4, 12),
               (32, 128, 4, 10), (64, 128, 8, 6)]
 # int4 fma: (BN, BK bytes per row per step, num_warps, split); each compiled to SASS without shared-memory
@@ -184,6 +186,12 @@ def _fp8_variants(case: Case, x, w, sms: int) -> None:
     for bn, bk, warps, stages in FP8_TILES:
         cfg = dict(bn=bn, bk=bk, split=1, num_warps=warps, num_stages=stages, x_prologue=default["x_prologue"])
         variants.append((_fp8_label(cfg), cfg, True))
+    # K splits merged in the launch (fp8_gemv.py's tickets), beside the default's own split
+    for bn, bk, warps, stages in FP8_SPLIT_TILES:
+        for split in FP8_SPLITS:
+            if split != default["split"] and k // bk >= 2 * split:
+                cfg = dict(bn=bn, bk=bk, split=split, num_warps=warps, num_stages=stages, x_prologue=default["x_prologue"])
+                variants.append((_fp8_label(cfg), cfg, True))
     for label, cfg, optional in variants:
         case.time("fp8 gemv", label, lambda i, cfg=cfg: fp8_gemv.launch(x, w8s[i], s8, None, True, cfg),
                   truth, nb, cp, optional)

@@ -73,13 +73,18 @@ def cases():
         c = dict(BM=16, BN=bn, BK=256, KIND=2, ACT=0, PARTIAL=False, HAS_BIAS=False, PRECISION="tf32",
                  NORM=norm, UNIT_OFFSET=False)
         yield f"gated_linear bn={bn} norm={norm}", gated_linear._gated_linear_kernel, g, c, ("eps",), 3
-    f8 = dict(x_ptr=bf, xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr=bf, out_ptr=bf)
+    f8 = dict(x_ptr=bf, xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr=bf, out_ptr=bf, part_ptr="fp32",
+              ticket_ptr="i32")
     for mode in (0, 1, 2):
         for fp8_dot in (True, False):
             xp = dict(f8, x_ptr="fp8e4nv") if mode == 2 else f8
             c = dict(BM=16, BN=32, BK=256, AMAX_BLOCK=4096, X_MODE=mode, FP8_DOT=fp8_dot, PER_TENSOR=False,
                      PARTIAL=False, HAS_BIAS=False, EXACT=False, PRECISION="tf32")
             yield f"fp8_gemv mode={mode} fp8_dot={fp8_dot}", fp8_gemv._fp8_gemv_kernel, xp, c, (), 3
+    # split K merged in the launch (tickets), at the default of 8B down / o: BN 64, BK 256, 4 stages
+    c = dict(BM=16, BN=64, BK=256, AMAX_BLOCK=4096, X_MODE=2, FP8_DOT=True, PER_TENSOR=False, PARTIAL=True,
+             HAS_BIAS=True, EXACT=False, PRECISION="tf32")
+    yield "fp8_gemv split merged", fp8_gemv._fp8_gemv_kernel, dict(f8, x_ptr="fp8e4nv"), c, (), 4
     yield "fp8 quantize_rows", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False), (), 1
     # add + RMSNorm + e4m3 quantization (add_rmsnorm_fp8_linear.py) at 8B's K = 4096 (8 warps, as the norm
@@ -154,12 +159,13 @@ def pdl_cases():
     yield "paged decode", paged_attention_decode._decode_kernel, ptrs, c, ("scale", "softcap"), 2
     from autodeploy.backends.triton import fp8_gemv
 
-    f8 = dict(x_ptr="fp8e4nv", xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr=bf, out_ptr=bf)
+    f8 = dict(x_ptr="fp8e4nv", xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr=bf, out_ptr=bf,
+              part_ptr="fp32", ticket_ptr="i32")
     c = dict(BM=16, BN=64, BK=512, AMAX_BLOCK=4096, X_MODE=2, FP8_DOT=True, PER_TENSOR=False, PARTIAL=False,
              HAS_BIAS=False, EXACT=False, PRECISION="tf32", PDL=True)
     yield "fp8_gemv pdl", fp8_gemv._fp8_gemv_kernel, f8, c, (), 3
     # weight-only FP8 with fp32 x: the fp32 weight tile that fp8_gemv.launch caps at BK 128
-    f32 = dict(x_ptr="fp32", xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr="fp32", out_ptr="fp32")
+    f32 = dict(f8, x_ptr="fp32", bias_ptr="fp32", out_ptr="fp32")
     yield "fp8_gemv weight-only fp32", fp8_gemv._fp8_gemv_kernel, f32, dict(c, BK=128, X_MODE=0, PER_TENSOR=True,
                                                                              PRECISION="ieee"), (), 3
     yield "fp8_gemv pdl prefetch", fp8_gemv._fp8_gemv_kernel, f8, dict(c, PF_LINES=4, PF_STEP=128), (), 3

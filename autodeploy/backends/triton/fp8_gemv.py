@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Optional
 
 import torch
@@ -47,8 +48,8 @@ from torch import Tensor
 import autodeploy.backends.torch.quant_linear  # noqa: F401  (autodeploy::fp8_linear, the fallback)
 from autodeploy.backends.triton._common import (DTYPES, interpreted, num_sms, pdl_enabled, pdl_launch,
                                                 pdl_prefetch_meta, pdl_wait_and_release, prefetch_rows, rows_of,
-                                                unsupported_device_or_dtype)
-from autodeploy.backends.triton.linear import split_k, sum_splits
+                                                tickets, unsupported_device_or_dtype)
+from autodeploy.backends.triton.linear import split_k
 from autodeploy.quantization import fp8 as fp8_q
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BLOCK: tl.constex
 
 @triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
 def _fp8_gemv_kernel(
-    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr,
+    x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,  # PARTIAL only: part_ptr, ticket_ptr
     M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn, stride_om, stride_split,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, AMAX_BLOCK: tl.constexpr,
@@ -168,8 +169,20 @@ def _fp8_gemv_kernel(
     if X_MODE != 0:
         out *= x_scale[:, None]
     mask_o = mask_m[:, None] & mask_n[None, :]
-    if PARTIAL:  # fp32 partials [split, M, N], summed (with the bias) by linear._sum_splits_kernel
-        tl.store(out_ptr + pid_k * stride_split + rm[:, None] * stride_om + rn[None, :], out, mask=mask_o)
+    if PARTIAL:  # fp32 partials [split, M, N]; the n tile's last split to arrive sums them (+ bias) into out
+        o_offs = rm[:, None] * stride_om + rn[None, :]  # [BM, BN]
+        tl.store(part_ptr + pid_k * stride_split + o_offs, out, mask=mask_o)
+        tl.debug_barrier()  # every thread's partial stores precede the ticket's release
+        ticket = tl.atomic_add(ticket_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == tl.num_programs(1) - 1:
+            tl.debug_barrier()
+            total = tl.zeros((BM, BN), dtype=tl.float32)
+            for s in range(0, tl.num_programs(1)):  # in split order: the sum linear._sum_splits_kernel made
+                total += tl.load(part_ptr + s * stride_split + o_offs, mask=mask_o, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptr + o_offs, total.to(out_ptr.dtype.element_ty), mask=mask_o)
+            tl.store(ticket_ptr + pid_n, 0)  # every split has arrived: reset for the next launch
     else:
         if HAS_BIAS:
             out += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -239,17 +252,24 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
     (gate_up 44.3, lm_head 173.5: 3.0 TB/s):
       wide (N / 64 >= 2 SMs)      BN 64, BK 256, 4 stages    gate_up, lm_head
       otherwise                   BN 64, BK 512, 3 stages    qkv, o, down
-    Only very skinny weights (unfused k / v: under a quarter of the SMs busy) split K; qkv's 96
-    and o's 64 tiles ran fastest unsplit.
+    That sweep split K only through a second kernel summing the partials, and unsplit won. Weights
+    with fewer 64-row tiles than SMs (8B qkv 96, o and down 64 on 132 SMs) leave SMs idle, each busy
+    one streaming alone (o at ~1.45 TB/s): now the splits of an n tile merge in the same launch (the
+    last to arrive sums, tickets), so those weights split K to about two programs per SM (BK 256,
+    4 stages: two programs' buffers fit one SM), >= 2 BK steps each. AUTODEPLOY_FP8_SPLITK=0: the
+    unsplit tiles above (for A/B runs).
     """
-    if triton.cdiv(n, 64) >= 2 * sms:
+    bn = 64
+    tiles = triton.cdiv(n, bn)
+    if tiles >= 2 * sms:
         bk, stages = 256, 4
     else:
         bk, stages = 512, 3
-    bn = 64
-    tiles = triton.cdiv(n, bn)
     split = 1
-    if tiles < sms // 4:  # skinny weights: spread K over the idle SMs, >= 4 BK steps each
+    if tiles < sms and os.environ.get("AUTODEPLOY_FP8_SPLITK", "1") == "1":
+        bk, stages = 256, 4
+        split = max(1, min(triton.cdiv(2 * sms, tiles), k // (2 * bk)))
+    elif tiles < sms // 4:  # skinny weights: spread K over the idle SMs, >= 4 BK steps each
         split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
     return normalized(dict(bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages), m, n, k)
 
@@ -321,16 +341,21 @@ def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Ten
     out = torch.empty(m, n, dtype=out_dtype, device=device)  # [M, N]
     weight_scale = weight_scale if weight_scale.is_contiguous() else weight_scale.contiguous()  # [N] / [N, 1] / []
     split = cfg["split"]
-    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=device)  # [S, M, N]
+    tiles = triton.cdiv(n, cfg["bn"])
+    if split > 1:  # merged in the launch by each n tile's last split (tickets): no second kernel
+        part = torch.empty(split, m, n, dtype=torch.float32, device=device)  # [S, M, N]
+        counters = tickets(device, tiles)
+    else:
+        part = counters = out  # unused
     fp8_dot = cfg["fp8_dot"] and not (_FP8_DOT_BROKEN and not explicit)
-    args = (x2, xs, weight, weight_scale, bias if bias is not None else weight_scale, dest,
+    args = (x2, xs, weight, weight_scale, bias if bias is not None else weight_scale, out, part, counters,
             m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
     meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=_amax_block(k), X_MODE=x_mode,
                 PER_TENSOR=_per_tensor(weight_scale, n), PARTIAL=split > 1, HAS_BIAS=bias is not None,
                 EXACT=interpreted(), PRECISION="ieee" if out_dtype == torch.float32 else "tf32",
                 PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device),
                 **pdl_prefetch_meta(device, cfg["bk"], weight.element_size()))
-    grid = (triton.cdiv(n, cfg["bn"]), split)
+    grid = (tiles, split)
     try:
         _fp8_gemv_kernel[grid](*args, FP8_DOT=fp8_dot, **meta)
     except Exception as e:  # noqa: BLE001  (compile errors surface at the first launch)
@@ -340,8 +365,6 @@ def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Ten
                     type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
         _FP8_DOT_BROKEN.append(str(e)[:200])
         _fp8_gemv_kernel[grid](*args, FP8_DOT=False, **meta)
-    if split > 1:
-        sum_splits(dest, bias, out)
     return out
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import autodeploy.ops  # noqa: F401
 from autodeploy.backends.triton import fp8_gemv
+from autodeploy.backends.triton._common import tickets
 from autodeploy.quantization import fp8
 from autodeploy.quantization.metrics import sqnr
 from tests.backends.triton.cases import DEVICE, dtypes, randn
@@ -79,7 +80,9 @@ def test_split_k_partials_sum_to_reference(split, dtype):
     x = _x(3, 320, dtype)
     cfg = fp8_gemv.normalized(_config(split=split), 3, 20, 320)
     assert cfg["split"] == split
-    assert_close(fp8_gemv.launch(x, w, s, b, True, _config(split=split)), _ref(x, w, s, b))
+    for _ in range(2):  # the n tiles' last splits merge in the launch and leave the tickets at zero
+        assert_close(fp8_gemv.launch(x, w, s, b, True, _config(split=split)), _ref(x, w, s, b))
+        assert not tickets(torch.device(DEVICE), 1024)[:1024].any()
 
 
 def test_fbgemm_channel_scale_leading_dims_and_strided_input():
@@ -157,9 +160,23 @@ def test_launch_config_on_an_h100():
     gate_up = fp8_gemv.launch_config(1, 28672, 4096, 132)
     down = fp8_gemv.launch_config(1, 4096, 14336, 132)
     k_proj = fp8_gemv.launch_config(1, 1024, 4096, 132)
-    assert (gate_up["bn"], gate_up["bk"], gate_up["split"]) == (64, 256, 1) and (down["bn"], down["bk"], down["split"]) == (64, 512, 1)
+    o = fp8_gemv.launch_config(1, 4096, 4096, 132)
+    assert (gate_up["bn"], gate_up["bk"], gate_up["split"]) == (64, 256, 1)
+    # fewer 64-row tiles than SMs: K split to ~2 programs per SM, >= 2 BK steps each, merged in the launch
+    assert (down["bn"], down["bk"], down["split"], down["k_per_split"]) == (64, 256, 5, 12 * 256)
+    assert (o["split"], o["k_per_split"]) == (4, 4 * 256)
     assert k_proj["split"] > 1 and k_proj["k_per_split"] % k_proj["bk"] == 0
     assert gate_up["x_prologue"] and down["x_prologue"]  # the prologue won on every 8B weight at M = 1
+
+
+def test_launch_config_without_the_merged_split(monkeypatch):
+    monkeypatch.setenv("AUTODEPLOY_FP8_SPLITK", "0")
+    fp8_gemv.launch_config.cache_clear()
+    try:
+        down = fp8_gemv.launch_config(1, 4096, 14336, 132)
+        assert (down["bn"], down["bk"], down["split"]) == (64, 512, 1)
+    finally:
+        fp8_gemv.launch_config.cache_clear()
 
 
 def test_opcheck_fake():
