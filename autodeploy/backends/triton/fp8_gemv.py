@@ -252,12 +252,12 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
     (gate_up 44.3, lm_head 173.5: 3.0 TB/s):
       wide (N / 64 >= 2 SMs)      BN 64, BK 256, 4 stages    gate_up, lm_head
       otherwise                   BN 64, BK 512, 3 stages    qkv, o, down
-    That sweep split K only through a second kernel summing the partials, and unsplit won. Weights
-    with fewer 64-row tiles than SMs (8B qkv 96, o and down 64 on 132 SMs) leave SMs idle, each busy
-    one streaming alone (o at ~1.45 TB/s): now the splits of an n tile merge in the same launch (the
-    last to arrive sums, tickets), so those weights split K to about two programs per SM (BK 256,
-    4 stages: two programs' buffers fit one SM), >= 2 BK steps each. AUTODEPLOY_FP8_SPLITK=0: the
-    unsplit tiles above (for A/B runs).
+    That sweep split K only through a second kernel summing the partials, and unsplit won. Now the
+    splits of an n tile merge in the same launch (the last to arrive sums, tickets). The H200 sweep
+    (fifth session, 132 SMs, M = 1) with that: weights with at most half as many 64-row tiles as SMs
+    leave most SMs idle and gain from ~2 programs per SM, BK 256: down (64 tiles) 19.6 us at split 4
+    vs 23.3 unsplit, o 8.1 vs 8.6; qkv (96 tiles) lost at every split (10.5 unsplit, 11.1-14.3 split).
+    AUTODEPLOY_FP8_SPLITK=0: the unsplit tiles above (for A/B runs).
     """
     bn = 64
     tiles = triton.cdiv(n, bn)
@@ -266,9 +266,9 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
     else:
         bk, stages = 512, 3
     split = 1
-    if tiles < sms and os.environ.get("AUTODEPLOY_FP8_SPLITK", "1") == "1":
+    if tiles <= sms // 2 and os.environ.get("AUTODEPLOY_FP8_SPLITK", "1") == "1":
         bk, stages = 256, 4
-        split = max(1, min(triton.cdiv(2 * sms, tiles), k // (2 * bk)))
+        split = max(1, min(2 * sms // tiles, k // (2 * bk)))
     elif tiles < sms // 4:  # skinny weights: spread K over the idle SMs, >= 4 BK steps each
         split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
     return normalized(dict(bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages), m, n, k)

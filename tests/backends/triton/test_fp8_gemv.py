@@ -162,9 +162,11 @@ def test_launch_config_on_an_h100():
     k_proj = fp8_gemv.launch_config(1, 1024, 4096, 132)
     o = fp8_gemv.launch_config(1, 4096, 4096, 132)
     assert (gate_up["bn"], gate_up["bk"], gate_up["split"]) == (64, 256, 1)
-    # fewer 64-row tiles than SMs: K split to ~2 programs per SM, >= 2 BK steps each, merged in the launch
-    assert (down["bn"], down["bk"], down["split"], down["k_per_split"]) == (64, 256, 5, 12 * 256)
+    qkv = fp8_gemv.launch_config(1, 6144, 4096, 132)
+    # at most half as many 64-row tiles as SMs: K split to ~2 programs per SM, merged in the launch
+    assert (down["bn"], down["bk"], down["split"], down["k_per_split"]) == (64, 256, 4, 14 * 256)
     assert (o["split"], o["k_per_split"]) == (4, 4 * 256)
+    assert (qkv["bk"], qkv["split"]) == (512, 1)  # 96 tiles: every split lost in the H200 sweep
     assert k_proj["split"] > 1 and k_proj["k_per_split"] % k_proj["bk"] == 0
     assert gate_up["x_prologue"] and down["x_prologue"]  # the prologue won on every 8B weight at M = 1
 
