@@ -84,6 +84,11 @@ stage_profile_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" --set tra
 stage_profile_int4_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}" \
   --set transforms.quantize_int4_weight_only.enabled=true --set transforms.quantize_int4_weight_only.group_size=128 \
   --set transforms.repack_int4_kmajor.enabled=true; }
+# per-kernel times without PDL (with it a kernel's time includes its wait for the previous one)
+stage_profile_fp8_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}" \
+  --set transforms.quantize_fp8.enabled=true --set "transforms.quantize_fp8.exclude=[]"; }
+stage_profile_8b_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}"; }
+stage_profile_1b_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py --recipe $R --batch 1 --steps 100; }
 stage_profile_1b() { python3 benchmarks/profile_decode.py --recipe $R --batch 1 --steps 100; }
 stage_parity_pdl() { AUTODEPLOY_PDL=1 python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 \
   --json "$OUT/parity_pdl.json"; }
