@@ -50,6 +50,9 @@ stage_bench_1b_nocompile() { $AD "${B1[@]}" --batch-sizes 1,16 --no-baselines --
 stage_bench_1b_warm() { $AD "${B1[@]}" --batch-sizes 1 --output-len 32 --no-baselines --json "$OUT/bench_1b_warm.json"; }
 stage_serve() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf --serve-input-len 128 \
   --serve-output-len 128 --no-baselines --json "$OUT/bench_serve.json"; }
+# the serving run with Inductor compiling the graph (mixed prefill / decode steps compiled, not eager): A/B with stage serve
+stage_serve_compiled() { $AD "${B1[@]}" --batch-sizes 16 --serve-requests 1000 --rate inf --serve-input-len 128 \
+  --serve-output-len 128 --no-baselines --set runtime.torch_compile=true --json "$OUT/bench_serve_compiled.json"; }
 stage_quant() { python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_VARIANTS:-bf16,fp8,int4}" --input-len 128 \
   --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" ${QUANT_SET:+--set "$QUANT_SET"} --json "$OUT/quant_8b.json"; }
 # the same without the PDL weight prefetch (backends/triton/_common.py), for an A/B in one call
