@@ -52,6 +52,29 @@ def main(out_dir: str) -> int:
                           f"{_f(e.get('ttft_ms')):>8s} {_f(e.get('pct_roofline')):>6s}")
                 else:
                     print(f"    {'transformers ' + m:40s} FAILED {e['error']}")
+    for path in sorted(out.glob("tp*.json")):  # bench --world-size runs (gpu_stages tp1 / tp2 / tp2_nccl)
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"{path.name}: unreadable ({e})")
+            continue
+        for w in r.get("workloads", []):
+            print(f"[{path.stem}] {w.get('name', '?'):38s} {_f(w.get('tokens_per_s')):>9s} tok/s  TPOT "
+                  f"{_f(w.get('tpot_ms'), '{:.3f}')} ms  {_f(w.get('pct_roofline'))}% roofline  "
+                  f"peak {_f(w.get('peak_memory_gb'), '{:.2f}')} GB")
+    for path in sorted(out.glob("quant_8b*.json")):  # quant_gpu.py variants
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"{path.name}: unreadable ({e})")
+            continue
+        base = next((v.get("decode_tok_s") for v in rows if v.get("variant") == "bf16"), None)
+        for v in rows:
+            tps = v.get("decode_tok_s")
+            ratio = f"{tps / base:.2f}x bf16" if tps and base else ""
+            state = v.get("error") or f"{_f(tps)} tok/s  TPOT {_f(v.get('tpot_ms'), '{:.3f}')} ms  {ratio}"
+            print(f"[{path.stem}] {v.get('variant', '?'):24s} {state}  decode peak "
+                  f"{_f(v.get('decode_peak_gb'), '{:.2f}')} GB")
     parity = out / "parity.json"
     if parity.exists():
         for res in json.loads(parity.read_text()):
