@@ -50,7 +50,8 @@ from torch import Tensor
 
 import autodeploy.backends.torch.gated_act_fp8_linear  # noqa: F401  (the canonical op the fakes call)
 from autodeploy.backends.triton import fp8_gemv, gated_mlp
-from autodeploy.backends.triton._common import interpreted, pdl_enabled, pdl_launch, pdl_wait_and_release, rows_of
+from autodeploy.backends.triton._common import (interpreted, on_cuda, pdl_enabled, pdl_launch, pdl_wait_and_release,
+                                                rows_of)
 from autodeploy.backends.triton.fp8_gemv import FP8_MAX, MIN_SCALE, quantize_e4m3
 from autodeploy.backends.triton.gated_mlp import activate
 from autodeploy.profiler.candidates import register_backend
@@ -190,6 +191,5 @@ def _act_then(name: str, project: Project):
 ACT_FP8_GEMV = _act_then("triton_act_fp8_gemv_linear", torch.ops.autodeploy.triton_fp8_linear)
 ACT_SCALED_MM = _act_then("triton_act_scaled_mm_fp8_linear", torch.ops.autodeploy.fp8_linear)
 
-_on_cuda = lambda device: torch.device(device).type == "cuda"  # noqa: E731
-register_backend("gated_act_fp8_linear", "act+gemv", ACT_FP8_GEMV, supports=_on_cuda)
-register_backend("gated_act_fp8_linear", "act+scaled_mm", ACT_SCALED_MM, supports=_on_cuda)
+register_backend("gated_act_fp8_linear", "act+gemv", ACT_FP8_GEMV, supports=on_cuda)
+register_backend("gated_act_fp8_linear", "act+scaled_mm", ACT_SCALED_MM, supports=on_cuda)
