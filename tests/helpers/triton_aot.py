@@ -85,6 +85,13 @@ def cases():
     c = dict(BM=16, BN=64, BK=256, AMAX_BLOCK=4096, X_MODE=2, FP8_DOT=True, PER_TENSOR=False, PARTIAL=True,
              HAS_BIAS=True, EXACT=False, PRECISION="tf32")
     yield "fp8_gemv split merged", fp8_gemv._fp8_gemv_kernel, dict(f8, x_ptr="fp8e4nv"), c, (), 4
+    # X_MODE 3 (launch_block_scaled): bf16 / fp32 x quantized in the loop, the scales from 8B down's 14 block
+    # amaxes a row; unsplit at BK 512 and split merged at BK 256 (the fp32 x tile is 4x the e4m3 bytes)
+    for xd, bk, st, partial in ((bf, 512, 3, False), (bf, 256, 4, True), ("fp32", 256, 4, True)):
+        c = dict(BM=16, BN=64, BK=bk, AMAX_BLOCK=16, NB=14, X_MODE=3, FP8_DOT=True, PER_TENSOR=False,
+                 PARTIAL=partial, HAS_BIAS=partial, EXACT=False, PRECISION="tf32")
+        yield (f"fp8_gemv mode=3 {xd} bk={bk} partial={partial}", fp8_gemv._fp8_gemv_kernel,
+               dict(f8, x_ptr=xd, bias_ptr=xd, out_ptr=xd), c, (), st)
     yield "fp8 quantize_rows", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False), (), 1
     # add + RMSNorm + e4m3 quantization (add_rmsnorm_fp8_linear.py) at 8B's K = 4096 (8 warps, as the norm
@@ -169,6 +176,9 @@ def pdl_cases():
     yield "fp8_gemv weight-only fp32", fp8_gemv._fp8_gemv_kernel, f32, dict(c, BK=128, X_MODE=0, PER_TENSOR=True,
                                                                              PRECISION="ieee"), (), 3
     yield "fp8_gemv pdl prefetch", fp8_gemv._fp8_gemv_kernel, f8, dict(c, PF_LINES=4, PF_STEP=128), (), 3
+    # X_MODE 3 as the 8B down runs it: bf16 x, 14 block amaxes a row, split merged at BK 256, prefetch
+    m3 = dict(c, BK=256, AMAX_BLOCK=16, NB=14, X_MODE=3, PARTIAL=True, PF_LINES=2, PF_STEP=128)
+    yield "fp8_gemv pdl mode=3 split prefetch", fp8_gemv._fp8_gemv_kernel, dict(f8, x_ptr=bf), m3, (), 4
     from autodeploy.backends.triton import gated_linear, linear
 
     g = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
