@@ -13,8 +13,9 @@ fuse_gated_linear leaves alone (it folds plain linears only), and fuse_norm_into
 this one) folds the norm before it: every FP8 Llama MLP keeps this activation between the gate_up and
 the down fp8_linear. The reference is bit-identical to the pair it replaces; the point is backend
 selection, which times the Triton twin (backends/triton/gated_act_fp8_linear.py: the activation kernel
-writes the row as e4m3 codes and its scale, so a decode MLP runs act + quantization, GEMV instead of act,
-quantization, GEMV: one launch of each 8B FP8 layer fewer) against the unfused pairs and keeps the faster.
+also writes per-block amaxes of its output and the GEMV quantizes x as it reads it, so a decode MLP runs
+act, GEMV instead of act, quantization, GEMV: one launch of each 8B FP8 layer fewer) against the unfused
+pairs and keeps the faster.
 
 Matched: the activation's output has exactly one reader, an autodeploy.fp8_linear reading it as its input
 x, whose weight is an e4m3 [N, F] get_attr parameter (F = the activation's width), its scale an fp32
@@ -23,7 +24,8 @@ up stay whatever they are (the split's views; the op reads them as they are). We
 (quantize_input False) folds too: the twin then runs the activation and the GEMV as before. Left alone:
 an activation read twice, a down projection in bf16 or int4 / int8 (that is no fp8_linear), a weight
 computed in the graph (no get_attr parameter). Without FP8 linears the graph is left as it is.
-Off unless a recipe enables it (h100, h200 and h100-fp8 do; on the CPU the op is the same act + fp8_linear).
+Off unless a recipe enables it (none does: the twin's earlier design measured no faster on the H200, the
+current one is not yet measured; on the CPU the op is the same act + fp8_linear).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ ACT_FP8_LINEAR = torch.ops.autodeploy.gated_act_fp8_linear.default
 
 
 class FuseActIntoFp8GemvConfig(TransformConfig):
-    enabled: bool = Field(False, description="Run this transform (the h100 / h200 recipes turn it on).")
+    enabled: bool = Field(False, description="Run this transform (off in every recipe until a GPU times the twin).")
 
 
 def _parameter(node, dtype: torch.dtype, shape_ok) -> bool:

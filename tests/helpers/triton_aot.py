@@ -85,6 +85,13 @@ def cases():
     c = dict(BM=16, BN=64, BK=256, AMAX_BLOCK=4096, X_MODE=2, FP8_DOT=True, PER_TENSOR=False, PARTIAL=True,
              HAS_BIAS=True, EXACT=False, PRECISION="tf32")
     yield "fp8_gemv split merged", fp8_gemv._fp8_gemv_kernel, dict(f8, x_ptr="fp8e4nv"), c, (), 4
+    # X_MODE 3 (launch_block_scaled): bf16 / fp32 x quantized in the loop, the scales from 8B down's 14 block
+    # amaxes a row; unsplit at BK 512 and split merged at BK 256 (the fp32 x tile is 4x the e4m3 bytes)
+    for xd, bk, st, partial in ((bf, 512, 3, False), (bf, 256, 4, True), ("fp32", 256, 4, True)):
+        c = dict(BM=16, BN=64, BK=bk, AMAX_BLOCK=16, NB=14, X_MODE=3, FP8_DOT=True, PER_TENSOR=False,
+                 PARTIAL=partial, HAS_BIAS=partial, EXACT=False, PRECISION="tf32")
+        yield (f"fp8_gemv mode=3 {xd} bk={bk} partial={partial}", fp8_gemv._fp8_gemv_kernel,
+               dict(f8, x_ptr=xd, bias_ptr=xd, out_ptr=xd), c, (), st)
     yield "fp8 quantize_rows", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False), (), 1
     # add + RMSNorm + e4m3 quantization (add_rmsnorm_fp8_linear.py) at 8B's K = 4096 (8 warps, as the norm
@@ -95,14 +102,13 @@ def cases():
         ptrs = dict(x_ptr=act, res_ptr=act, norm_w_ptr=act, res_out_ptr=act, xq_ptr="fp8e4nv", xs_ptr="fp32")
         yield (f"add_rmsnorm_quantize {act} K={block} offset={offset}", add_rmsnorm_fp8_linear._add_rmsnorm_quantize_kernel,
                ptrs, dict(UNIT_OFFSET=offset, BLOCK_K=block, EXACT=False), ("eps",), 1, warps)
-    # gated activation + e4m3 quantization (gated_act_fp8_linear.py): 8B's F = 14336 in one 16384 block
-    # (16 warps), a 1B's 8192, and a row read in two blocks (the second computed twice); its GEMV is X_MODE=2
+    # gated activation + per-block amaxes (gated_act_fp8_linear.py), 1024 columns a program; its GEMV is X_MODE=3
     from autodeploy.backends.triton import gated_act_fp8_linear
 
-    for act, code, block in ((bf, 0, 16384), (bf, 1, 8192), ("fp16", 2, 4096)):
-        ptrs = dict(gate_ptr=act, up_ptr=act, xq_ptr="fp8e4nv", xs_ptr="fp32")
-        yield (f"gated_act_quantize {act} act={code} block={block}", gated_act_fp8_linear._gated_act_quantize_kernel,
-               ptrs, dict(ACT=code, BLOCK=block, EXACT=False), (), 1, gated_act_fp8_linear._num_warps(block))
+    for act, code in ((bf, 0), (bf, 1), ("fp16", 2), ("fp32", 0)):
+        ptrs = dict(gate_ptr=act, up_ptr=act, out_ptr=act, amax_ptr="fp32")
+        yield (f"gated_act_amax {act} act={code}", gated_act_fp8_linear._gated_act_amax_kernel,
+               ptrs, dict(ACT=code, BLOCK=1024), (), 1)
     i4 = dict(x_ptr=bf, qw_ptr="u8", s_ptr=bf, z_ptr=bf, bias_ptr=bf, out_ptr=bf)
     for bn in (16, 32, 64):
         c = dict(GROUP=128, BM=16, BN=bn, BK=256, MAGIC_BITS=True, MAGIC_VALUE=128.0, PARTIAL=False,
@@ -169,6 +175,9 @@ def pdl_cases():
     yield "fp8_gemv weight-only fp32", fp8_gemv._fp8_gemv_kernel, f32, dict(c, BK=128, X_MODE=0, PER_TENSOR=True,
                                                                              PRECISION="ieee"), (), 3
     yield "fp8_gemv pdl prefetch", fp8_gemv._fp8_gemv_kernel, f8, dict(c, PF_LINES=4, PF_STEP=128), (), 3
+    # X_MODE 3 as the 8B down runs it: bf16 x, 14 block amaxes a row, split merged at BK 256, prefetch
+    m3 = dict(c, BK=256, AMAX_BLOCK=16, NB=14, X_MODE=3, PARTIAL=True, PF_LINES=2, PF_STEP=128)
+    yield "fp8_gemv pdl mode=3 split prefetch", fp8_gemv._fp8_gemv_kernel, dict(f8, x_ptr=bf), m3, (), 4
     from autodeploy.backends.triton import gated_linear, linear
 
     g = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
@@ -191,9 +200,8 @@ def pdl_cases():
         dict(UNIT_OFFSET=False, BLOCK_K=4096, EXACT=False, PDL=True), ("eps",), 1, 8
     from autodeploy.backends.triton import gated_act_fp8_linear
 
-    yield "gated_act_quantize pdl", gated_act_fp8_linear._gated_act_quantize_kernel, \
-        dict(gate_ptr=bf, up_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
-        dict(ACT=0, BLOCK=16384, EXACT=False, PDL=True), (), 1, 16
+    yield "gated_act_amax pdl", gated_act_fp8_linear._gated_act_amax_kernel, \
+        dict(gate_ptr=bf, up_ptr=bf, out_ptr=bf, amax_ptr="fp32"), dict(ACT=0, BLOCK=1024, PDL=True), (), 1
 
 
 def main() -> int:

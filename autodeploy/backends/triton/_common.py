@@ -30,6 +30,12 @@ def can_run_on(device: torch.device) -> bool:
     return device.type == "cpu" if interpreted() else device.type == "cuda"
 
 
+def on_cuda(device) -> bool:
+    """Is `device` (a torch.device or its name) a CUDA device? The `supports` of backends registered for
+    the GPU only: the unfused candidates time launches there, and the CPU has the torch reference."""
+    return torch.device(device).type == "cuda"
+
+
 def unsupported_device_or_dtype(*tensors: Optional[torch.Tensor]) -> Optional[str]:
     """None when every tensor is on a device the kernels run on with a supported dtype, else why not."""
     for t in tensors:

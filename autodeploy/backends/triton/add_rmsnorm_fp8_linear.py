@@ -45,8 +45,8 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton import fp8_gemv, linear, rmsnorm
-from autodeploy.backends.triton._common import (interpreted, pdl_enabled, pdl_launch, pdl_wait_and_release,
-                                                rows_of)
+from autodeploy.backends.triton._common import (interpreted, on_cuda, pdl_enabled, pdl_launch,
+                                                pdl_wait_and_release, rows_of)
 from autodeploy.backends.triton.add_rmsnorm_linear import add_rmsnorm
 from autodeploy.backends.triton.fp8_gemv import FP8_MAX, MIN_SCALE, quantize_e4m3
 from autodeploy.profiler.candidates import register_backend
@@ -167,6 +167,5 @@ def _norm_then(name: str, project: Project):
 NORM_FP8_GEMV = _norm_then("triton_norm_fp8_gemv_linear", torch.ops.autodeploy.triton_fp8_linear)
 NORM_SCALED_MM = _norm_then("triton_norm_scaled_mm_fp8_linear", torch.ops.autodeploy.fp8_linear)
 
-_on_cuda = lambda device: torch.device(device).type == "cuda"  # noqa: E731
-register_backend("add_rmsnorm_fp8_linear", "norm+gemv", NORM_FP8_GEMV, supports=_on_cuda)
-register_backend("add_rmsnorm_fp8_linear", "norm+scaled_mm", NORM_SCALED_MM, supports=_on_cuda)
+register_backend("add_rmsnorm_fp8_linear", "norm+gemv", NORM_FP8_GEMV, supports=on_cuda)
+register_backend("add_rmsnorm_fp8_linear", "norm+scaled_mm", NORM_SCALED_MM, supports=on_cuda)

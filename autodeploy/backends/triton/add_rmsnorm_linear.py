@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from autodeploy.backends.triton import gated_linear, linear, rmsnorm
+from autodeploy.backends.triton._common import on_cuda
 from autodeploy.profiler.candidates import register_backend
 
 # [.., K] -> [.., N]: the projection after the norm in the unfused forms
@@ -141,8 +142,7 @@ NORM_GEMV_LINEAR = _norm_then_linear("triton_norm_gemv_linear", _gemv_or_cublas)
 NORM_CUBLAS_GATED = _norm_then_gated("triton_norm_cublas_gated_linear", cublas=True)
 NORM_GEMV_GATED = _norm_then_gated("triton_norm_gemv_gated_linear", cublas=False)
 
-_on_cuda = lambda device: torch.device(device).type == "cuda"  # noqa: E731
-register_backend("add_rmsnorm_linear", "norm+cublas", NORM_CUBLAS_LINEAR, supports=_on_cuda)
-register_backend("add_rmsnorm_linear", "norm+gemv", NORM_GEMV_LINEAR, supports=_on_cuda)
-register_backend("add_rmsnorm_gated_linear", "norm+cublas", NORM_CUBLAS_GATED, supports=_on_cuda)
-register_backend("add_rmsnorm_gated_linear", "norm+gemv", NORM_GEMV_GATED, supports=_on_cuda)
+register_backend("add_rmsnorm_linear", "norm+cublas", NORM_CUBLAS_LINEAR, supports=on_cuda)
+register_backend("add_rmsnorm_linear", "norm+gemv", NORM_GEMV_LINEAR, supports=on_cuda)
+register_backend("add_rmsnorm_gated_linear", "norm+cublas", NORM_CUBLAS_GATED, supports=on_cuda)
+register_backend("add_rmsnorm_gated_linear", "norm+gemv", NORM_GEMV_GATED, supports=on_cuda)

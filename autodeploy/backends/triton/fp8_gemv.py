@@ -25,6 +25,10 @@ summation order (cuBLASLt's fast accumulation included). `x_prologue` picks wher
       extra launch); at M = 16 each program would reread 0.46 MB.
 `launch_quantized` runs the GEMV alone on rows quantized elsewhere (e4m3 x and s_x as the prologue
 kernel writes them): add_rmsnorm_fp8_linear.py's norm kernel writes them instead of the normed row.
+`launch_block_scaled` (X_MODE 3) quantizes x in the GEMV like X_MODE 1, but takes each row's amax from
+NB per-block amaxes that x's producer wrote beside it (gated_act_fp8_linear.py's activation kernel, one
+per program of its grid): each program reads NB floats a row instead of the whole row, and divides by
+the scale as the prologue kernel does, so its codes are the prologue's bit for bit (unmeasured on a GPU).
 `fp8_dot` False multiplies in fp16 instead (e4m3 -> fp16 is exact): the same numbers, a fallback
 should a Triton build reject an fp8 tl.dot in this orientation. quantize_input False (FP8 weights,
 x as is) multiplies w (converted to x's dtype, exact) with x in x's dtype.
@@ -114,11 +118,13 @@ def _fp8_gemv_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,  # PARTIAL only: part_ptr, ticket_ptr
     M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn, stride_om, stride_split,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, AMAX_BLOCK: tl.constexpr,
-    X_MODE: tl.constexpr,  # 0: x as is (weight-only FP8); 1: quantize x here; 2: x is e4m3 with scales xs
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    AMAX_BLOCK: tl.constexpr,  # values a row's amax is read from at once: x's (X_MODE 1), block amaxes (3)
+    X_MODE: tl.constexpr,  # 0: x as is (weight-only FP8); 1: quantize x here; 2: x is e4m3 with scales xs;
+                           # 3: quantize x here, its row amax the max of the block amaxes xs [M, NB]
     FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EXACT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
-    PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 128,
+    PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 128, NB: tl.constexpr = 0,  # X_MODE 3: amaxes a row
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -142,6 +148,11 @@ def _fp8_gemv_kernel(
         x_inv = 1.0 / x_scale
     elif X_MODE == 2:
         x_scale = tl.load(xs_ptr + rm, mask=mask_m, other=1.0)  # [BM] from _quantize_rows_kernel
+    elif X_MODE == 3:  # NB floats a row, written by the kernel that wrote x (gated_act_fp8_linear.py)
+        rb = tl.arange(0, AMAX_BLOCK)
+        amax_mask = mask_m[:, None] & (rb < NB)[None, :]
+        block_amax = tl.load(xs_ptr + rm[:, None] * NB + rb[None, :], mask=amax_mask, other=0.0)  # [BM, AMAX_BLOCK]
+        x_scale = tl.maximum(tl.max(block_amax, axis=1) / FP8_MAX, MIN_SCALE)  # [BM]: _quantize_rows_kernel's
 
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
     x_ptrs = x_rows + (k_start + rk)[None, :]  # [BM, BK]
@@ -152,6 +163,8 @@ def _fp8_gemv_kernel(
         if X_MODE == 1:
             xf = xk.to(tl.float32) * x_inv[:, None]
             xk = _round_e4m3(tl.minimum(tl.maximum(xf, -FP8_MAX), FP8_MAX), EXACT)
+        elif X_MODE == 3:  # a division, as _quantize_rows_kernel: its codes bit for bit (mode 1's product is not)
+            xk = quantize_e4m3(xk.to(tl.float32), x_scale[:, None], EXACT)
         if X_MODE == 0:
             acc += tl.dot(w.to(xk.dtype), tl.trans(xk), input_precision=PRECISION)
         elif FP8_DOT:
@@ -330,11 +343,28 @@ def launch_quantized(xq: Tensor, xs: Tensor, weight: Tensor, weight_scale: Tenso
     return _gemv(xq, xs, 2, weight, weight_scale, bias, out_dtype, cfg, config is not None)
 
 
+def launch_block_scaled(x: Tensor, block_amax: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+                        out_dtype: torch.dtype, config: Optional[dict] = None) -> Tensor:
+    """The GEMV alone, quantizing x as it reads it: x [M, K] (bf16 / fp16 / fp32, unit stride on K),
+    block_amax fp32 [M, NB] (contiguous) whose row max is max |x[m]| -> [M, N] in out_dtype. Each program
+    takes its rows' scales from the NB amaxes instead of reading the rows whole (X_MODE 1's cost): for
+    kernels that write x and its amax in blocks (gated_act_fp8_linear.py). The codes are quantize_rows'
+    bit for bit, so the output is launch_quantized's on them. The caller has checked the operands with
+    unsupported_reason on x."""
+    m, k = x.shape
+    n = weight.shape[0]
+    if m == 0:
+        return torch.empty(0, n, dtype=out_dtype, device=x.device)
+    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device))
+    return _gemv(x, block_amax, 3, weight, weight_scale, bias, out_dtype, cfg, config is not None)
+
+
 def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
           out_dtype: torch.dtype, cfg: dict, explicit: bool) -> Tensor:
     """One GEMV launch (+ the split-K sum): x2 [M, K] as X_MODE reads it (0: as is, 1: quantized in the
-    kernel, 2: e4m3 with scales xs [M]) -> [M, N] in out_dtype. `explicit`: the config was asked for, so
-    a failing fp8 tl.dot raises instead of falling back to fp16 products."""
+    kernel, 2: e4m3 with scales xs [M], 3: quantized in the kernel with the row amaxes of the block amaxes
+    xs [M, NB]) -> [M, N] in out_dtype. `explicit`: the config was asked for, so a failing fp8 tl.dot
+    raises instead of falling back to fp16 products."""
     m, k = x2.shape
     n = weight.shape[0]
     device = x2.device
@@ -350,7 +380,9 @@ def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Ten
     fp8_dot = cfg["fp8_dot"] and not (_FP8_DOT_BROKEN and not explicit)
     args = (x2, xs, weight, weight_scale, bias if bias is not None else weight_scale, out, part, counters,
             m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
-    meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=_amax_block(k), X_MODE=x_mode,
+    nb = xs.shape[1] if x_mode == 3 else 0
+    amax_block = triton.next_power_of_2(nb) if x_mode == 3 else _amax_block(k)
+    meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=amax_block, NB=nb, X_MODE=x_mode,
                 PER_TENSOR=_per_tensor(weight_scale, n), PARTIAL=split > 1, HAS_BIAS=bias is not None,
                 EXACT=interpreted(), PRECISION="ieee" if out_dtype == torch.float32 else "tf32",
                 PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device),

@@ -1,33 +1,42 @@
-"""Gated-MLP activation + per-token e4m3 quantization in one kernel, then the FP8 decode GEMV: the Triton twin of
-autodeploy::gated_act_fp8_linear, and the unfused pairs as timed candidates beside it.
+"""Gated-MLP activation writing per-block amaxes beside its output, then the FP8 decode GEMV quantizing x as
+it reads it: the Triton twin of autodeploy::gated_act_fp8_linear, and the unfused pairs as timed candidates
+beside it.
 
     triton_gated_act_fp8_linear(gate [.., F], up [.., F], act, weight e4m3 [N, F], weight_scale, bias?,
                                 quantize_input) -> out [.., N]
 
         rows <= 16, quantize_input, operands the GEMV reads:
-            _gated_act_quantize_kernel   program m: act(gate[m]) * up[m] in x's dtype, as e4m3 codes
-                                         x_q [m, F] and its scale s_x [m] (fp32)
-            fp8_gemv's GEMV, X_MODE 2    out = (w @ x_q^T) * s_w * s_x (+ bias)
+            _gated_act_amax_kernel      program (m, b), grid (M, NB = cdiv(F, 1024)): h = act(gate) * up
+                                        over row m's b-th block of 1024 columns in x's dtype, and
+                                        amax [m, b] = max |h| over that block (fp32)
+            fp8_gemv's GEMV, X_MODE 3   s_x[m] = max(max_b amax[m, b] / 448, 1e-12); each x tile quantized
+                                        as it is read: out = (w @ e4m3(h / s_x)^T) * s_w * s_x (+ bias)
         otherwise (prefill rows, weight-only FP8, block scales, F % 64, no kernels): the activation, then
             triton_fp8_linear (the Triton kernels where they run; > 16 rows go to torch._scaled_mm there)
 
-Why: an 8B FP8 decode step ran at each of its 32 down projections the activation kernel
-(gated_mlp.py, writing bf16 [1, 14336]), fp8_gemv's per-token quantization kernel (reading it back) and
-the GEMV (estimated, not yet measured: ~2-4 us of fill and drain a launch, 32 of them ~0.1 ms of a ~2.8 ms
-H100 step). The
-activation is elementwise, so one program per row can produce the whole row, which is all the
-quantization needs (the row's amax, then one division per element): 2 launches after the gate_up GEMV
-instead of 3, and the bf16 activation is neither written nor read back.
+Why: an 8B FP8 decode step runs at each of its 32 down projections the activation kernel (gated_mlp.py,
+14 programs writing bf16 [1, 14336]), fp8_gemv's per-token quantization kernel (one program reading the
+row back for its amax, then writing e4m3 codes and the scale) and the GEMV. The quantization needs the
+whole row's amax before its first code: that is why it is a launch of its own. Here each activation
+program also writes its block's amax (14 floats a row at 8B), and the GEMV, whose programs read x
+anyway, takes each row's scale from those NB floats and quantizes its own x tiles: 2 launches instead of
+3, and no single-program pass over the row. (fp8_gemv's X_MODE 1, quantizing in the GEMV from x alone,
+lost to the separate kernel because every program re-read the whole row for its amax: 8B down, 256
+programs x 28 KB.) The price: the GEMV reads x in bf16 (twice the e4m3 bytes, from L2), and every n tile
+divides its x tiles again (each element 64 times at the 8B down).
 
-One program per row (at decode that is one program: the 8B row, 14336 wide, is read as one 16384-wide
-block of 16 warps, 32 elements a thread, held in registers between the amax and the quantization).
-Rows wider than MAX_BLOCK are read in blocks: the first kept, the others computed again for the codes
-(the same bits: the same loads and math), as _quantize_rows_kernel reads its row twice.
+The design before this one (one program a row: activation, amax and codes in one kernel, 2 launches too)
+measured no faster on the H200 than the 3 unfused kernels (8B FP8 352.3 vs 353.2 tok/s, BENCHMARKS.md
+fifth session): one program streaming a 14336-wide row is slow. This design is unmeasured on a GPU
+(tested interpreted on the CPU, compiled for sm_90 without a GPU); the fold stays off in the recipes
+until a GPU times it.
 
-Numerics: act(gate) * up in fp32 with gated_mlp.activate, rounded to x's dtype as _gated_act_kernel
-stores it, then quantized with _quantize_rows_kernel's amax, scale and fp8_gemv.quantize_e4m3: x_q and s_x
-are bit-identical to triton_gated_mlp_act followed by fp8_gemv's quantization kernel, and so is out to
-that pair's GEMV. (The torch reference rounds act(gate) before the product: where a bf16 element differs
+Numerics: h is _gated_act_kernel's (gated_mlp.gated_act_block, rounded to x's dtype at the store):
+bit-identical to triton_gated_mlp_act. The max of the block amaxes is the row's amax exactly (a max
+is exact in any order), the scale is _quantize_rows_kernel's expression, and the codes are
+fp8_gemv.quantize_e4m3 of h / s_x, a division as that kernel does: codes, scales and out are
+bit-identical to triton_gated_mlp_act followed by triton_fp8_linear (prologue kernel, then the GEMV at
+the same config). (The torch reference rounds act(gate) before the product: where a bf16 element differs
 from it by one ulp, as the activation kernel's may, its e4m3 code may differ by one step.)
 
 Beside the fused twin ("triton"), select_backends times what the graph ran before the fold, as ops of
@@ -50,51 +59,28 @@ from torch import Tensor
 
 import autodeploy.backends.torch.gated_act_fp8_linear  # noqa: F401  (the canonical op the fakes call)
 from autodeploy.backends.triton import fp8_gemv, gated_mlp
-from autodeploy.backends.triton._common import interpreted, pdl_enabled, pdl_launch, pdl_wait_and_release, rows_of
-from autodeploy.backends.triton.fp8_gemv import FP8_MAX, MIN_SCALE, quantize_e4m3
-from autodeploy.backends.triton.gated_mlp import activate
+from autodeploy.backends.triton._common import on_cuda, pdl_enabled, pdl_launch, pdl_wait_and_release, rows_of
+from autodeploy.backends.triton.gated_mlp import gated_act_block
 from autodeploy.profiler.candidates import register_backend
-from autodeploy.quantization import fp8 as fp8_q
-
-MAX_BLOCK = 16384  # elements of a row held at once: all of an 8B's F = 14336 (Llama-3 70B's 28672: two blocks)
 
 
 @triton.jit
-def _act_block(gate_row, up_row, cols, f, ACT: tl.constexpr):
-    """act(gate) * up at cols (0 at cols >= f) in fp32, rounded through gate's dtype as _gated_act_kernel
-    stores it and the quantization kernel reads it back."""
-    mask = cols < f
-    g = tl.load(gate_row + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(up_row + cols, mask=mask, other=0.0).to(tl.float32)
-    return (activate(g, ACT) * u).to(gate_row.dtype.element_ty).to(tl.float32)  # act(0) * 0 = 0 past f
-
-
-@triton.jit
-def _gated_act_quantize_kernel(
-    gate_ptr, up_ptr, xq_ptr, xs_ptr, stride_gate, stride_up, f,
-    ACT: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr, PDL: tl.constexpr = False,
+def _gated_act_amax_kernel(
+    gate_ptr, up_ptr, out_ptr, amax_ptr, stride_gate, stride_up, f,
+    ACT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    """Program m: y = act(gate[m]) * up[m] in x's dtype; xs[m] = max(amax |y| / 448, 1e-12); xq[m] = e4m3(y / xs[m])."""
+    """Program (m, b): out[m, cols] = act(gate[m, cols]) * up[m, cols] in out's dtype (contiguous [M, f]),
+    cols the b-th BLOCK; amax[m, b] = max |out[m, cols]| in fp32 (amax [M, NB], NB the grid's 2nd dim)."""
     pdl_wait_and_release(PDL)  # between the gate_up GEMV and the down GEMV of a decode step
-    m = tl.program_id(0).to(tl.int64)
-    gate_row = gate_ptr + m * stride_gate
-    up_row = up_ptr + m * stride_up
-    cols = tl.arange(0, BLOCK)
-    y = _act_block(gate_row, up_row, cols, f, ACT)  # [BLOCK]: the whole row up to MAX_BLOCK
-    amax = tl.max(tl.abs(y), axis=0)
-    for k0 in range(BLOCK, f, BLOCK):  # wider rows: the rest of the row, for its amax only
-        amax = tl.maximum(amax, tl.max(tl.abs(_act_block(gate_row, up_row, k0 + cols, f, ACT)), axis=0))
-    scale = tl.maximum(amax / FP8_MAX, MIN_SCALE)
-    tl.store(xq_ptr + m * f + cols, quantize_e4m3(y, scale, EXACT), mask=cols < f)
-    for k0 in range(BLOCK, f, BLOCK):  # computed again from L1 / L2: the same bits as for the amax
-        yk = _act_block(gate_row, up_row, k0 + cols, f, ACT)
-        tl.store(xq_ptr + m * f + k0 + cols, quantize_e4m3(yk, scale, EXACT), mask=k0 + cols < f)
-    tl.store(xs_ptr + m, scale)
-
-
-def _num_warps(block: int) -> int:
-    # 32 elements a thread at most: F = 14336 (block 16384) -> 16 warps; 1B's 8192 -> 8
-    return max(4, min(16, block // 1024))
+    row = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    cols = blk * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < f
+    y = gated_act_block(gate_ptr + row * stride_gate, up_ptr + row * stride_up, cols, mask, ACT)
+    y = y.to(out_ptr.dtype.element_ty)  # the rounding _gated_act_kernel's store makes
+    tl.store(out_ptr + row * f + cols, y, mask=mask)
+    # the amax of the stored (rounded) values, as the prologue kernel reads them back; 0 past f (act(0) * 0)
+    tl.store(amax_ptr + row * tl.num_programs(1) + blk, tl.max(tl.abs(y.to(tl.float32)), axis=0))
 
 
 def unsupported_reason(gate: Tensor, up: Tensor, act: str, weight: Tensor, weight_scale: Tensor,
@@ -110,21 +96,22 @@ def supports(gate: Tensor, up: Tensor, act: str, weight: Tensor, weight_scale: T
             and gated_mlp.unsupported_reason(gate, up, act) is None)
 
 
-def gated_act_quantize(gate2: Tensor, up2: Tensor, act: str, block: Optional[int] = None) -> tuple[Tensor, Tensor]:
-    """gate2, up2 [M, F] (unit stride on F, any row stride) -> (x_q e4m3 [M, F], s_x fp32 [M]) of act(gate) * up.
-    block: elements read at once (default: the row up to MAX_BLOCK; tests pass less to read it in blocks)."""
+def gated_act_block_amax(gate2: Tensor, up2: Tensor, act: str, block: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """gate2, up2 [M, F] (unit stride on F, any row stride) -> (h = act(gate) * up [M, F] in gate's dtype,
+    fp32 [M, NB]: max |h| over each block of `block` columns, NB = cdiv(F, block), the last block partial).
+    block: default gated_mlp's (the programs of triton_gated_mlp_act); tests pass less for more blocks."""
     m, f = gate2.shape
-    device = gate2.device
-    xq = torch.empty(m, f, dtype=fp8_q.DTYPE, device=device)  # [M, F]
-    xs = torch.empty(m, dtype=torch.float32, device=device)  # [M]
+    block = block or gated_mlp.act_block(max(f, 1))
+    nb = triton.cdiv(f, block)
+    h = torch.empty(m, f, dtype=gate2.dtype, device=gate2.device)  # [M, F]
+    block_amax = torch.empty(m, nb, dtype=torch.float32, device=gate2.device)  # [M, NB]
     if m and f:
-        block = block or min(triton.next_power_of_2(f), MAX_BLOCK)
-        _gated_act_quantize_kernel[(m,)](
-            gate2, up2, xq, xs, gate2.stride(0), up2.stride(0), f,
-            ACT=gated_mlp.ACTIVATIONS[act], BLOCK=block, EXACT=interpreted(), PDL=pdl_enabled(device),
-            num_warps=_num_warps(block), **pdl_launch(device),
+        _gated_act_amax_kernel[(m, nb)](
+            gate2, up2, h, block_amax, gate2.stride(0), up2.stride(0), f,
+            ACT=gated_mlp.ACTIVATIONS[act], BLOCK=block, PDL=pdl_enabled(gate2.device), num_warps=4,
+            **pdl_launch(gate2.device),
         )
-    return xq, xs
+    return h, block_amax
 
 
 def launch(gate: Tensor, up: Tensor, act: str, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None,
@@ -135,8 +122,8 @@ def launch(gate: Tensor, up: Tensor, act: str, weight: Tensor, weight_scale: Ten
     if why:
         raise NotImplementedError(f"triton gated_act_fp8_linear: {why}")
     gate2, up2 = rows_of(gate), rows_of(up)  # [M, F] each; the split's strided views, no copy
-    xq, xs = gated_act_quantize(gate2, up2, act)
-    out = fp8_gemv.launch_quantized(xq, xs, weight, weight_scale, bias, gate.dtype, config)  # [M, N]
+    h, block_amax = gated_act_block_amax(gate2, up2, act)  # [M, F] in gate's dtype, [M, NB] fp32
+    out = fp8_gemv.launch_block_scaled(h, block_amax, weight, weight_scale, bias, gate.dtype, config)  # [M, N]
     return out.reshape(*gate.shape[:-1], weight.shape[0])
 
 
@@ -190,6 +177,5 @@ def _act_then(name: str, project: Project):
 ACT_FP8_GEMV = _act_then("triton_act_fp8_gemv_linear", torch.ops.autodeploy.triton_fp8_linear)
 ACT_SCALED_MM = _act_then("triton_act_scaled_mm_fp8_linear", torch.ops.autodeploy.fp8_linear)
 
-_on_cuda = lambda device: torch.device(device).type == "cuda"  # noqa: E731
-register_backend("gated_act_fp8_linear", "act+gemv", ACT_FP8_GEMV, supports=_on_cuda)
-register_backend("gated_act_fp8_linear", "act+scaled_mm", ACT_SCALED_MM, supports=_on_cuda)
+register_backend("gated_act_fp8_linear", "act+gemv", ACT_FP8_GEMV, supports=on_cuda)
+register_backend("gated_act_fp8_linear", "act+scaled_mm", ACT_SCALED_MM, supports=on_cuda)

@@ -34,8 +34,8 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton import gated_mlp, linear
-from autodeploy.backends.triton._common import (dot_precision, num_sms, pdl_enabled, pdl_launch, pdl_prefetch_meta,
-                                                pdl_wait_and_release, prefetch_rows)
+from autodeploy.backends.triton._common import (dot_precision, num_sms, on_cuda, pdl_enabled, pdl_launch,
+                                                pdl_prefetch_meta, pdl_wait_and_release, prefetch_rows)
 from autodeploy.backends.triton.gated_mlp import ACTIVATIONS, activate
 from autodeploy.backends.triton.linear import (KINDS, MAX_ROWS, gemv_acc_init, gemv_acc_rows, gemv_rows, gemv_step,
                                                norm_problem, norm_prologue, normed_tile, shaped)
@@ -229,4 +229,4 @@ def _(x, weight, bias=None, act="silu"):
 
 
 register_backend("gated_linear", "cublas+triton_act", torch.ops.autodeploy.cublas_gated_linear.default,
-                 supports=lambda device: torch.device(device).type == "cuda")
+                 supports=on_cuda)

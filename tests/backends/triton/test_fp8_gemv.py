@@ -1,6 +1,7 @@
 """Triton FP8 decode GEMV vs autodeploy::fp8_linear (interpreted on CPU, compiled on CUDA): per-token
 activation scales inside the kernel or in its prologue, fp8 or fp16 products, per-channel and per-tensor
-weight scales, split K; and its hookup as the Triton backend of fp8_linear."""
+weight scales, split K; the GEMV on rows quantized elsewhere or scaled by block amaxes (bit for bit the
+prologue's); and its hookup as the Triton backend of fp8_linear."""
 
 from __future__ import annotations
 
@@ -83,6 +84,28 @@ def test_split_k_partials_sum_to_reference(split, dtype):
     for _ in range(2):  # the n tiles' last splits merge in the launch and leave the tickets at zero
         assert_close(fp8_gemv.launch(x, w, s, b, True, _config(split=split)), _ref(x, w, s, b))
         assert not tickets(torch.device(DEVICE), 1024)[:1024].any()
+
+
+def _block_amax(x, block):
+    """x [M, K] -> fp32 [M, cdiv(K, block)]: max |x| over each block of `block` columns (the last partial)."""
+    return torch.stack([c.float().abs().amax(dim=1) for c in x.split(block, dim=1)], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("split", [1, 3], ids=["unsplit", "split 3"])
+@pytest.mark.parametrize("block", [128, 512], ids=["3 blocks, the last half", "1 block"])
+def test_block_scaled_is_launch_quantized_bit_for_bit(block, split, dtype):
+    # X_MODE 3: the row scales from block amaxes, x quantized in the GEMV by the prologue kernel's division
+    w, s, b = _weights(20, 320, bias=True, dtype=dtype)
+    x = _x(3, 320, dtype)
+    x[1, 300] = -900.0  # row 1's amax in its last block (the outlier channel 7 sets the others')
+    cfg = _config(split=split)
+    want = fp8_gemv.launch_quantized(*fp8_gemv.quantize_rows(x), w, s, b, dtype, cfg)  # X_MODE 2
+    for _ in range(2):  # split: merged in the launch, the tickets left at zero
+        out = fp8_gemv.launch_block_scaled(x, _block_amax(x, block), w, s, b, dtype, cfg)
+        assert out.shape == (3, 20) and out.dtype == dtype and torch.equal(out, want)
+        assert not tickets(torch.device(DEVICE), 1024)[:1024].any()
+    assert_close(out, _ref(x, w, s, b))
 
 
 def test_fbgemm_channel_scale_leading_dims_and_strided_input():

@@ -1,7 +1,8 @@
-"""autodeploy::triton_gated_act_fp8_linear (act(gate) * up + per-token e4m3 quantization in one kernel, then
-fp8_gemv's GEMV on the codes) vs the pair it replaces on the GPU (the Triton activation kernel, then fp8_gemv's
-quantization kernel: bit-identical codes and scales) and vs the reference autodeploy::gated_act_fp8_linear;
-its fallbacks and the unfused candidates registered beside it. Interpreted on CPU, compiled on CUDA."""
+"""autodeploy::triton_gated_act_fp8_linear (act(gate) * up with per-block amaxes, then fp8_gemv's GEMV quantizing
+x as it reads it, X_MODE 3) vs the pair it replaces on the GPU (the Triton activation kernel, then fp8_gemv's
+quantization kernel and GEMV: bit-identical activation, codes and output) and vs the reference
+autodeploy::gated_act_fp8_linear; its fallbacks and the unfused candidates registered beside it. Interpreted
+on CPU, compiled on CUDA."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import autodeploy.ops  # noqa: F401
 from autodeploy.backends.triton import fp8_gemv, gated_mlp
 from autodeploy.backends.triton import gated_act_fp8_linear as fused
+from autodeploy.backends.triton._common import tickets
 from autodeploy.profiler.candidates import backends_for
 from autodeploy.quantization import fp8
 from autodeploy.quantization.metrics import sqnr
@@ -36,26 +38,76 @@ def _operands(rows, n, f, dtype=torch.float32, bias=False, granularity="per_chan
     return gate, up, p["weight"].to(DEVICE), p["weight_scale"].to(DEVICE), randn(n, dtype=dtype) if bias else None
 
 
-def _bits(q: torch.Tensor) -> torch.Tensor:
-    return q.view(torch.uint8)  # e4m3 codes compared as bytes (torch.equal would compare the values)
+def _blockwise_amax(h: torch.Tensor, block: int) -> torch.Tensor:
+    """h [M, F] -> fp32 [M, cdiv(F, block)]: max |h| over each block of `block` columns (the last partial)."""
+    return torch.stack([c.float().abs().amax(dim=1) for c in h.split(block, dim=1)], dim=1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("block", [None, 64], ids=["whole row", "blocks of 64: the row computed twice"])
-@pytest.mark.parametrize("f", [128, 192], ids=["F=128", "F=192: a masked block"])
+def _late_outlier(gate: torch.Tensor, up: torch.Tensor) -> None:
+    """Row 0's amax in its last (partial) block (in place): not the first block's, so a scale taken from
+    block 0 alone would show. act(200) * 10 = 2000, above channel 5's outliers (gate ~ N(0, 24^2), up ~ N(0, 9))."""
+    gate[0, -3], up[0, -3] = 200.0, 10.0
+
+
+def _no_tickets_left() -> bool:
+    return not tickets(torch.device(DEVICE), 1024)[:1024].any()
+
+
+BF16_FP32 = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+
+
+@BF16_FP32
+@pytest.mark.parametrize("f, block", [(192, None), (192, 128), (1088, None)],
+                         ids=["F=192: one partial block", "F=192 in 128s: the last half", "F=1088: 1024 + 64"])
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("act", ACTS)
-def test_codes_and_scales_bit_identical_to_act_then_quantize(act, m, f, block, dtype):
+def test_activation_bit_identical_and_block_amaxes(act, m, f, block, dtype):
     gate, up, *_ = _operands(m, 16, f, dtype)
-    xq, xs = fused.gated_act_quantize(gate, up, act, block)
-    h = gated_mlp.launch(gate, up, act)  # the activation kernel the fold replaces
-    q_kernel, s_kernel = fp8_gemv.quantize_rows(h)  # then fp8_gemv's quantization kernel
-    q_torch, s_torch = fp8.quantize_rows(h)  # = the reference quantizer on the same row
-    assert xq.dtype == fp8.DTYPE and xs.dtype == torch.float32 and xq.shape == (m, f) and xs.shape == (m,)
-    assert torch.equal(_bits(xq), _bits(q_kernel)) and torch.equal(xs, s_kernel)
-    # = the reference quantizer's values (as values: silu of the outlier's large negative gates underflows to
-    # a zero code, which the interpreter's exact rounding (EXACT) writes as +0 where torch keeps -0)
-    assert torch.equal(xq.float(), q_torch.float()) and torch.equal(xs, s_torch[:, 0])
+    _late_outlier(gate, up)
+    h, block_amax = fused.gated_act_block_amax(gate, up, act, block)
+    nb = -(-f // (block or 1024))
+    assert h.shape == (m, f) and h.dtype == dtype and block_amax.shape == (m, nb) and block_amax.dtype == torch.float32
+    assert torch.equal(h, gated_mlp.launch(gate, up, act))  # the activation kernel the fold replaces, bit for bit
+    assert torch.equal(block_amax, _blockwise_amax(h, block or 1024))
+
+
+@BF16_FP32
+@pytest.mark.parametrize("split", [1, 3])
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemv_codes_bit_identical_to_quantize_rows(m, split, dtype):
+    # an identity weight (scale 1) makes the fp32 output the codes times s_x, one product each: so the codes
+    # the GEMV makes of the activation are compared with the prologue kernel's (and the reference's) directly
+    f = 192
+    gate, up, *_ = _operands(m, 16, f, dtype)
+    _late_outlier(gate, up)
+    h, block_amax = fused.gated_act_block_amax(gate, up, "silu", 128)  # two blocks, the last half full
+    eye = torch.eye(f, device=DEVICE).to(fp8.DTYPE)
+    ones = torch.ones(f, device=DEVICE)
+    cfg = dict(bn=64, bk=64, split=split, num_warps=4, num_stages=2)
+    out = fp8_gemv.launch_block_scaled(h, block_amax, eye, ones, None, torch.float32, cfg)
+    q_kernel, s_kernel = fp8_gemv.quantize_rows(h)  # the unfused pair: the quantization kernel on the same row
+    assert torch.equal(out, q_kernel.float() * s_kernel[:, None])
+    q_torch, s_torch = fp8.quantize_rows(h)  # = the reference quantizer's (as values: the interpreter's exact
+    assert torch.equal(out, q_torch.float() * s_torch)  # rounding writes +0 where torch keeps -0)
+    assert _no_tickets_left()
+
+
+@BF16_FP32
+@pytest.mark.parametrize("split", [1, 3], ids=["unsplit", "split 3: merged by tickets"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("f", [192, 1088])
+@pytest.mark.parametrize("m", [1, 3])
+def test_output_bit_identical_to_act_then_quantize_then_gemv(m, f, bias, split, dtype):
+    gate, up, w, s, b = _operands(m, 40, f, dtype, bias)
+    _late_outlier(gate, up)
+    cfg = dict(bn=16, bk=64, split=split, num_warps=4, num_stages=2)
+    assert fp8_gemv.normalized(cfg, m, 40, f)["split"] == split
+    h = gated_mlp.launch(gate, up, "gelu_tanh")  # the unfused pair: activation kernel, quantization kernel, GEMV
+    want = fp8_gemv.launch_quantized(*fp8_gemv.quantize_rows(h), w, s, b, dtype, cfg)  # X_MODE 2
+    for _ in range(2):  # the n tiles' last splits merge in the launch and leave the tickets at zero
+        out = fused.launch(gate, up, "gelu_tanh", w, s, b, cfg)
+        assert out.dtype == dtype and torch.equal(out, want)
+        assert _no_tickets_left()
 
 
 @dtypes
@@ -97,8 +149,8 @@ def test_bf16_activations():
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_op_default_config_and_prefill_fallback(lead, bias, monkeypatch):
     fused_calls = []
-    real = fused.gated_act_quantize
-    monkeypatch.setattr(fused, "gated_act_quantize", lambda *a: fused_calls.append(a[0].shape) or real(*a))
+    real = fused.gated_act_block_amax
+    monkeypatch.setattr(fused, "gated_act_block_amax", lambda *a: fused_calls.append(a[0].shape) or real(*a))
     gate, up = _gate_up(*lead, f=128)  # [b, s, F] views of [b, s, 2F]
     _, _, w, s, b = _operands(1, 24, 128, bias=bias)
     out = OP(gate, up, "silu", w, s, b)
