@@ -335,12 +335,7 @@ def launch_quantized(xq: Tensor, xs: Tensor, weight: Tensor, weight_scale: Tenso
     """The GEMV alone, on rows already quantized: xq e4m3 [M, K] (contiguous), xs fp32 [M] -> [M, N] in
     out_dtype. For kernels that write quantize_rows' outputs themselves (add_rmsnorm_fp8_linear.py); the
     caller has checked the operands with unsupported_reason on the x they came from."""
-    m, k = xq.shape
-    n = weight.shape[0]
-    if m == 0:
-        return torch.empty(0, n, dtype=out_dtype, device=xq.device)
-    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(xq.device))
-    return _gemv(xq, xs, 2, weight, weight_scale, bias, out_dtype, cfg, config is not None)
+    return _gemv_rows(xq, xs, 2, weight, weight_scale, bias, out_dtype, config)
 
 
 def launch_block_scaled(x: Tensor, block_amax: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
@@ -351,12 +346,18 @@ def launch_block_scaled(x: Tensor, block_amax: Tensor, weight: Tensor, weight_sc
     kernels that write x and its amax in blocks (gated_act_fp8_linear.py). The codes are quantize_rows'
     bit for bit, so the output is launch_quantized's on them. The caller has checked the operands with
     unsupported_reason on x."""
-    m, k = x.shape
+    return _gemv_rows(x, block_amax, 3, weight, weight_scale, bias, out_dtype, config)
+
+
+def _gemv_rows(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
+               out_dtype: torch.dtype, config: Optional[dict]) -> Tensor:
+    """_gemv on rows a producer kernel prepared (modes 2 and 3), with the default or the given config."""
+    m, k = x2.shape
     n = weight.shape[0]
     if m == 0:
-        return torch.empty(0, n, dtype=out_dtype, device=x.device)
-    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device))
-    return _gemv(x, block_amax, 3, weight, weight_scale, bias, out_dtype, cfg, config is not None)
+        return torch.empty(0, n, dtype=out_dtype, device=x2.device)
+    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x2.device))
+    return _gemv(x2, xs, x_mode, weight, weight_scale, bias, out_dtype, cfg, config is not None)
 
 
 def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
