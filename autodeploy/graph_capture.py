@@ -43,7 +43,6 @@ def release_rng_capture(device: torch.device) -> None:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 torch.zeros(1, device=device)  # a node, so the capture is not empty
-            del graph
     except Exception as e:  # noqa: BLE001  (the caller's own error is the one to report)
         log.warning("could not release the CUDA generator after a failed graph capture (%s): random ops "
                     "on %s may fail", str(e).splitlines()[0] if str(e) else type(e).__name__, device)

@@ -116,9 +116,10 @@ def int4_operands_problem(x: torch.Tensor, k: int, n: int, group_size: int, scal
 # and then paying its own launch (block scheduling, prologue: ~1-2 us each, ~100 per 1B step).
 # With PDL a kernel is launched while its predecessor still runs; its programs start, signal that
 # their own dependents may launch, then wait (griddepcontrol.wait) until the predecessor's grid
-# has completed and its writes are visible, before touching any memory. Every PDL kernel waits
-# before its first load or store, so the stream's order still holds for everything it reads or
-# writes (a kernel completes only after its wait returned, i.e. after its predecessor completed).
+# has completed and its writes are visible. Every PDL kernel waits before its first load or store of
+# anything a kernel may write (only read-only weights are fetched earlier: weight prefetch below), so
+# the stream's order still holds for everything it reads or writes (a kernel completes only after
+# its wait returned, i.e. after its predecessor completed).
 # On by default on sm_90+ (compiled kernels only): measured on the H100 (BENCHMARKS.md, fourth session)
 # 1B batch 1 +1.5-5%, 8B bf16 +1.5%, 8B FP8 +3%, greedy parity unchanged. AUTODEPLOY_PDL=0 turns it off.
 
@@ -145,6 +146,7 @@ def pdl_launch(device: torch.device) -> dict:
 # (elements per line). AUTODEPLOY_PDL_PREFETCH=0 turns it off (the autotune key records it).
 
 
+@functools.lru_cache(maxsize=None)  # per launch at decode, like pdl_enabled
 def pdl_prefetch_enabled(device: torch.device) -> bool:
     return pdl_enabled(device) and os.environ.get("AUTODEPLOY_PDL_PREFETCH", "1") == "1"
 

@@ -270,7 +270,7 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
     (fifth session, 132 SMs, M = 1) with that: weights with at most half as many 64-row tiles as SMs
     leave most SMs idle and gain from ~2 programs per SM, BK 256: down (64 tiles) 19.6 us at split 4
     vs 23.3 unsplit, o 8.1 vs 8.6; qkv (96 tiles) lost at every split (10.5 unsplit, 11.1-14.3 split).
-    AUTODEPLOY_FP8_SPLITK=0: the unsplit tiles above (for A/B runs).
+    AUTODEPLOY_FP8_SPLITK=0: the tiles above, K split only for skinny weights (for A/B runs).
     """
     bn = 64
     tiles = triton.cdiv(n, bn)
@@ -362,7 +362,7 @@ def _gemv_rows(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale
 
 def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
           out_dtype: torch.dtype, cfg: dict, explicit: bool) -> Tensor:
-    """One GEMV launch (+ the split-K sum): x2 [M, K] as X_MODE reads it (0: as is, 1: quantized in the
+    """One GEMV launch (split K merged inside it): x2 [M, K] as X_MODE reads it (0: as is, 1: quantized in the
     kernel, 2: e4m3 with scales xs [M], 3: quantized in the kernel with the row amaxes of the block amaxes
     xs [M, NB]) -> [M, N] in out_dtype. `explicit`: the config was asked for, so a failing fp8 tl.dot
     raises instead of falling back to fp16 products."""
