@@ -90,6 +90,15 @@ stage_profile_int4_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.
 # per-kernel times without PDL (with it a kernel's time includes its wait for the previous one)
 stage_profile_fp8_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}" \
   --set transforms.quantize_fp8.enabled=true --set "transforms.quantize_fp8.exclude=[]"; }
+stage_profile_fp8_actfold_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}" \
+  --set transforms.quantize_fp8.enabled=true --set "transforms.quantize_fp8.exclude=[]" \
+  --set transforms.fuse_act_into_fp8_gemv.enabled=true; }
+# 8B TP=2 under torchrun: rank 0's kernels over 5 engine steps (all-reduces include the wait for the peer), and
+# the steps as a Chrome trace (GPU idle gaps); without PDL, with it
+stage_profile_tp2_nopdl() { AUTODEPLOY_PDL=0 python3 -m torch.distributed.run --nproc-per-node 2 benchmarks/profile_decode.py "${P8[@]}" \
+  --trace /tmp/tp2_nopdl.json && gzip -c /tmp/tp2_nopdl.json > "$OUT/tp2_nopdl_trace.json.gz"; }
+stage_profile_tp2() { python3 -m torch.distributed.run --nproc-per-node 2 benchmarks/profile_decode.py "${P8[@]}" \
+  --trace /tmp/tp2.json && gzip -c /tmp/tp2.json > "$OUT/tp2_trace.json.gz"; }
 stage_profile_8b_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}"; }
 stage_profile_1b_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py --recipe $R --batch 1 --steps 100; }
 stage_profile_1b() { python3 benchmarks/profile_decode.py --recipe $R --batch 1 --steps 100; }
