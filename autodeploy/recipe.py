@@ -56,9 +56,11 @@ class RuntimeConfig(_Strict):
         None, ge=1, description="Ranks the model is split over (tensor / expert parallel); null: the launcher's "
         "WORLD_SIZE (torchrun), else 1.",
     )
-    all_reduce: Literal["auto", "nccl"] = Field(
-        "auto", description="Tensor-parallel all-reduces on CUDA: auto sends small ones (decode) through a "
-        "one-shot kernel over symmetric memory, falling back to NCCL where that is unavailable; nccl: all NCCL.",
+    all_reduce: Literal["auto", "oneshot", "nccl"] = Field(
+        "auto", description="Tensor-parallel all-reduces on CUDA: auto sends decode-sized ones through the push "
+        "kernel (each rank stores its rows into its peers' symmetric memory; fused with the residual add + RMSNorm "
+        "after it), other small ones through torch's one-shot kernel, falling back to NCCL where these are "
+        "unavailable; oneshot: torch's one-shot kernel for every small one; nccl: all NCCL.",
     )
     overlap_scheduling: bool = Field(
         True, description="Launch each step before reading the previous step's tokens (hides host work behind the GPU)."

@@ -8,8 +8,9 @@
 #  1B bench wants >= 200 s there, an 8B quant variant >= 150 s.
 #   run(command='bash benchmarks/gpu_stages.sh "..."', kind="nvidia-h100-x2", carry=[".whl"])
 #
-# Stages (see stage_* below): oneshot (2-GPU symmetric-memory all-reduce test), tp2 / tp2_nccl
-# (8B TP=2 batch-1 bench, one-shot vs NCCL all-reduces), tp1, bench_1b (cold caches, batch 1 and
+# Stages (see stage_* below): oneshot (2-GPU symmetric-memory all-reduce test), tp_tests (all of
+# tests/gpu/test_tp_nccl.py), tp2 / tp2_oneshot / tp2_nccl (8B TP=2 batch-1 bench: push kernel, torch's
+# one-shot kernel, NCCL all-reduces), tp1, bench_1b (cold caches, batch 1 and
 # 16, transformers baselines), bench_1b_warm (optimize again with caches warm), quant (8B bf16 / FP8
 # / INT4 via quant_gpu.py; QUANT_VARIANTS overrides), gemv (quant_gemv_bench.py), gemv_kmajor / kmajor_tests /
 # quant_kmajor (the K-major INT4 GEMV: its sweep, its GPU tests, the 8B step with it), gpu_tests
@@ -32,6 +33,8 @@ B8=(random:llama-3.1-8b --recipe $R --batch-sizes 1 --input-len 128 --output-len
 
 stage_oneshot() { python3 -m pytest -q -x tests/gpu/test_tp_nccl.py; }
 stage_tp2() { $AD "${B8[@]}" --world-size 2 --json "$OUT/tp2.json"; }
+stage_tp2_oneshot() { $AD "${B8[@]}" --world-size 2 --set runtime.all_reduce=oneshot --json "$OUT/tp2_oneshot.json"; }
+stage_tp_tests() { python3 -m pytest -q -x tests/gpu/test_tp_nccl.py; }
 stage_tp2_nccl() { $AD "${B8[@]}" --world-size 2 --set runtime.all_reduce=nccl --json "$OUT/tp2_nccl.json"; }
 stage_tp1() { $AD "${B8[@]}" --json "$OUT/tp1.json"; }
 stage_bench_1b() { $AD "${B1[@]}" --batch-sizes 1,16 --baselines eager,static --json "$OUT/bench_1b.json"; }
@@ -139,6 +142,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp2 tp2_nccl quant quant_nopf quant_nosplit fp8_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in oneshot tp_tests tp2 tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

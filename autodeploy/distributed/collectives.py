@@ -1,7 +1,10 @@
-"""The canonical collectives: `autodeploy::all_reduce` and `autodeploy::all_gather`.
+"""The canonical collectives: `autodeploy::all_reduce`, `autodeploy::all_gather`, and the all-reduce
+fused with the residual add + RMSNorm after it, `autodeploy::all_reduce_add_rmsnorm`.
 
     all_reduce(x)                   -> sum of x over the ranks            [same shape]
     all_gather(x, dim, world_size)  -> the ranks' x concatenated on dim   [.., world_size * x.shape[dim], ..]
+    all_reduce_add_rmsnorm(x, residual, weight, eps, add_unit_offset)
+                                    -> fused_add_rmsnorm(all_reduce(x), residual, ...): (normed, new_residual)
 
 Backed by torch.distributed on the default group (NCCL on GPUs, gloo on the CPU); at world size 1
 (no process group) each is the identity, so a sharded graph also runs in one process. Ops return
@@ -11,7 +14,9 @@ the graph states its output shape without a process group (shape propagation, pl
 They are opaque to torch.compile (their fake impls give shapes) and capturable in CUDA graphs on
 NCCL once the communicator exists (the first eager call creates it). Small CUDA all-reduces go
 through symm_all_reduce.py's one-shot kernel when runtime.all_reduce is "auto" (the default) and
-every rank could set it up.
+every rank could set it up; decode-sized ones (and all_reduce_add_rmsnorm whole) through its push
+kernel. all_reduce_add_rmsnorm's reference is the two ops it replaces, so it changes no result on the
+CPU; transforms/fuse_all_reduce_rmsnorm.py puts it in the graph.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from autodeploy.backends.torch.fused_add_rmsnorm import fused_add_rmsnorm as _fused_add_rmsnorm_op
 from autodeploy.distributed import symm_all_reduce
+
+_fused_add_rmsnorm = _fused_add_rmsnorm_op._init_fn  # the reference as plain Python
 
 
 def _world() -> int:
@@ -43,6 +51,23 @@ def all_reduce(x: Tensor) -> Tensor:
 @all_reduce.register_fake
 def _(x):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("autodeploy::all_reduce_add_rmsnorm", mutates_args=())
+def all_reduce_add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float,
+                           add_unit_offset: bool = False) -> tuple[Tensor, Tensor]:
+    """x, residual [..., h], weight [h] -> (rmsnorm(s + residual), s + residual), s = the sum of every rank's x."""
+    if _world() > 1:
+        fused = symm_all_reduce.try_all_reduce_add_rmsnorm(x, residual, weight, eps, add_unit_offset)
+        if fused is not None:
+            return fused
+    return _fused_add_rmsnorm(all_reduce(x), residual, weight, eps, add_unit_offset)
+
+
+@all_reduce_add_rmsnorm.register_fake
+def _(x, residual, weight, eps, add_unit_offset=False):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
 @torch.library.custom_op("autodeploy::all_gather", mutates_args=())

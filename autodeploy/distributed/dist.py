@@ -79,8 +79,8 @@ def rank_device(device: str, world: int) -> str:
 
 def init_distributed(world: int, device: str, all_reduce: str = "auto") -> None:
     """Join (or check) the process group of `world` ranks; a no-op at world size 1. `all_reduce`:
-    "auto" sets up the one-shot symmetric-memory path for small all-reduces on CUDA
-    (symm_all_reduce.py), "nccl" leaves every all-reduce to NCCL."""
+    "auto" sets up the symmetric-memory paths for small all-reduces on CUDA (symm_all_reduce.py: the
+    push kernel, torch's one-shot kernel), "oneshot" only torch's, "nccl" leaves every all-reduce to NCCL."""
     global _CONTROL
     if world <= 1:
         return

@@ -8,11 +8,20 @@ address (torch symmetric memory), a barrier through signal pads, each rank sums 
 over NVLink loads, a second barrier so no rank overwrites its slot while a peer still reads it.
 No multicast (NVLS) is involved: plain peer loads.
 
-    setup(mode, max_bytes)   collective, after the process group exists: allocate + rendezvous one
-                             buffer; every rank agrees (MIN over the control group) on using it
+Below that, "auto" sends what it can (<= PUSH_MAX_ROWS rows of <= PUSH_ROW_BYTES) through
+backends/triton/push_all_reduce.py instead: each rank stores its rows straight into its peers' buffers
+and raises a flag there, one one-way NVLink trip, and `all_reduce_add_rmsnorm` (the all-reduce plus the
+residual add + RMSNorm after it, fused by transforms/fuse_all_reduce_rmsnorm.py) is that kernel too.
+"oneshot" keeps torch's kernel for every small all-reduce (the A/B of the two).
+
+    setup(mode, max_bytes)   collective, after the process group exists: allocate + rendezvous the
+                             buffers; every rank agrees (MIN over the control group) on using them
     try_all_reduce(x)        the sum over ranks, or None when x doesn't qualify (not CUDA, dtype
                              other than bf16 / fp32, larger than the buffer, odd byte count): the
                              caller then uses NCCL
+    try_all_reduce_add_rmsnorm(x, residual, weight, eps, add_unit_offset)
+                             (normed, new_residual) from the push kernel, or None (the caller then
+                             all-reduces and normalizes on its own)
 
 Messages larger than `max_bytes` (prefill) go to NCCL, whose ring/tree beats reading every peer's
 whole tensor once messages reach the hundreds of KB. `mode`: "auto" tries symmetric memory and
@@ -33,6 +42,9 @@ log = logging.getLogger(__name__)
 
 DTYPES = (torch.bfloat16, torch.float32)  # what torch's one-shot kernel dispatches on
 DEFAULT_MAX_BYTES = 512 * 1024  # decode up to 64 rows of an 8B model's 4096 bf16 hidden
+PUSH_MAX_ROWS = 32  # decode batches up to 32 rows take the push kernel (one program a row)
+PUSH_ROW_BYTES = 32 * 1024  # a hidden of up to 16384 bf16 values
+PUSH_FLAG_BYTES = 4096  # int32 flags [W, PUSH_MAX_ROWS] at the buffer's start (W <= 32)
 
 
 @dataclass
@@ -41,30 +53,74 @@ class _Buffer:
     group_name: str
 
 
+@dataclass
+class _Push:
+    """push_all_reduce.py's buffer: flags, then rows [2, W, PUSH_MAX_ROWS, PUSH_ROW_BYTES] (symmetric memory)."""
+
+    flat: Tensor  # uint8, kept alive: the peers write into it
+    peers: Tensor  # int64 [W]: every rank's buffer as mapped on this device
+    counters: Tensor  # int32 [PUSH_MAX_ROWS]: the epoch of each row slot's last call
+    rank: int
+    world: int
+
+
 _BUFFER: Optional[_Buffer] = None
+_PUSH: Optional[_Push] = None
 
 
 def active() -> bool:
     return _BUFFER is not None
 
 
+def push_active() -> bool:
+    return _PUSH is not None
+
+
 def setup(mode: str, max_bytes: int, device: torch.device, control_group) -> bool:
     """Collective over the default group: every rank calls it at the same point. True when the
     one-shot path is on for every rank; False (NCCL for everything) otherwise."""
-    global _BUFFER
-    _BUFFER = None
+    global _BUFFER, _PUSH
+    _BUFFER = _PUSH = None
     if mode == "nccl" or device.type != "cuda" or max_bytes <= 0:
         return False
     buf, why = _allocate(max_bytes, device)
-    ok = torch.tensor([1 if buf is not None else 0], dtype=torch.int64)
+    push, push_why = _allocate_push(device) if mode == "auto" and buf is not None else (None, None)
+    # the flags are zeroed on every rank before this collective returns anywhere: no peer flags a row first
+    ok = torch.tensor([1 if buf is not None else 0, 1 if push is not None else 0], dtype=torch.int64)
     dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=control_group)  # one rank failing turns it off for all
-    if int(ok.item()) == 0:
+    if int(ok[0]) == 0:
         log.warning("symmetric-memory all-reduce unavailable (%s); all-reduces use NCCL",
                     why or "another rank could not set it up")
         return False
     _BUFFER = buf
     log.info("all-reduces of <= %d bytes: one-shot over symmetric memory", max_bytes)
+    if mode == "auto":
+        if int(ok[1]):
+            _PUSH = push
+            log.info("all-reduces of <= %d rows of <= %d bytes: the push kernel", PUSH_MAX_ROWS, PUSH_ROW_BYTES)
+        else:
+            log.warning("push all-reduce unavailable (%s); small all-reduces use torch's one-shot kernel",
+                        push_why or "another rank could not set it up")
     return True
+
+
+def _allocate_push(device: torch.device) -> tuple[Optional[_Push], Optional[str]]:
+    try:
+        import torch.distributed._symmetric_memory as symm_mem
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if world * PUSH_MAX_ROWS * 4 > PUSH_FLAG_BYTES:
+            return None, f"{world} ranks: more flags than {PUSH_FLAG_BYTES} bytes hold"
+        flat = symm_mem.empty(PUSH_FLAG_BYTES + 2 * world * PUSH_MAX_ROWS * PUSH_ROW_BYTES, dtype=torch.uint8,
+                              device=device)
+        handle = symm_mem.rendezvous(flat, dist.group.WORLD.group_name)
+        flat.zero_()
+        torch.cuda.synchronize(device)
+        peers = torch.tensor(list(handle.buffer_ptrs), dtype=torch.int64, device=device)
+        counters = torch.zeros(PUSH_MAX_ROWS, dtype=torch.int32, device=device)
+        return _Push(flat, peers, counters, rank, world), None
+    except Exception as e:  # noqa: BLE001 (no P2P, no Triton, ...: torch's one-shot kernel still works)
+        return None, f"{type(e).__name__}: {e}"
 
 
 def _allocate(max_bytes: int, device: torch.device) -> tuple[Optional[_Buffer], Optional[str]]:
@@ -92,8 +148,32 @@ def qualifies(x: Tensor) -> bool:
             and nbytes % 4 == 0)
 
 
+def _push(x: Tensor, residual: Optional[Tensor] = None, weight: Optional[Tensor] = None, eps: float = 0.0,
+          add_unit_offset: bool = False):
+    """The push kernel's result, or None when it cannot take these operands (the same on every rank)."""
+    if _PUSH is None:
+        return None
+    from autodeploy.backends.triton import push_all_reduce
+
+    if push_all_reduce.unsupported_reason(x, PUSH_MAX_ROWS, PUSH_ROW_BYTES, residual, weight):
+        return None
+    p = _PUSH
+    return push_all_reduce.launch(x, p.peers, p.counters, p.rank, p.world, PUSH_MAX_ROWS, PUSH_FLAG_BYTES,
+                                  PUSH_ROW_BYTES, residual=residual, weight=weight, eps=eps,
+                                  add_unit_offset=add_unit_offset)
+
+
+def try_all_reduce_add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float,
+                               add_unit_offset: bool) -> Optional[tuple[Tensor, Tensor]]:
+    """(rmsnorm(sum over ranks of x + residual), sum + residual) from one push kernel, or None."""
+    return _push(x, residual, weight, eps, add_unit_offset)
+
+
 def try_all_reduce(x: Tensor) -> Optional[Tensor]:
     """x [...] -> sum over ranks [...] (a new tensor), or None when NCCL should take it."""
+    pushed = _push(x)
+    if pushed is not None:
+        return pushed
     if not qualifies(x):
         return None
     x = x.contiguous()
@@ -103,5 +183,5 @@ def try_all_reduce(x: Tensor) -> Optional[Tensor]:
 
 
 def reset() -> None:
-    global _BUFFER
-    _BUFFER = None
+    global _BUFFER, _PUSH
+    _BUFFER = _PUSH = None

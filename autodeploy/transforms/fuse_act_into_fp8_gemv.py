@@ -46,7 +46,7 @@ ACT_FP8_LINEAR = torch.ops.autodeploy.gated_act_fp8_linear.default
 
 
 class FuseActIntoFp8GemvConfig(TransformConfig):
-    enabled: bool = Field(False, description="Run this transform (off in every recipe until a GPU times the twin).")
+    enabled: bool = Field(False, description="Run this transform (on in the GPU recipes; a no-op without FP8 linears).")
 
 
 def _parameter(node, dtype: torch.dtype, shape_ok) -> bool:

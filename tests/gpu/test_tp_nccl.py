@@ -1,8 +1,12 @@
 """Tensor parallelism on 2 GPUs over NCCL (skipped without 2 CUDA devices).
 
     collectives       autodeploy::all_reduce / all_gather eager and replayed from a CUDA graph
-    one-shot          small bf16 / fp32 all-reduces through symmetric memory (runtime.all_reduce
-                      "auto"): active on NVLink H100s, equal to NCCL's sum, replayable in a graph
+    one-shot          small bf16 / fp32 all-reduces through torch's one-shot kernel over symmetric
+                      memory (runtime.all_reduce "oneshot"): active on NVLink H100s, equal to NCCL's
+                      sum, replayable in a graph
+    push              decode rows through the push kernel (runtime.all_reduce "auto"), plain and fused
+                      with the residual add + RMSNorm: equal to NCCL's sum (+ the reference add + norm),
+                      bit-identical on both ranks, eager and replayed from a CUDA graph many times
     tiny llama        h100 recipe (torch.compile + CUDA graphs, overlap scheduling) in fp32, so a
                       different summation order cannot flip a greedy token: the 2-rank runtime's
                       greedy tokens equal the 1-rank runtime's, step logits within fp32 tolerance
@@ -63,12 +67,12 @@ def _one_shot(rank: int, out) -> dict:
 
     from autodeploy.distributed import dist, symm_all_reduce
 
-    dist.init_distributed(2, "cuda")
+    dist.init_distributed(2, "cuda", "oneshot")
     import autodeploy.distributed.collectives  # noqa: F401
 
     dev = torch.device(f"cuda:{rank}")
     gen = torch.Generator(device="cpu").manual_seed(rank)
-    results = {"active": symm_all_reduce.active()}
+    results = {"active": symm_all_reduce.active() and not symm_all_reduce.push_active()}
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(1, 4096, generator=gen).to(dev, dtype)  # a decode step's [1, hidden]
         got = torch.ops.autodeploy.all_reduce(x)
@@ -96,6 +100,70 @@ def test_one_shot_all_reduce_matches_nccl(tmp_path):
             assert_close(got, want, dtype)
         # (1 + i) + (2 + i) for the three captured calls
         assert r["graph"] == [3.0, 5.0, 7.0]
+
+
+def _push(rank: int, out) -> dict:
+    import torch.distributed as tdist
+
+    from autodeploy.distributed import dist, symm_all_reduce
+
+    dist.init_distributed(2, "cuda")
+    import autodeploy.distributed.collectives  # noqa: F401
+
+    ops = torch.ops.autodeploy
+    dev = torch.device(f"cuda:{rank}")
+    gen = torch.Generator(device="cpu").manual_seed(rank)
+    shared = torch.Generator(device="cpu").manual_seed(7)  # residual and weight: the same on both ranks
+    results = {"active": symm_all_reduce.push_active(), "eager": []}
+    for dtype in (torch.bfloat16, torch.float32):
+        for rows in (1, 5, 32):
+            x = torch.randn(rows, 4096, generator=gen).to(dev, dtype)
+            res = torch.randn(rows, 4096, generator=shared).to(dev, dtype)
+            w = (1 + 0.1 * torch.randn(4096, generator=shared)).to(dev, dtype)
+            want = x.clone()
+            tdist.all_reduce(want)  # NCCL
+            ref_norm, ref_res = ops.fused_add_rmsnorm(want, res, w, 1e-5, False)
+            got = ops.all_reduce(x)
+            got_norm, got_res = ops.all_reduce_add_rmsnorm(x, res, w, 1e-5, False)
+            results["eager"].append((dtype, [t.float().cpu() for t in (got, want, got_norm, ref_norm, got_res, ref_res)]))
+    # a decode step's pattern, captured once and replayed: fused, plain, fused back to back on one buffer
+    static = torch.zeros(1, 4096, device=dev, dtype=torch.bfloat16)
+    res = torch.ones(1, 4096, device=dev, dtype=torch.bfloat16)
+    w = torch.ones(4096, device=dev, dtype=torch.bfloat16)
+    ops.all_reduce_add_rmsnorm(static, res, w, 1e-5, False)  # eager first: the graph replays what ran
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        n1, r1 = ops.all_reduce_add_rmsnorm(static, res, w, 1e-5, False)
+        s2 = ops.all_reduce(r1 * 2)
+        n3, r3 = ops.all_reduce_add_rmsnorm(s2, r1, w, 1e-5, False)
+    replays = []
+    for step in range(200):
+        static.fill_(float(rank + 1 + step % 3))
+        graph.replay()
+        if step % 67 == 0:
+            replays.append([float(t[0, 9]) for t in (r1, s2, r3, n3)])
+    torch.cuda.synchronize(dev)
+    results["replays"] = replays
+    results["counters"] = symm_all_reduce._PUSH.counters.cpu()
+    return results
+
+
+def test_push_all_reduce_matches_nccl_on_both_ranks(tmp_path):
+    ranks, _ = run_ranks(_push, 2, tmp_path)
+    for r in ranks:
+        assert r["active"], "the push all-reduce did not set up on this 2-GPU host"
+        for dtype, (got, want, got_norm, ref_norm, got_res, ref_res) in r["eager"]:
+            assert_close(got, want, dtype)
+            assert_close(got_res, ref_res, dtype)
+            assert_close(got_norm, ref_norm, dtype)
+    for (_, a), (_, b) in zip(ranks[0]["eager"], ranks[1]["eager"]):
+        assert all(torch.equal(u, v) for u, v in zip(a[::2], b[::2]))  # replicated activations: the same bits
+    for step, values in zip(range(0, 200, 67), ranks[0]["replays"]):
+        v = 1 + step % 3
+        r1 = 1.0 + (v + v + 1)  # residual 1 + both ranks' rows
+        assert values[:3] == [r1, 4 * r1, r1 + 4 * r1] and values[3] == pytest.approx(1.0, rel=1e-2)
+    assert ranks[0]["replays"] == ranks[1]["replays"]
+    assert torch.equal(ranks[0]["counters"], ranks[1]["counters"])
 
 
 def test_collectives_eager_and_in_a_cuda_graph(tmp_path):

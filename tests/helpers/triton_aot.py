@@ -202,6 +202,14 @@ def pdl_cases():
 
     yield "gated_act_amax pdl", gated_act_fp8_linear._gated_act_amax_kernel, \
         dict(gate_ptr=bf, up_ptr=bf, out_ptr=bf, amax_ptr="fp32"), dict(ACT=0, BLOCK=1024, PDL=True), (), 1
+    from autodeploy.backends.triton import push_all_reduce
+
+    # the push all-reduce at 8B's hidden (4096 bf16), 2 ranks, plain and fused with add + RMSNorm
+    ptrs = dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, res_out_ptr=bf, peers_ptr="i64", counter_ptr="i32")
+    for norm in (False, True):
+        c = dict(RANK=1, W=2, MAX_ROWS=32, DATA_OFFSET=4096, ROW_BYTES=32768, NORM=norm, UNIT_OFFSET=False,
+                 BLOCK=4096, PDL=True)
+        yield f"push_all_reduce pdl norm={norm}", push_all_reduce._push_all_reduce_kernel, ptrs, c, ("eps",), 1, 8
 
 
 def main() -> int:

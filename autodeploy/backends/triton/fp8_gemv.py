@@ -28,7 +28,7 @@ kernel writes them): add_rmsnorm_fp8_linear.py's norm kernel writes them instead
 `launch_block_scaled` (X_MODE 3) quantizes x in the GEMV like X_MODE 1, but takes each row's amax from
 NB per-block amaxes that x's producer wrote beside it (gated_act_fp8_linear.py's activation kernel, one
 per program of its grid): each program reads NB floats a row instead of the whole row, and divides by
-the scale as the prologue kernel does, so its codes are the prologue's bit for bit (unmeasured on a GPU).
+the scale as the prologue kernel does, so its codes are the prologue's bit for bit.
 `fp8_dot` False multiplies in fp16 instead (e4m3 -> fp16 is exact): the same numbers, a fallback
 should a Triton build reject an fp8 tl.dot in this orientation. quantize_input False (FP8 weights,
 x as is) multiplies w (converted to x's dtype, exact) with x in x's dtype.

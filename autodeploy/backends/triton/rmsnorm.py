@@ -41,6 +41,13 @@ def rmsnorm_row(x_row, res_row, w_ptr, res_out_row, cols, mask, h, eps,
         summed = (x + r).to(res_out_row.dtype.element_ty)  # round like the unfused add does
         tl.store(res_out_row + cols, summed, mask=mask)
         x = summed.to(tl.float32)
+    return rmsnorm_values(x, w_ptr, cols, mask, h, eps, UNIT_OFFSET)
+
+
+@triton.jit
+def rmsnorm_values(x, w_ptr, cols, mask, h, eps, UNIT_OFFSET: tl.constexpr):
+    """rmsnorm of one row already in registers (fp32 x [BLOCK_H], zeros past h), before its one rounding.
+    Shared with push_all_reduce.py, whose row arrives summed over the ranks rather than from memory."""
     inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / h + eps)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if UNIT_OFFSET:  # Gemma stores w - 1

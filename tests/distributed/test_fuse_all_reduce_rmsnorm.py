@@ -1,0 +1,61 @@
+"""fuse_all_reduce_rmsnorm on 2 gloo ranks: the all-reduce after a row-split linear and the residual add +
+RMSNorm after it become one autodeploy::all_reduce_add_rmsnorm, and the sharded graph still equals eager.
+
+test_shard_transforms.py's Decoder (embedding ─ norm ─ attention ─ o (+x) ─ norm ─ gated MLP (+x) ─ lm_head),
+sharded and with its add + norm fused first: of its three all-reduces only o_proj's feeds an add + norm
+(the embedding's feeds a plain norm and the residual, down_proj's the lm_head), so one site fuses. The
+collectives run for real (gloo), so the output matches eager only if the fused op sums the ranks' rows
+before it adds and normalizes. The CUDA push kernel behind it: tests/gpu/test_tp_nccl.py.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+
+from tests.distributed.spawn import run_ranks
+from tests.distributed.test_shard_transforms import Decoder, _ids
+
+ops = torch.ops.autodeploy
+
+
+def _worker(rank: int, out) -> str | None:
+    from torch.export import Dim
+
+    import autodeploy.distributed.collectives  # noqa: F401  (registers the ops counted below)
+    from autodeploy.distributed import dist
+    from autodeploy.recipe import load_recipe
+    from tests.helpers.transform_check import check_transform
+
+    dist.init_distributed(2, "cpu")
+    try:
+        torch.manual_seed(0)  # both ranks build the same weights
+        bs = {0: Dim("b", min=1, max=8), 1: Dim("s", min=2, max=32)}
+        AR, ADD_NORM, FUSED = ops.all_reduce.default, ops.fused_add_rmsnorm.default, ops.all_reduce_add_rmsnorm.default
+        gm = check_transform(Decoder(), _ids(2, 6), "fuse_all_reduce_rmsnorm", run_first=["shard_tensor_parallel", "fuse_add_rmsnorm"],
+                             before={AR: 3, ADD_NORM: 1, FUSED: 0}, after={AR: 2, ADD_NORM: 0, FUSED: 1}, matches=1,
+                             second_inputs=_ids(3, 9, 1), dynamic_shapes=(bs, bs),
+                             recipe=load_recipe("cpu", {"runtime.world_size": 2}))
+        fused = next(n for n in gm.graph.nodes if n.target is FUSED)
+        assert fused.args[0].target is not AR  # it reads the partial sums, not a reduced tensor
+        return None
+    except Exception:  # noqa: BLE001 (reported by the parent)
+        return traceback.format_exc()
+
+
+def test_sharded_graph_fuses_and_matches_eager(tmp_path):
+    ranks, _ = run_ranks(_worker, 2, tmp_path)
+    for rank, failure in enumerate(ranks):
+        assert failure is None, f"rank {rank}:\n{failure}"
+
+
+def test_one_rank_reference_is_the_two_ops_it_replaces():
+    import autodeploy.distributed.collectives  # noqa: F401
+
+    g = torch.Generator().manual_seed(0)
+    x, residual, w = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g), torch.randn(16, generator=g)
+    for offset in (False, True):
+        got = ops.all_reduce_add_rmsnorm(x, residual, w, 1e-6, offset)
+        want = ops.fused_add_rmsnorm(ops.all_reduce(x), residual, w, 1e-6, offset)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
