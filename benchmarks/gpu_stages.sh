@@ -34,6 +34,8 @@ B8=(random:llama-3.1-8b --recipe $R --batch-sizes 1 --input-len 128 --output-len
 stage_oneshot() { python3 -m pytest -q -x tests/gpu/test_tp_nccl.py; }
 stage_tp2() { $AD "${B8[@]}" --world-size 2 --json "$OUT/tp2.json"; }
 stage_tp2_oneshot() { $AD "${B8[@]}" --world-size 2 --set runtime.all_reduce=oneshot --json "$OUT/tp2_oneshot.json"; }
+# every op on its first supported backend (Triton GEMVs with PDL instead of the cuBLAS picks the tuner times alone)
+stage_tp2_notune() { $AD "${B8[@]}" --world-size 2 --no-autotune --json "$OUT/tp2_notune.json"; }
 stage_tp_tests() { python3 -m pytest -q -x tests/gpu/test_tp_nccl.py; }
 stage_tp2_nccl() { $AD "${B8[@]}" --world-size 2 --set runtime.all_reduce=nccl --json "$OUT/tp2_nccl.json"; }
 stage_tp1() { $AD "${B8[@]}" --json "$OUT/tp1.json"; }
@@ -142,6 +144,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp_tests tp2 tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in oneshot tp_tests tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

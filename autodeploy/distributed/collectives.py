@@ -61,7 +61,13 @@ def all_reduce_add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: flo
         fused = symm_all_reduce.try_all_reduce_add_rmsnorm(x, residual, weight, eps, add_unit_offset)
         if fused is not None:
             return fused
-    return _fused_add_rmsnorm(all_reduce(x), residual, weight, eps, add_unit_offset)
+    summed = all_reduce(x)
+    if summed.is_cuda:  # prefill rows (NCCL): the add + norm in the one kernel the unfused graph would have used
+        from autodeploy.backends.triton import rmsnorm as triton_rmsnorm
+
+        if triton_rmsnorm.supports(summed, weight, residual):
+            return triton_rmsnorm.launch(summed, weight, eps, add_unit_offset, residual=residual)
+    return _fused_add_rmsnorm(summed, residual, weight, eps, add_unit_offset)
 
 
 @all_reduce_add_rmsnorm.register_fake

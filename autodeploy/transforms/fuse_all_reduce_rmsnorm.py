@@ -24,6 +24,7 @@ import torch
 from torch import fx
 
 import autodeploy.distributed.collectives  # noqa: F401  (registers autodeploy::all_reduce_add_rmsnorm)
+import autodeploy.transforms.fuse_add_rmsnorm  # noqa: F401  (registers first: its op is matched here)
 from autodeploy.graph import is_op, nodes_of
 from autodeploy.ops import bound_args
 from autodeploy.transforms.pipeline import Stage, TransformInfo, register

@@ -50,6 +50,7 @@ from pydantic import Field
 from torch import fx
 
 import autodeploy.transforms.fuse_add_rmsnorm  # noqa: F401  (registers first: its op is matched here)
+import autodeploy.transforms.fuse_all_reduce_rmsnorm  # noqa: F401  (registers first: a sharded graph's sites are its)
 import autodeploy.transforms.fuse_gated_linear  # noqa: F401  (registers first, and fuse_gemms before it)
 from autodeploy.graph import aten, is_op, nodes_of, val
 from autodeploy.ops import bound_args

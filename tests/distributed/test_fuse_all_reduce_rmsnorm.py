@@ -59,3 +59,11 @@ def test_one_rank_reference_is_the_two_ops_it_replaces():
         got = ops.all_reduce_add_rmsnorm(x, residual, w, 1e-6, offset)
         want = ops.fused_add_rmsnorm(ops.all_reduce(x), residual, w, 1e-6, offset)
         assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_runs_before_the_norm_fold_into_gemvs():
+    # fuse_norm_into_gemv would otherwise take a sharded layer's add + norm sites first (as it does unsharded)
+    from autodeploy.transforms.pipeline import ordered_specs
+
+    names = [s.name for s in ordered_specs()]
+    assert names.index("fuse_add_rmsnorm") < names.index("fuse_all_reduce_rmsnorm") < names.index("fuse_norm_into_gemv")

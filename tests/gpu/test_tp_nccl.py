@@ -161,7 +161,8 @@ def test_push_all_reduce_matches_nccl_on_both_ranks(tmp_path):
     for step, values in zip(range(0, 200, 67), ranks[0]["replays"]):
         v = 1 + step % 3
         r1 = 1.0 + (v + v + 1)  # residual 1 + both ranks' rows
-        assert values[:3] == [r1, 4 * r1, r1 + 4 * r1] and values[3] == pytest.approx(1.0, rel=1e-2)
+        # r3 = all_reduce(s2) + r1: s2 (4 r1 on each rank) is summed over the ranks again
+        assert values[:3] == [r1, 4 * r1, 2 * 4 * r1 + r1] and values[3] == pytest.approx(1.0, rel=1e-2)
     assert ranks[0]["replays"] == ranks[1]["replays"]
     assert torch.equal(ranks[0]["counters"], ranks[1]["counters"])
 
