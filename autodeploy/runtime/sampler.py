@@ -21,6 +21,27 @@ from autodeploy.runtime.request import Request
 from autodeploy.runtime.sampling import SamplingParams
 
 NEG_INF = float("-inf")
+MIN_CHUNK = 512  # argmax_rows: vocab entries per chunk, at least
+MAX_CHUNKS = 256
+
+
+def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """scores [n, V] -> [n] int64: the first index of each row's maximum, as scores.argmax(-1).
+
+    Why not argmax(-1) itself: on CUDA it reduces a row in few blocks, 27 us for one 128256-wide row on an
+    H200 (an 8B decode step's ~1%, measured in a TP=2 profile). Here the row is cut into up to
+    MAX_CHUNKS equal chunks reduced in parallel (max with indices), then the chunk maxima: the first chunk
+    holding the maximum, and its first index, give the first index overall (NaN propagates as in argmax:
+    it is the maximum of its chunk and of the chunk maxima)."""
+    n, v = scores.shape
+    chunks = 1
+    while chunks < MAX_CHUNKS and v % (2 * chunks) == 0 and v // (2 * chunks) >= MIN_CHUNK:
+        chunks *= 2
+    if chunks == 1:
+        return scores.argmax(-1)
+    values, index = scores.view(n, chunks, v // chunks).max(-1)  # [n, chunks] each
+    best = values.argmax(-1, keepdim=True)  # [n, 1]: the first chunk holding the row's maximum
+    return best[:, 0] * (v // chunks) + index.gather(-1, best)[:, 0]
 
 
 @dataclass
@@ -144,14 +165,14 @@ class Sampler:
         logits = apply_penalties(logits, reqs)
         logits = mask_early_stops(logits, reqs)
         logits = apply_logits_processors(logits, reqs)
-        tokens = logits.argmax(-1)  # greedy rows keep this
+        tokens = argmax_rows(logits)  # greedy rows keep this
         scores = logits
         sampled = [i for i, r in enumerate(reqs) if not r.sampling.greedy]
         if sampled:
             idx = _index(sampled, dev)
             sub = filter_logits(logits[idx], [reqs[i].sampling for i in sampled])
             noise = exponential_noise([reqs[i] for i in sampled], vocab, dev)
-            tokens[idx] = (sub.softmax(-1) / noise).argmax(-1)
+            tokens[idx] = argmax_rows(sub.softmax(-1) / noise)
             scores = logits.clone()
             scores[idx] = sub
         if not any(r.sampling.logprobs for r in reqs):

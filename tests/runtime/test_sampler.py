@@ -190,3 +190,17 @@ def test_invalid_sampling_values_raise_a_request_error():
     p = SamplingParams()
     p.top_k = -1  # fields stay mutable: the engine checks again at submit
     assert "top_k" in p.problem()
+
+
+@pytest.mark.parametrize("vocab", [128256, 49152, 1024, 1000, 50257])
+def test_argmax_rows_is_argmax(vocab):
+    from autodeploy.runtime.sampler import argmax_rows
+
+    g = torch.Generator().manual_seed(vocab)
+    scores = torch.randn(6, vocab, generator=g)
+    scores[1, [5, vocab // 2, vocab - 1]] = 9.0  # ties across chunks: the first index wins
+    scores[2, -3:] = 9.0  # ties inside the last chunk
+    scores[3] = float("-inf")  # a fully masked row
+    scores[4, vocab // 3] = float("nan")  # NaN propagates as the maximum, as in argmax
+    scores[5] = 0.0  # every entry tied
+    assert torch.equal(argmax_rows(scores), scores.argmax(-1))
