@@ -70,11 +70,7 @@ stage_gemv_fp8() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --b
 # FP8 decode without the in-launch K split of fp8_gemv.launch_config (A/B against stage quant)
 stage_quant_nosplit() { AUTODEPLOY_FP8_SPLITK=0 python3 benchmarks/quant_gpu.py --recipe $R --variants fp8_lm_head \
   --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nosplit.json"; }
-# FP8 decode without the one-launch add + RMSNorm + GEMV candidate (A/B against stage quant)
-stage_quant_nogemvnorm() { AUTODEPLOY_FP8_GEMV_NORM=0 python3 benchmarks/quant_gpu.py --recipe $R --variants fp8_lm_head \
-  --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nogemvnorm.json"; }
-stage_fp8_tests() { python3 -m pytest -q tests/backends/triton/test_add_rmsnorm_fp8_linear.py tests/backends/triton/test_fp8_gemv.py \
-  tests/gpu/test_quant_gemv.py tests/gpu/test_add_rmsnorm_fp8_linear.py \
+stage_fp8_tests() { python3 -m pytest -q tests/gpu/test_quant_gemv.py tests/gpu/test_add_rmsnorm_fp8_linear.py \
   tests/gpu/test_gated_act_fp8_linear.py tests/gpu/test_quant_gpu.py; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
 # the K-major INT4 GEMV's default and neighbours on the 8B weights, beside cuBLAS bf16 and the half-split FMA GEMV
@@ -148,6 +144,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp_tests tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit quant_nogemvnorm fp8_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in oneshot tp_tests tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

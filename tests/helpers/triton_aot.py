@@ -178,12 +178,6 @@ def pdl_cases():
     # X_MODE 3 as the 8B down runs it: bf16 x, 14 block amaxes a row, split merged at BK 256, prefetch
     m3 = dict(c, BK=256, AMAX_BLOCK=16, NB=14, X_MODE=3, PARTIAL=True, PF_LINES=2, PF_STEP=128)
     yield "fp8_gemv pdl mode=3 split prefetch", fp8_gemv._fp8_gemv_kernel, dict(f8, x_ptr=bf), m3, (), 4
-    # X_MODE 4 as the 8B qkv / gate_up run it: add + RMSNorm + quantization in every program, K = 4096
-    f4 = dict(f8, x_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
-    m4 = dict(c, BK=512, AMAX_BLOCK=4096, X_MODE=4, PF_LINES=4, PF_STEP=128)
-    yield "fp8_gemv pdl mode=4 prefetch", fp8_gemv._fp8_gemv_kernel, f4, m4, ("eps",), 3
-    yield "fp8_gemv pdl mode=4 split gemma", fp8_gemv._fp8_gemv_kernel, f4, dict(m4, BK=256, PARTIAL=True,
-                                                                                  UNIT_OFFSET=True), ("eps",), 4
     from autodeploy.backends.triton import gated_linear, linear
 
     g = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)

@@ -32,17 +32,11 @@ the same schema (registered below, CUDA only):
     "norm+gemv"       triton_fused_add_rmsnorm, then triton_fp8_linear (quantization kernel + GEMV)
     "norm+scaled_mm"  triton_fused_add_rmsnorm, then autodeploy::fp8_linear (torch._scaled_mm on Hopper)
 
-so the fold is kept only where it was timed faster; --no-autotune takes the fused twin. A third fused
-form, "gemv-fold" (autodeploy::triton_add_rmsnorm_fp8_linear_folded), is one launch: the GEMV's programs
-each add, normalize and quantize x themselves (fp8_gemv X_MODE 4; the row whole in registers for its
-inverse RMS and amax, then tile by tile in the main loop) and program (0, 0) writes the new residual. It
-trades the norm kernel's launch and its e4m3 row for every program reading x and the residual (16 KB
-at 8B, from L2) and a sum of squares of its own.
+so the fold is kept only where it was timed faster; --no-autotune takes the fused twin.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional
 
 import torch
@@ -127,40 +121,6 @@ def launch(x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_uni
     return out.reshape(*x.shape[:-1], weight.shape[0]), new_res.reshape(x.shape)
 
 
-def launch_folded(x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool, weight: Tensor,
-                  weight_scale: Tensor, bias: Optional[Tensor] = None, config: Optional[dict] = None):
-    """(out [.., N], x + residual [.., K]) in one launch: the GEMV adds, normalizes and quantizes x itself
-    (fp8_gemv X_MODE 4); raises NotImplementedError when it cannot."""
-    why = unsupported_reason(x, residual, norm_weight, weight, weight_scale, bias)
-    if not why and x.shape[-1] > fp8_gemv.NORM_MAX_K:
-        why = f"K = {x.shape[-1]} > {fp8_gemv.NORM_MAX_K} (a row whole in every program)"
-    if why:
-        raise NotImplementedError(f"triton add_rmsnorm_fp8_linear (folded): {why}")
-    x2, res2 = rows_of(x), rows_of(residual)  # [M, K] each
-    out, new_res = fp8_gemv.launch_norm_folded(x2, res2, norm_weight, eps, add_unit_offset, weight, weight_scale,
-                                               bias, config)
-    return out.reshape(*x.shape[:-1], weight.shape[0]), new_res.reshape(x.shape)
-
-
-@torch.library.custom_op("autodeploy::triton_add_rmsnorm_fp8_linear_folded", mutates_args=())
-def triton_add_rmsnorm_fp8_linear_folded(
-    x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool,
-    weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None, quantize_input: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """The same in one launch up to 16 rows and K <= fp8_gemv.NORM_MAX_K; otherwise the two-launch twin."""
-    if (not quantize_input or x.shape[-1] > fp8_gemv.NORM_MAX_K
-            or unsupported_reason(x, residual, norm_weight, weight, weight_scale, bias)):
-        return triton_add_rmsnorm_fp8_linear(x, residual, norm_weight, eps, add_unit_offset, weight, weight_scale,
-                                             bias, quantize_input)
-    return launch_folded(x, residual, norm_weight, eps, add_unit_offset, weight, weight_scale, bias)
-
-
-@triton_add_rmsnorm_fp8_linear_folded.register_fake
-def _(x, residual, norm_weight, eps, add_unit_offset, weight, weight_scale, bias=None, quantize_input=True):
-    return torch.ops.autodeploy.add_rmsnorm_fp8_linear(x, residual, norm_weight, eps, add_unit_offset, weight,
-                                                       weight_scale, bias, quantize_input)
-
-
 # [.., K] -> [.., N]: the FP8 projection after the norm in the unfused forms
 Project = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], bool], Tensor]
 
@@ -207,8 +167,5 @@ def _norm_then(name: str, project: Project):
 NORM_FP8_GEMV = _norm_then("triton_norm_fp8_gemv_linear", torch.ops.autodeploy.triton_fp8_linear)
 NORM_SCALED_MM = _norm_then("triton_norm_scaled_mm_fp8_linear", torch.ops.autodeploy.fp8_linear)
 
-# AUTODEPLOY_FP8_GEMV_NORM=0 leaves the one-launch form out of the autotuner's choices (for A/B runs)
-register_backend("add_rmsnorm_fp8_linear", "gemv-fold", torch.ops.autodeploy.triton_add_rmsnorm_fp8_linear_folded.default,
-                 supports=lambda device: on_cuda(device) and os.environ.get("AUTODEPLOY_FP8_GEMV_NORM", "1") == "1")
 register_backend("add_rmsnorm_fp8_linear", "norm+gemv", NORM_FP8_GEMV, supports=on_cuda)
 register_backend("add_rmsnorm_fp8_linear", "norm+scaled_mm", NORM_SCALED_MM, supports=on_cuda)

@@ -113,48 +113,18 @@ def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BLOCK: tl.constex
     tl.store(xs_ptr + m, scale)
 
 
-@triton.jit
-def _norm_rows(x_ptr, res_ptr, norm_w_ptr, res_out_ptr, rm, M, K, stride_xm, stride_res, eps, STORE,
-               UNIT_OFFSET: tl.constexpr, BLOCK: tl.constexpr):
-    """X_MODE 4's prologue: per row m < M, s = x[m] + res[m] rounded to x's dtype (stored to res_out[m] where
-    STORE), y = rmsnorm(s) rounded to x's dtype as rmsnorm.rmsnorm_row computes it -> (1 / rms [BM], max |y|
-    [BM]); BLOCK >= K, one load a row."""
-    cols = tl.arange(0, BLOCK)
-    mask = cols < K
-    nw = tl.load(norm_w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    if UNIT_OFFSET:
-        nw = nw + 1.0
-    inv_rms = tl.zeros(rm.shape, dtype=tl.float32)
-    amax = tl.zeros(rm.shape, dtype=tl.float32)
-    for m in range(0, M):
-        xv = tl.load(x_ptr + m * stride_xm + cols, mask=mask, other=0.0).to(tl.float32)
-        rv = tl.load(res_ptr + m * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
-        s = (xv + rv).to(x_ptr.dtype.element_ty)
-        if STORE:
-            tl.store(res_out_ptr + m * K + cols, s, mask=mask)
-        sf = s.to(tl.float32)
-        inv_m = 1.0 / tl.sqrt(tl.sum(sf * sf, axis=0) / K + eps)
-        y = (sf * inv_m * nw).to(x_ptr.dtype.element_ty).to(tl.float32)
-        inv_rms = tl.where(rm == m, inv_m, inv_rms)
-        amax = tl.where(rm == m, tl.max(tl.abs(y), axis=0), amax)
-    return inv_rms, amax
-
-
 @triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
 def _fp8_gemv_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,  # PARTIAL only: part_ptr, ticket_ptr
-    res_ptr, norm_w_ptr, res_out_ptr,  # X_MODE 4 only: the residual, the norm weight, the new residual [M, K]
     M, N, K, K_PER_SPLIT,
-    stride_xm, stride_wn, stride_om, stride_split, stride_res, eps,
+    stride_xm, stride_wn, stride_om, stride_split,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     AMAX_BLOCK: tl.constexpr,  # values a row's amax is read from at once: x's (X_MODE 1), block amaxes (3)
     X_MODE: tl.constexpr,  # 0: x as is (weight-only FP8); 1: quantize x here; 2: x is e4m3 with scales xs;
-                           # 3: quantize x here, its row amax the max of the block amaxes xs [M, NB];
-                           # 4: x + residual, RMSNorm and quantization here (AMAX_BLOCK >= K)
+                           # 3: quantize x here, its row amax the max of the block amaxes xs [M, NB]
     FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EXACT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
     PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 128, NB: tl.constexpr = 0,  # X_MODE 3: amaxes a row
-    UNIT_OFFSET: tl.constexpr = False,  # X_MODE 4: Gemma's norm weight (w - 1)
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -183,12 +153,6 @@ def _fp8_gemv_kernel(
         amax_mask = mask_m[:, None] & (rb < NB)[None, :]
         block_amax = tl.load(xs_ptr + rm[:, None] * NB + rb[None, :], mask=amax_mask, other=0.0)  # [BM, AMAX_BLOCK]
         x_scale = tl.maximum(tl.max(block_amax, axis=1) / FP8_MAX, MIN_SCALE)  # [BM]: _quantize_rows_kernel's
-    elif X_MODE == 4:  # every program normalizes its rows whole for their inverse RMS and amax; (0, 0) stores x + r
-        inv_rms, amax = _norm_rows(x_ptr, res_ptr, norm_w_ptr, res_out_ptr, rm, M, K, stride_xm, stride_res, eps,
-                                   (pid_n == 0) & (pid_k == 0), UNIT_OFFSET, AMAX_BLOCK)
-        x_scale = tl.maximum(amax / FP8_MAX, MIN_SCALE)  # [BM]
-        r_ptrs = res_ptr + rm[:, None] * stride_res + (k_start + rk)[None, :]  # [BM, BK]
-        nw_ptrs = norm_w_ptr + k_start + rk  # [BK]
 
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
     x_ptrs = x_rows + (k_start + rk)[None, :]  # [BM, BK]
@@ -201,16 +165,6 @@ def _fp8_gemv_kernel(
             xk = _round_e4m3(tl.minimum(tl.maximum(xf, -FP8_MAX), FP8_MAX), EXACT)
         elif X_MODE == 3:  # a division, as _quantize_rows_kernel: its codes bit for bit (mode 1's product is not)
             xk = quantize_e4m3(xk.to(tl.float32), x_scale[:, None], EXACT)
-        elif X_MODE == 4:  # the norm kernel's row, tile by tile: sum rounded, normed, rounded, then quantized
-            rt = tl.load(r_ptrs, mask=mask_m[:, None], other=0.0)
-            nw = tl.load(nw_ptrs).to(tl.float32)
-            if UNIT_OFFSET:
-                nw = nw + 1.0
-            summed = (xk.to(tl.float32) + rt.to(tl.float32)).to(x_ptr.dtype.element_ty).to(tl.float32)
-            y = (summed * inv_rms[:, None] * nw[None, :]).to(x_ptr.dtype.element_ty).to(tl.float32)
-            xk = quantize_e4m3(y, x_scale[:, None], EXACT)
-            r_ptrs += BK
-            nw_ptrs += BK
         if X_MODE == 0:
             acc += tl.dot(w.to(xk.dtype), tl.trans(xk), input_precision=PRECISION)
         elif FP8_DOT:
@@ -395,40 +349,23 @@ def launch_block_scaled(x: Tensor, block_amax: Tensor, weight: Tensor, weight_sc
     return _gemv_rows(x, block_amax, 3, weight, weight_scale, bias, out_dtype, config)
 
 
-def launch_norm_folded(x2: Tensor, res2: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool,
-                       weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor], config: Optional[dict] = None):
-    """add_rmsnorm_fp8_linear in one launch (X_MODE 4): x2, res2 [M, K] (unit stride on K, x's dtype) ->
-    (out [M, N], x2 + res2 [M, K]), both in x2's dtype. Every program adds, normalizes and takes the amax
-    of its rows whole (K <= NORM_MAX_K), then quantizes each x tile as it reads it; program (0, 0) writes
-    the new residual. The caller has checked the operands (add_rmsnorm_fp8_linear.unsupported_reason)."""
-    new_res = torch.empty_like(x2, memory_format=torch.contiguous_format)  # [M, K]
-    out = _gemv_rows(x2, x2, 4, weight, weight_scale, bias, x2.dtype, config,
-                     norm=(res2, norm_weight, new_res, eps, add_unit_offset))
-    return out, new_res
-
-
-NORM_MAX_K = 8192  # X_MODE 4: a row held whole in every program's registers
-
-
 def _gemv_rows(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
-               out_dtype: torch.dtype, config: Optional[dict], norm: Optional[tuple] = None) -> Tensor:
-    """_gemv on rows a producer kernel prepared (modes 2 and 3) or normalized in the GEMV (4), with the
-    default or the given config."""
+               out_dtype: torch.dtype, config: Optional[dict]) -> Tensor:
+    """_gemv on rows a producer kernel prepared (modes 2 and 3), with the default or the given config."""
     m, k = x2.shape
     n = weight.shape[0]
     if m == 0:
         return torch.empty(0, n, dtype=out_dtype, device=x2.device)
     cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x2.device))
-    return _gemv(x2, xs, x_mode, weight, weight_scale, bias, out_dtype, cfg, config is not None, norm)
+    return _gemv(x2, xs, x_mode, weight, weight_scale, bias, out_dtype, cfg, config is not None)
 
 
 def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
-          out_dtype: torch.dtype, cfg: dict, explicit: bool, norm: Optional[tuple] = None) -> Tensor:
+          out_dtype: torch.dtype, cfg: dict, explicit: bool) -> Tensor:
     """One GEMV launch (split K merged inside it): x2 [M, K] as X_MODE reads it (0: as is, 1: quantized in the
     kernel, 2: e4m3 with scales xs [M], 3: quantized in the kernel with the row amaxes of the block amaxes
-    xs [M, NB], 4: x2 + residual normalized and quantized in the kernel, norm = (residual [M, K], norm weight
-    [K], new residual out [M, K], eps, add_unit_offset)) -> [M, N] in out_dtype. `explicit`: the config was
-    asked for, so a failing fp8 tl.dot raises instead of falling back to fp16 products."""
+    xs [M, NB]) -> [M, N] in out_dtype. `explicit`: the config was asked for, so a failing fp8 tl.dot
+    raises instead of falling back to fp16 products."""
     m, k = x2.shape
     n = weight.shape[0]
     device = x2.device
@@ -442,14 +379,11 @@ def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Ten
     else:
         part = counters = out  # unused
     fp8_dot = cfg["fp8_dot"] and not (_FP8_DOT_BROKEN and not explicit)
-    res2, norm_w, res_out, eps, unit_offset = norm if norm is not None else (x2, x2, x2, 0.0, False)
     args = (x2, xs, weight, weight_scale, bias if bias is not None else weight_scale, out, part, counters,
-            res2, norm_w, res_out, m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n,
-            res2.stride(0), float(eps))
+            m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
     nb = xs.shape[1] if x_mode == 3 else 0
-    amax_block = {3: triton.next_power_of_2(max(nb, 1)), 4: triton.next_power_of_2(k)}.get(x_mode, _amax_block(k))
+    amax_block = triton.next_power_of_2(nb) if x_mode == 3 else _amax_block(k)
     meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=amax_block, NB=nb, X_MODE=x_mode,
-                UNIT_OFFSET=bool(unit_offset),
                 PER_TENSOR=_per_tensor(weight_scale, n), PARTIAL=split > 1, HAS_BIAS=bias is not None,
                 EXACT=interpreted(), PRECISION="ieee" if out_dtype == torch.float32 else "tf32",
                 PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device),

@@ -18,7 +18,6 @@ from tests.backends.triton.cases import DEVICE, dtypes, randn
 from tests.helpers.tolerances import assert_close
 
 OP = torch.ops.autodeploy.triton_add_rmsnorm_fp8_linear
-FOLDED = torch.ops.autodeploy.triton_add_rmsnorm_fp8_linear_folded
 REF = torch.ops.autodeploy.add_rmsnorm_fp8_linear
 FP8_LINEAR = torch.ops.autodeploy.fp8_linear
 EPS = 1e-5
@@ -67,37 +66,6 @@ def test_kernels_match_reference(offset, bias, m, dtype):
     normed, _ = rmsnorm.launch(x, nw, EPS, offset, residual=res)
     assert_close(out, FP8_LINEAR(normed, w, s, b))  # the same codes: fp32 summation order apart
     assert_close(out, ref_out)
-
-
-@pytest.mark.parametrize("split", [1, 3], ids=["split=1", "split=3"])
-@pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize("offset", [False, True], ids=["llama", "gemma"])
-def test_folded_gemv_matches_two_launches(offset, m, split):
-    # X_MODE 4: each program normalizes and quantizes x itself; the codes are the norm + quantization
-    # kernel's up to the order of its sum of squares (one fp32 rounding of 1 / rms), so the outputs agree
-    # within the dtype's tolerance and the new residual bit for bit. K = 192: 3 BK steps, a masked norm block
-    x, res, nw, w, s, b = _operands(m, 40, 192, bias=True)
-    cfg = dict(bn=16, bk=64, split=split, num_warps=4, num_stages=2)
-    out, h = fused.launch_folded(x, res, nw, EPS, offset, w, s, b, cfg)
-    two_out, two_h = fused.launch(x, res, nw, EPS, offset, w, s, b, cfg)
-    ref_out, ref_h = REF(x, res, nw, EPS, offset, w, s, b)
-    assert torch.equal(h, two_h) and torch.equal(h, ref_h)
-    assert_close(out, two_out)
-    assert_close(out, ref_out)
-
-
-def test_folded_op_falls_back_to_two_launches(monkeypatch):
-    calls = []
-    real = fused.launch_folded
-    monkeypatch.setattr(fused, "launch_folded", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
-    _, _, nw, w, s, b = _operands(1, 24, 128, bias=True)
-    for rows in (2, 17):  # 17 rows: past the GEMV, the two-launch twin sends them to the unfused path
-        x, res = randn(rows, 128), randn(rows, 128)
-        out, h = FOLDED(x, res, nw, EPS, False, w, s, b)
-        ref_out, ref_h = REF(x, res, nw, EPS, False, w, s, b)
-        assert_close(out, ref_out)
-        assert_close(h, ref_h)
-    assert calls == [(2, 128)]
 
 
 @pytest.mark.parametrize("split", [2, 3])
@@ -174,7 +142,7 @@ def test_unfused_candidates_match_reference(op, m):
 def test_fakes():
     # (opcheck's test_schema cannot run on e4m3 inputs: it multiplies them on the CPU)
     x, res, nw, w, s, b = _operands(2, 32, 128, bias=True)
-    for op in (OP.default, FOLDED.default, fused.NORM_FP8_GEMV, fused.NORM_SCALED_MM):
+    for op in (OP.default, fused.NORM_FP8_GEMV, fused.NORM_SCALED_MM):
         torch.library.opcheck(op, (x, res, nw, EPS, False, w, s, b, True), test_utils=("test_faketensor",))
 
 
@@ -182,7 +150,7 @@ def test_backend_candidates_on_cuda():
     # the fused twin first (the --no-autotune choice), then the unfused pairs the autotuner times it against
     names = [(b.name, b.op) for b in backends_for(REF.default, torch.device("cuda"))]
     assert names[0] == ("triton", OP.default)
-    assert [n for n, _ in names[1:]] == ["gemv-fold", "norm+gemv", "norm+scaled_mm", "torch"]
+    assert [n for n, _ in names[1:]] == ["norm+gemv", "norm+scaled_mm", "torch"]
     assert [b.name for b in backends_for(REF.default, torch.device("cpu"))] == ["torch"]
     x, res, nw, w, s, _ = _operands(1, 16, 64)
     args = dict(x=x, residual=res, norm_weight=nw, eps=EPS, add_unit_offset=False, weight=w, weight_scale=s,
