@@ -70,7 +70,7 @@ stage_gemv_fp8() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --b
 # FP8 decode without the in-launch K split of fp8_gemv.launch_config (A/B against stage quant)
 stage_quant_nosplit() { AUTODEPLOY_FP8_SPLITK=0 python3 benchmarks/quant_gpu.py --recipe $R --variants fp8_lm_head \
   --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nosplit.json"; }
-stage_fp8_tests() { python3 -m pytest -q tests/gpu/test_quant_gemv.py tests/gpu/test_add_rmsnorm_fp8_linear.py \
+stage_fp8_tests() { python3 -m pytest -q -rf tests/gpu/test_quant_gemv.py tests/gpu/test_add_rmsnorm_fp8_linear.py \
   tests/gpu/test_gated_act_fp8_linear.py tests/gpu/test_quant_gpu.py; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
 # the K-major INT4 GEMV's default and neighbours on the 8B weights, beside cuBLAS bf16 and the half-split FMA GEMV
@@ -117,6 +117,9 @@ stage_bench_1b_pdl_nocompile() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1
 # every op on its Triton kernel (no autotuning: the tuner times ops one at a time, where PDL's overlap never shows)
 stage_bench_1b_pdl_notune() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1,16 --no-baselines --no-autotune \
   --set runtime.torch_compile=false --json "$OUT/bench_1b_pdl_notune.json"; }
+# the FP8 kernel tests of tests/backends/triton compiled on the GPU (CI runs them interpreted, fp32 only)
+stage_fp8_kernel_tests() { python3 -m pytest -q -rf --tb=line tests/backends/triton/test_add_rmsnorm_fp8_linear.py \
+  tests/backends/triton/test_fp8_gemv.py tests/backends/triton/test_gated_act_fp8_linear.py; }
 stage_gpu_tests() { python3 -m pytest -q --maxfail=15 tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
@@ -144,6 +147,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp_tests tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in oneshot tp_tests tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done
