@@ -14,8 +14,8 @@ the graph states its output shape without a process group (shape propagation, pl
 They are opaque to torch.compile (their fake impls give shapes) and capturable in CUDA graphs on
 NCCL once the communicator exists (the first eager call creates it). Small CUDA all-reduces go
 through symm_all_reduce.py's one-shot kernel when runtime.all_reduce is "auto" (the default) and
-every rank could set it up; decode-sized ones (and all_reduce_add_rmsnorm whole) through its push
-kernel. all_reduce_add_rmsnorm's reference is the two ops it replaces, so it changes no result on the
+every rank could set it up; decode-sized ones (and all_reduce_add_rmsnorm whole, and all_gathers on
+the last dim of up to 1 MB a rank: the vocab-parallel logits) through its push kernel. all_reduce_add_rmsnorm's reference is the two ops it replaces, so it changes no result on the
 CPU; transforms/fuse_all_reduce_rmsnorm.py puts it in the graph.
 """
 
@@ -85,6 +85,10 @@ def all_gather(x: Tensor, dim: int, world_size: int) -> Tensor:
         return x.contiguous().clone()
     dim = dim % x.dim()
     x = x.contiguous()
+    if dim == x.dim() - 1:
+        gathered = symm_all_reduce.try_all_gather_last(x)  # decode logits: one push kernel over NVLink
+        if gathered is not None:
+            return gathered
     if dist.get_backend() == "nccl":
         stacked = x.new_empty((world_size,) + tuple(x.shape))  # [W, ...x]: one collective, no list
         dist.all_gather_into_tensor(stacked, x)

@@ -156,11 +156,31 @@ class LeaderModel:
                   int(prev.numel()) if prev is not None else 0]
         _send_header(header, _pack(info, source))
         if prev is not None:  # sampled on this device: the followers get them device to device
-            tdist.broadcast(prev.contiguous(), src=0)
+            share_tokens(prev)
             return self.model.forward(info, token_source=token_source)
         return self.model.forward(info)
 
     __call__ = forward
+
+
+def share_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Rank 0's sampled tokens [n] int64 on every rank (`tokens` on rank 0; any [n] int64 elsewhere, filled).
+
+    On CUDA with the push all-reduce set up (distributed/symm_all_reduce.py) this is that kernel: rank 0
+    contributes the ids as fp32 (exact below 2^24, any vocabulary), the others zeros, and the sum is the
+    ids: ~3 small kernels instead of a NCCL broadcast (24 us a step on two H200s). Elsewhere, or for more
+    ids than one push row holds, a broadcast on the main group."""
+    from autodeploy.distributed import symm_all_reduce
+
+    if tokens.is_cuda and symm_all_reduce.push_active() and tokens.numel() <= symm_all_reduce.PUSH_ROW_BYTES // 4:
+        mine = tokens.to(torch.float32) if dist.is_leader() else torch.zeros(tokens.numel(), device=tokens.device)
+        summed = symm_all_reduce.try_all_reduce(mine.view(1, -1))  # [1, n]; None only if the push cannot take it
+        if summed is not None:
+            if not dist.is_leader():
+                tokens.copy_(summed.view(-1))
+            return tokens
+    tdist.broadcast(tokens if tokens.is_contiguous() else tokens.contiguous(), src=0)
+    return tokens
 
 
 def leader_model(model: Any, runtime_config) -> Any:
@@ -190,8 +210,7 @@ def follow(model: Any) -> int:
                 tdist.broadcast(payload, src=0, group=dist.control_group())
             info, source = _unpack(payload, T, b, P, h)
             if h[8]:
-                prev = torch.empty(h[8], dtype=torch.int64, device=device)
-                tdist.broadcast(prev, src=0)
+                prev = share_tokens(torch.empty(h[8], dtype=torch.int64, device=device))
                 model.forward(info, token_source=(prev, source))
             else:
                 model.forward(info)

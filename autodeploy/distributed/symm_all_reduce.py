@@ -22,6 +22,8 @@ residual add + RMSNorm after it, fused by transforms/fuse_all_reduce_rmsnorm.py)
     try_all_reduce_add_rmsnorm(x, residual, weight, eps, add_unit_offset)
                              (normed, new_residual) from the push kernel, or None (the caller then
                              all-reduces and normalizes on its own)
+    try_all_gather_last(x)   the ranks' x side by side on the last dim (<= 1 MB a rank: decode
+                             logits), or None (NCCL)
 
 Messages larger than `max_bytes` (prefill) go to NCCL, whose ring/tree beats reading every peer's
 whole tensor once messages reach the hundreds of KB. `mode`: "auto" tries symmetric memory and
@@ -167,6 +169,20 @@ def try_all_reduce_add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps:
                                add_unit_offset: bool) -> Optional[tuple[Tensor, Tensor]]:
     """(rmsnorm(sum over ranks of x + residual), sum + residual) from one push kernel, or None."""
     return _push(x, residual, weight, eps, add_unit_offset)
+
+
+def try_all_gather_last(x: Tensor) -> Optional[Tensor]:
+    """x [..., n] -> [..., W * n] (every rank's x side by side, rank order) through the push kernel's
+    slots, or None (the caller then uses NCCL): a decode step's vocab-parallel logits, [b, V / W]."""
+    if _PUSH is None:
+        return None
+    from autodeploy.backends.triton import push_all_reduce
+
+    if push_all_reduce.gather_unsupported_reason(x, PUSH_MAX_ROWS, PUSH_ROW_BYTES):
+        return None
+    p = _PUSH
+    return push_all_reduce.launch_gather(x, p.peers, p.counters, p.rank, p.world, PUSH_MAX_ROWS, PUSH_FLAG_BYTES,
+                                         PUSH_ROW_BYTES)
 
 
 def try_all_reduce(x: Tensor) -> Optional[Tensor]:

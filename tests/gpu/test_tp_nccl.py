@@ -126,6 +126,12 @@ def _push(rank: int, out) -> dict:
             got = ops.all_reduce(x)
             got_norm, got_res = ops.all_reduce_add_rmsnorm(x, res, w, 1e-5, False)
             results["eager"].append((dtype, [t.float().cpu() for t in (got, want, got_norm, ref_norm, got_res, ref_res)]))
+    results["gather"] = []  # the vocab-parallel logits of a decode step (8B at TP=2: [1, 64128]) and a small one
+    for shape in ((1, 64128), (3, 1000)):
+        shard = torch.randn(*shape, generator=gen).to(dev, torch.bfloat16)
+        parts = [torch.empty_like(shard) for _ in range(2)]
+        tdist.all_gather(parts, shard)  # NCCL
+        results["gather"].append(torch.equal(ops.all_gather(shard, -1, 2), torch.cat(parts, dim=-1)))
     # a decode step's pattern, captured once and replayed: fused, plain, fused back to back on one buffer
     static = torch.zeros(1, 4096, device=dev, dtype=torch.bfloat16)
     res = torch.ones(1, 4096, device=dev, dtype=torch.bfloat16)
@@ -136,15 +142,20 @@ def _push(rank: int, out) -> dict:
         n1, r1 = ops.all_reduce_add_rmsnorm(static, res, w, 1e-5, False)
         s2 = ops.all_reduce(r1 * 2)
         n3, r3 = ops.all_reduce_add_rmsnorm(s2, r1, w, 1e-5, False)
+        g4 = ops.all_gather(n3, -1, 2)  # the same slots, the gather kernel
     replays = []
     for step in range(200):
         static.fill_(float(rank + 1 + step % 3))
         graph.replay()
         if step % 67 == 0:
-            replays.append([float(t[0, 9]) for t in (r1, s2, r3, n3)])
+            replays.append([float(t[0, 9]) for t in (r1, s2, r3, n3)] + [float(g4[0, 4096 + 9]), g4.shape[-1]])
     torch.cuda.synchronize(dev)
     results["replays"] = replays
     results["counters"] = symm_all_reduce._PUSH.counters.cpu()
+    from autodeploy.distributed.launch import share_tokens  # rank 0's sampled ids, through the push kernel
+
+    ids = torch.tensor([5, 128255, 0, 77], device=dev) if rank == 0 else torch.empty(4, dtype=torch.int64, device=dev)
+    results["tokens"] = share_tokens(ids).cpu().tolist()
     return results
 
 
@@ -163,8 +174,11 @@ def test_push_all_reduce_matches_nccl_on_both_ranks(tmp_path):
         r1 = 1.0 + (v + v + 1)  # residual 1 + both ranks' rows
         # r3 = all_reduce(s2) + r1: s2 (4 r1 on each rank) is summed over the ranks again
         assert values[:3] == [r1, 4 * r1, 2 * 4 * r1 + r1] and values[3] == pytest.approx(1.0, rel=1e-2)
+        assert values[4] == values[3] and values[5] == 2 * 4096  # rank 1's normed row, beside rank 0's
     assert ranks[0]["replays"] == ranks[1]["replays"]
     assert torch.equal(ranks[0]["counters"], ranks[1]["counters"])
+    assert ranks[0]["tokens"] == ranks[1]["tokens"] == [5, 128255, 0, 77]
+    assert all(r["gather"] == [True, True] for r in ranks)
 
 
 def test_collectives_eager_and_in_a_cuda_graph(tmp_path):

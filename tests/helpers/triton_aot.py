@@ -210,6 +210,9 @@ def pdl_cases():
         c = dict(RANK=1, W=2, MAX_ROWS=32, DATA_OFFSET=4096, ROW_BYTES=32768, NORM=norm, UNIT_OFFSET=False,
                  BLOCK=4096, PDL=True)
         yield f"push_all_reduce pdl norm={norm}", push_all_reduce._push_all_reduce_kernel, ptrs, c, ("eps",), 1, 8
+    yield "push_all_gather pdl", push_all_reduce._push_all_gather_kernel, \
+        dict(x_ptr=bf, out_ptr=bf, peers_ptr="i64", counter_ptr="i32"), \
+        dict(RANK=0, W=2, MAX_ROWS=32, DATA_OFFSET=4096, ROW_BYTES=32768, BLOCK=16384, PDL=True), (), 1, 16
 
 
 def main() -> int:

@@ -3,6 +3,8 @@ tensor-parallel all-reduce in one kernel and one one-way NVLink trip.
 
     x [M, N], this rank's partial sums (every rank the same shape):
         plain:  out = sum over the ranks of x                                                [M, N]
+        gather: out = every rank's x side by side on the last dim                            [M, W * N]
+                (launch_gather: the flat shard in slot-sized chunks, a program per chunk)
         fused:  s = that sum, rounded to x's dtype (what the all-reduce returns)
                 new_residual = s + residual, normed = rmsnorm(new_residual, weight)          [M, N] each
                 (the all-reduce followed by autodeploy::triton_fused_add_rmsnorm, one launch)
@@ -58,6 +60,35 @@ def _row_ptr(base, parity, src, row, ELEM, W: tl.constexpr, MAX_ROWS: tl.constex
 
 
 @triton.jit
+def _exchange(x, cols, mask, slot, peers_ptr, counter_ptr, RANK: tl.constexpr, W: tl.constexpr,
+              MAX_ROWS: tl.constexpr, DATA_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr):
+    """The protocol of the module docstring for one slot: push x [BLOCK] (x's values at cols) to every peer,
+    flag it, wait for every peer's push of the same epoch -> (epoch, parity, this rank's buffer address).
+    The caller reads the peers' rows (_row_ptr) and stores `epoch` into counter[slot] last."""
+    elem = x.dtype
+    epoch = tl.load(counter_ptr + slot) + 1
+    parity = epoch & 1
+    for peer in tl.static_range(W):
+        if peer != RANK:
+            dst = _row_ptr(tl.load(peers_ptr + peer), parity, RANK, slot, elem, W, MAX_ROWS, DATA_OFFSET, ROW_BYTES)
+            tl.store(dst + cols, x, mask=mask)
+    tl.debug_barrier()  # every thread's row stores precede the flags' release
+    for peer in tl.static_range(W):
+        if peer != RANK:
+            flag = tl.load(peers_ptr + peer).to(tl.pointer_type(tl.int32)) + RANK * MAX_ROWS + slot
+            tl.atomic_xchg(flag, epoch, sem="release", scope="sys")
+    mine = tl.load(peers_ptr + RANK)
+    for src in tl.static_range(W):
+        if src != RANK:
+            flag = mine.to(tl.pointer_type(tl.int32)) + src * MAX_ROWS + slot
+            seen = tl.atomic_add(flag, 0, sem="acquire", scope="sys")
+            while seen - epoch < 0:
+                seen = tl.atomic_add(flag, 0, sem="acquire", scope="sys")
+    tl.debug_barrier()  # the acquiring thread's view before any thread reads the peers' rows
+    return epoch, parity, mine
+
+
+@triton.jit
 def _push_all_reduce_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, peers_ptr, counter_ptr,
     n, eps, stride_x, stride_res, stride_out, stride_res_out,
@@ -70,26 +101,9 @@ def _push_all_reduce_kernel(
     cols = tl.arange(0, BLOCK)
     mask = cols < n
     elem = x_ptr.dtype.element_ty
-    epoch = tl.load(counter_ptr + row) + 1
-    parity = epoch & 1
     x = tl.load(x_ptr + row.to(tl.int64) * stride_x + cols, mask=mask, other=0.0)  # [BLOCK]
-    for peer in tl.static_range(W):
-        if peer != RANK:
-            dst = _row_ptr(tl.load(peers_ptr + peer), parity, RANK, row, elem, W, MAX_ROWS, DATA_OFFSET, ROW_BYTES)
-            tl.store(dst + cols, x, mask=mask)
-    tl.debug_barrier()  # every thread's row stores precede the flags' release
-    for peer in tl.static_range(W):
-        if peer != RANK:
-            flag = tl.load(peers_ptr + peer).to(tl.pointer_type(tl.int32)) + RANK * MAX_ROWS + row
-            tl.atomic_xchg(flag, epoch, sem="release", scope="sys")
-    mine = tl.load(peers_ptr + RANK)
-    for src in tl.static_range(W):
-        if src != RANK:
-            flag = mine.to(tl.pointer_type(tl.int32)) + src * MAX_ROWS + row
-            seen = tl.atomic_add(flag, 0, sem="acquire", scope="sys")
-            while seen - epoch < 0:
-                seen = tl.atomic_add(flag, 0, sem="acquire", scope="sys")
-    tl.debug_barrier()  # the acquiring thread's view before any thread reads the peers' rows
+    epoch, parity, mine = _exchange(x, cols, mask, row, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, DATA_OFFSET,
+                                    ROW_BYTES)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for src in tl.static_range(W):
         if src == RANK:
@@ -107,6 +121,33 @@ def _push_all_reduce_kernel(
     else:
         tl.store(out_ptr + row.to(tl.int64) * stride_out + cols, summed, mask=mask)
     tl.store(counter_ptr + row, epoch)
+
+
+@triton.jit
+def _push_all_gather_kernel(
+    x_ptr, out_ptr, peers_ptr, counter_ptr, total, n,
+    RANK: tl.constexpr, W: tl.constexpr, MAX_ROWS: tl.constexpr, DATA_OFFSET: tl.constexpr,
+    ROW_BYTES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """x: this rank's [R, n] shard, contiguous (total = R * n values) -> out [R, W * n]: out[r, s * n + k] =
+    rank s's x[r, k]. Program p exchanges the p-th BLOCK of the flat shard through slot p."""
+    pdl_wait_and_release(PDL)
+    chunk = tl.program_id(0)
+    offs = chunk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] flat positions in the shard
+    mask = offs < total
+    elem = x_ptr.dtype.element_ty
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    cols = tl.arange(0, BLOCK)
+    epoch, parity, mine = _exchange(x, cols, mask, chunk, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, DATA_OFFSET,
+                                    ROW_BYTES)
+    dst = out_ptr + (offs // n) * (W * n) + offs % n  # [BLOCK]: rank 0's column block
+    for src in tl.static_range(W):
+        if src == RANK:
+            tl.store(dst + src * n, x, mask=mask)
+        else:
+            src_row = _row_ptr(mine, parity, src, chunk, elem, W, MAX_ROWS, DATA_OFFSET, ROW_BYTES)
+            tl.store(dst + src * n, tl.load(src_row + cols, mask=mask, other=0.0, cache_modifier=".cg"), mask=mask)
+    tl.store(counter_ptr + chunk, epoch)
 
 
 def unsupported_reason(x: Tensor, max_rows: int, row_bytes: int, residual: Optional[Tensor] = None,
@@ -130,6 +171,35 @@ def unsupported_reason(x: Tensor, max_rows: int, row_bytes: int, residual: Optio
     if weight is not None and weight.shape != (n,):
         return f"norm weight must be [{n}]"
     return None
+
+
+def gather_unsupported_reason(x: Tensor, max_rows: int, row_bytes: int) -> Optional[str]:
+    """Why launch_gather cannot take x (the same on every rank); None if it can."""
+    if not x.is_cuda:
+        return "not a CUDA tensor"
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype}"
+    if x.dim() == 0 or x.numel() == 0:
+        return "empty"
+    if x.numel() * x.element_size() > max_rows * row_bytes:
+        return f"{x.numel() * x.element_size()} bytes > {max_rows} slots of {row_bytes}"
+    return None
+
+
+def launch_gather(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, max_rows: int, data_offset: int,
+                  row_bytes: int) -> Tensor:
+    """x [..., n] -> [..., world * n]: every rank's x side by side on the last dim, rank order (the caller has
+    checked gather_unsupported_reason)."""
+    x = x.contiguous()
+    n = x.shape[-1]
+    out = torch.empty(*x.shape[:-1], world * n, dtype=x.dtype, device=x.device)
+    block = row_bytes // x.element_size()  # one slot's worth of values per program
+    _push_all_gather_kernel[(triton.cdiv(x.numel(), block),)](
+        x, out, peers, counters, x.numel(), n,
+        RANK=rank, W=world, MAX_ROWS=max_rows, DATA_OFFSET=data_offset, ROW_BYTES=row_bytes, BLOCK=block,
+        PDL=pdl_enabled(x.device), num_warps=16, **pdl_launch(x.device),
+    )
+    return out
 
 
 def launch(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, max_rows: int, data_offset: int,

@@ -64,6 +64,31 @@ def test_two_ranks_sum_then_add_and_normalize(shape):
     assert all((c[:m] == 5).all() and (c[m:] == 0).all() for c in counters)
 
 
+@pytest.mark.parametrize("shape", [(3, 100), (1, 256)], ids=str)
+def test_two_ranks_gather_on_the_last_dim(shape):
+    # the flat [R, n] shard in slot-sized chunks (128 fp32 values here): (3, 100) takes 3 programs, the last
+    # one partial; each chunk is pushed, flagged and scattered to out[r, src * n + k] on both ranks
+    dtype, block = torch.float32, ROW_BYTES // 4
+    bufs = [torch.zeros(FLAG_BYTES + 2 * W * MAX_ROWS * ROW_BYTES, dtype=torch.uint8) for _ in range(W)]
+    peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64)
+    counters = [torch.zeros(MAX_ROWS, dtype=torch.int32) for _ in range(W)]
+    for call in range(3):  # epochs 1..3 on every slot the chunks use, parities 1, 0, 1
+        x = [randn(*shape) for _ in range(W)]
+        flat1 = x[1].reshape(-1)
+        flags0, rows0 = _views(bufs[0], dtype)
+        chunks = -(-flat1.numel() // block)
+        for c in range(chunks):  # rank 1's pushes to rank 0, written by the test
+            part = flat1[c * block : (c + 1) * block]
+            rows0[(call + 1) & 1, 1, c, : part.numel()] = part
+            flags0[1, c] = call + 1
+        outs = [push_all_reduce.launch_gather(x[r], peers, counters[r], r, W, MAX_ROWS, FLAG_BYTES, ROW_BYTES)
+                for r in range(W)]
+        want = torch.cat(x, dim=-1)
+        assert outs[0].shape == (shape[0], W * shape[1])
+        assert torch.equal(outs[0], want) and torch.equal(outs[1], want)
+    assert all((c[:chunks] == 3).all() and (c[chunks:] == 0).all() for c in counters)
+
+
 def test_unsupported_calls_are_named():
     x = torch.randn(2, 8)
     assert push_all_reduce.unsupported_reason(x, MAX_ROWS, ROW_BYTES) == "not a CUDA tensor"
