@@ -38,6 +38,31 @@ Inputs = tuple[Any, ...]
 class Candidate:
     name: str  # "torch", "triton", "torch-compile", "triton:BLOCK=128" …
     fn: Callable[..., Any]  # called as fn(*inputs)
+    pdl: bool = False  # all its kernels overlap the kernel before them under PDL (candidates.BackendOp.pdl)
+
+
+# With programmatic dependent launch on, a candidate whose kernels take part in it keeps its place unless
+# one that does not (cuBLAS, aten) is faster by more than this: timed alone, back to back with itself, a
+# candidate cannot show what PDL saves between different kernels of a decode step. Measured on two H200
+# (8B, TP=2, BENCHMARKS.md sixth session): the tuner took cuBLAS + act for gate_up on a 0.4% lead
+# (32.45 vs 32.58 us) and the step ran 3.209 ms, against 2.985 ms with the Triton gated GEMV.
+PDL_MARGIN_REL = 0.10
+PDL_MARGIN_S = 2e-6
+
+
+def pick(names: Sequence[str], times: dict[str, float], pdl_names: set[str], pdl_on: bool) -> str:
+    """The fastest of `names` by `times` (seconds; ties: the earlier name); with PDL on, a PDL candidate
+    within the margin of a faster non-PDL one is taken instead."""
+    best = min(names, key=lambda n: (times.get(n, math.inf), names.index(n)))
+    if math.isinf(times.get(best, math.inf)):
+        return names[0]
+    if pdl_on and best not in pdl_names:
+        overlapping = [n for n in names if n in pdl_names and math.isfinite(times.get(n, math.inf))]
+        if overlapping:
+            alt = min(overlapping, key=lambda n: (times[n], names.index(n)))
+            if times[alt] - times[best] <= max(PDL_MARGIN_REL * times[alt], PDL_MARGIN_S):
+                return alt
+    return best
 
 
 Measure = Callable[[Candidate, Inputs], float]  # seconds per call
@@ -168,6 +193,13 @@ class Autotuner:
     def entry(self, op: str, bucket: str) -> dict[str, Any] | None:
         return self._data.get(self.key, {}).get(op, {}).get(bucket)
 
+    def _pdl_on(self) -> bool:
+        if self.device.type != "cuda":
+            return False
+        from autodeploy.backends.triton._common import pdl_enabled
+
+        return pdl_enabled(self.device)
+
     # ---- selection -----------------------------------------------------------------------------
     def choose(
         self,
@@ -184,10 +216,12 @@ class Autotuner:
         names = [c.name for c in candidates]
         if not self.enabled or len(candidates) == 1:
             return names[0]
+        pdl_names = {c.name for c in candidates if c.pdl}
         known = self.entry(op, bucket)
         if known and known.get("choice") in names and set(names) <= set(known.get("times_ms", {})):
-            self.hits += 1
-            return known["choice"]
+            self.hits += 1  # the stored times, picked again (the rule may be newer than the file)
+            stored = {n: (t / 1e3 if t is not None else math.inf) for n, t in known["times_ms"].items()}
+            return pick(names, stored, pdl_names, self._pdl_on())
         inputs = make_inputs()
         times: dict[str, float] = {}
         errors: dict[str, str] = {}
@@ -198,9 +232,7 @@ class Autotuner:
                 errors[cand.name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                 log.warning("autotune %s [%s]: %s failed (%s)", op, bucket, cand.name, errors[cand.name])
                 times[cand.name] = math.inf
-        best = min(names, key=lambda n: (times[n], names.index(n)))  # ties: the preferred one
-        if math.isinf(times[best]):
-            best = names[0]
+        best = pick(names, times, pdl_names, self._pdl_on())
         self.tuned += 1
         self._data.setdefault(self.key, {}).setdefault(op, {})[bucket] = {
             "choice": best,

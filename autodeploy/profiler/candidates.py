@@ -38,6 +38,9 @@ class BackendOp:
     supports: Callable[[torch.device], bool] = lambda device: True
     # given the call's arguments by schema name: can this backend run them (shape, dtype, device)?
     supports_args: Callable[[dict[str, Any]], bool] | None = None
+    # every kernel it launches is one of the project's Triton kernels, which overlap the kernel before them
+    # under programmatic dependent launch (cuBLAS, cuBLASLt and aten kernels do not): the autotuner's margin
+    pdl: bool = False
 
     def can_run(self, args: dict[str, Any]) -> bool:
         if self.supports_args is None:
@@ -70,11 +73,11 @@ _EXTRA: dict[str, list[BackendOp]] = {}
 
 
 def register_backend(canonical: str, name: str, op: OpOverload, supports: Callable[[torch.device], bool] | None = None,
-                     supports_args: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                     supports_args: Callable[[dict[str, Any]], bool] | None = None, pdl: bool = False) -> None:
     """Offer `op` (same schema as autodeploy::<canonical>) as a backend of that canonical op;
-    supports_args: as BackendOp's (None: every call)."""
+    supports_args, pdl: as BackendOp's (None: every call; pdl: only Triton kernels of this package)."""
     entries = [b for b in _EXTRA.setdefault(canonical, []) if b.name != name]
-    entries.append(BackendOp(name, op, supports or (lambda device: True), supports_args))
+    entries.append(BackendOp(name, op, supports or (lambda device: True), supports_args, pdl))
     _EXTRA[canonical] = entries
 
 
@@ -82,21 +85,23 @@ def unregister_backend(canonical: str, name: str) -> None:
     _EXTRA[canonical] = [b for b in _EXTRA.get(canonical, []) if b.name != name]
 
 
-def _triton_op(name: str) -> tuple[OpOverload | None, Callable[[dict[str, Any]], bool] | None]:
-    """The Triton twin of canonical op `name` and its support check (the package's SUPPORTS table)."""
+def _triton_op(name: str) -> tuple[OpOverload | None, Callable[[dict[str, Any]], bool] | None, bool]:
+    """The Triton twin of canonical op `name`, its support check (the package's SUPPORTS table) and whether
+    its kernels launch with PDL (the package's PDL_OPS)."""
     try:  # the package registers its ops on import when triton is installed
         pkg = importlib.import_module("autodeploy.backends.triton")
     except Exception as e:  # triton missing or broken: the torch reference remains
         log.debug("triton backends unavailable: %s", e)
-        return None, None
+        return None, None, False
+    pdl = name in getattr(pkg, "PDL_OPS", ())
     for candidate in (f"triton_{name}", f"{name}_triton"):
         if hasattr(torch.ops.autodeploy, candidate):
             op = getattr(torch.ops.autodeploy, candidate).default
             check = getattr(pkg, "SUPPORTS", {}).get(name)
             if check is None:
-                return op, module_supports(op)
-            return op, lambda args, check=check: check(*args.values())  # args in schema order
-    return None, None
+                return op, module_supports(op), pdl
+            return op, (lambda args, check=check: check(*args.values())), pdl  # args in schema order
+    return None, None, False
 
 
 def backends_for(
@@ -110,9 +115,9 @@ def backends_for(
     name = op_name(canonical)
     out: list[BackendOp] = []
     if triton and device.type == "cuda":
-        op, check = _triton_op(name)
+        op, check, pdl = _triton_op(name)
         if op is not None:
-            out.append(BackendOp("triton", op, supports_args=check))
+            out.append(BackendOp("triton", op, supports_args=check, pdl=pdl))
     # extras named "triton-..." (a second Triton kernel of the op) follow the triton switch too
     out.extend(b for b in _EXTRA.get(name, []) if b.supports(device) and (triton or not b.name.startswith("triton")))
     out.append(BackendOp("torch", canonical))

@@ -164,7 +164,7 @@ def apply(gm, ctx, cfg: SelectBackendsConfig) -> TransformInfo:
                 example = tuple(_materialize(v, subs, device) for v in bound.values())
                 runnable_here = [bk for bk in backends if bk.can_run(dict(zip(names, example)))]
                 bucket = _bucket_key(names, list(example))
-                cands = [Candidate(bk.name, bk.op) for bk in runnable_here]
+                cands = [Candidate(bk.name, bk.op, bk.pdl) for bk in runnable_here]
                 pick = tuner.choose(op_name(node.target), bucket, cands, lambda example=example: example, save=False)
                 choices.setdefault(op_name(node.target), {})[bucket] = pick
                 first = next(a for a in example if isinstance(a, torch.Tensor))
@@ -239,7 +239,7 @@ def _select_linear(node: fx.Node, device: torch.device, cfg: SelectBackendsConfi
         for r in rows:  # x [b, s, K] at (b, s) = (r, 1); None: the export's own sizes
             subs = {k: v for k, v in ((b_sym, r), (s_sym, 1)) if k is not None and r is not None}
             example = tuple(_materialize(v, subs, device) for v in bound.values())
-            cands = [Candidate(bk.name, bk.op) for bk in backends if bk.can_run(dict(zip(names, example)))]
+            cands = [Candidate(bk.name, bk.op, bk.pdl) for bk in backends if bk.can_run(dict(zip(names, example)))]
             bucket = _bucket_key(names, list(example))
             pick = tuner.choose("linear", bucket, cands, lambda example=example: example, save=False)
             choices.setdefault("linear", {})[bucket] = pick

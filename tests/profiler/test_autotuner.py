@@ -107,3 +107,21 @@ def test_real_timing_path_runs_every_candidate(tmp_path):
     times = tuner.entry("toy", "x=[8]")["times_ms"]
     assert set(times) == {"add", "mul"} and all(t >= 0 for t in times.values())
     assert tuner.key == device_key("cpu") and tuner.key.startswith("cpu | torch ")
+
+
+def test_pdl_margin_keeps_overlapping_kernels_within_reach():
+    from autodeploy.profiler.autotuner import pick
+
+    names = ["torch", "triton", "cublas+act"]
+    us = lambda **t: {k.replace("_", "+"): v * 1e-6 for k, v in t.items()}  # noqa: E731
+    pdl = {"triton"}
+    # the H200 TP=2 gate_up: cuBLAS + act ahead by 0.4% alone, slower in the step: the Triton GEMV stays
+    assert pick(names, us(torch=35.25, triton=32.58, cublas_act=32.45), pdl, pdl_on=True) == "triton"
+    assert pick(names, us(torch=35.25, triton=32.58, cublas_act=32.45), pdl, pdl_on=False) == "cublas+act"
+    # far enough ahead (more than 10% and 2 us), cuBLAS wins anyway: the 8B o_proj, 10.19 vs 16.86 us
+    assert pick(["torch", "triton"], us(torch=10.19, triton=16.86), pdl, pdl_on=True) == "torch"
+    # small kernels: the absolute 2 us decides (1.5 vs 3.2 us: 1.7 us apart)
+    assert pick(["torch", "triton"], us(torch=1.5, triton=3.2), pdl, pdl_on=True) == "triton"
+    # a failed PDL candidate (inf) is no alternative; every candidate failing falls back to the first
+    assert pick(["torch", "triton"], {"torch": 1e-5, "triton": float("inf")}, pdl, pdl_on=True) == "torch"
+    assert pick(["torch", "triton"], {"torch": float("inf"), "triton": float("inf")}, pdl, pdl_on=True) == "torch"

@@ -252,3 +252,19 @@ def test_per_shape_tables_dispatch_per_call(tmp_path, monkeypatch):
             assert GATED_ALT_CALLS["n"] == 1
     finally:
         unregister_backend("gated_linear", "alt")
+
+
+def test_backends_say_which_overlap_under_pdl():
+    # the Triton twins built only from PDL kernels, and the unfused pairs of them, carry the autotuner's margin;
+    # library kernels (aten / cuBLAS / cuBLASLt) and Triton kernels without PDL do not
+    import autodeploy.backends.triton  # noqa: F401  (registers the twins and the pairs)
+    from autodeploy.profiler.candidates import backends_for, linear_backends
+
+    cuda = torch.device("cuda")
+    ops = torch.ops.autodeploy
+    flags = lambda canonical: {b.name: b.pdl for b in backends_for(canonical, cuda)}  # noqa: E731
+    assert {b.name: b.pdl for b in linear_backends(cuda)} == {"torch": False, "triton": True}
+    assert flags(ops.add_rmsnorm_linear.default) == {"triton": True, "norm+cublas": False, "norm+gemv": True,
+                                                      "torch": False}
+    assert flags(ops.gated_linear.default) == {"triton": True, "cublas+triton_act": False, "torch": False}
+    assert flags(ops.rope.default)["triton"] is False  # no PDL in the rope kernel

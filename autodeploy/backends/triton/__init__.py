@@ -65,6 +65,13 @@ from autodeploy.backends.triton import add_rmsnorm_fp8_linear, gated_act_fp8_lin
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
+# canonical ops whose Triton twin launches only kernels with programmatic dependent launch (they overlap the
+# kernel before them when AUTODEPLOY_PDL is on): the autotuner weighs them against library kernels with a margin
+PDL_OPS = frozenset({"linear", "gated_linear", "rmsnorm", "fused_add_rmsnorm", "gated_mlp_act", "fp8_linear",
+                     "add_rmsnorm_linear", "add_rmsnorm_gated_linear", "add_rmsnorm_fp8_linear", "gated_act_fp8_linear",
+                     "int4_wo_linear_kmajor"})
+
+
 def _cached_attention_supports(q, k, v, k_cache, v_cache, *meta, sinks=None, **_: Any) -> bool:
     sinks = meta[6] if len(meta) > 6 else sinks  # positional: ... slot_mapping, sinks, scale, ...
     return cached_attention.supports(q, k, v, k_cache, v_cache, sinks)

@@ -167,5 +167,5 @@ def _norm_then(name: str, project: Project):
 NORM_FP8_GEMV = _norm_then("triton_norm_fp8_gemv_linear", torch.ops.autodeploy.triton_fp8_linear)
 NORM_SCALED_MM = _norm_then("triton_norm_scaled_mm_fp8_linear", torch.ops.autodeploy.fp8_linear)
 
-register_backend("add_rmsnorm_fp8_linear", "norm+gemv", NORM_FP8_GEMV, supports=on_cuda)
+register_backend("add_rmsnorm_fp8_linear", "norm+gemv", NORM_FP8_GEMV, supports=on_cuda, pdl=True)
 register_backend("add_rmsnorm_fp8_linear", "norm+scaled_mm", NORM_SCALED_MM, supports=on_cuda)

@@ -143,6 +143,6 @@ NORM_CUBLAS_GATED = _norm_then_gated("triton_norm_cublas_gated_linear", cublas=T
 NORM_GEMV_GATED = _norm_then_gated("triton_norm_gemv_gated_linear", cublas=False)
 
 register_backend("add_rmsnorm_linear", "norm+cublas", NORM_CUBLAS_LINEAR, supports=on_cuda)
-register_backend("add_rmsnorm_linear", "norm+gemv", NORM_GEMV_LINEAR, supports=on_cuda)
+register_backend("add_rmsnorm_linear", "norm+gemv", NORM_GEMV_LINEAR, supports=on_cuda, pdl=True)
 register_backend("add_rmsnorm_gated_linear", "norm+cublas", NORM_CUBLAS_GATED, supports=on_cuda)
-register_backend("add_rmsnorm_gated_linear", "norm+gemv", NORM_GEMV_GATED, supports=on_cuda)
+register_backend("add_rmsnorm_gated_linear", "norm+gemv", NORM_GEMV_GATED, supports=on_cuda, pdl=True)

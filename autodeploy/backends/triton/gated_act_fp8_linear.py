@@ -178,5 +178,5 @@ def _act_then(name: str, project: Project):
 ACT_FP8_GEMV = _act_then("triton_act_fp8_gemv_linear", torch.ops.autodeploy.triton_fp8_linear)
 ACT_SCALED_MM = _act_then("triton_act_scaled_mm_fp8_linear", torch.ops.autodeploy.fp8_linear)
 
-register_backend("gated_act_fp8_linear", "act+gemv", ACT_FP8_GEMV, supports=on_cuda)
+register_backend("gated_act_fp8_linear", "act+gemv", ACT_FP8_GEMV, supports=on_cuda, pdl=True)
 register_backend("gated_act_fp8_linear", "act+scaled_mm", ACT_SCALED_MM, supports=on_cuda)
