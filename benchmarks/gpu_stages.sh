@@ -37,6 +37,7 @@ stage_tp2_oneshot() { $AD "${B8[@]}" --world-size 2 --set runtime.all_reduce=one
 # every op on its first supported backend (Triton GEMVs with PDL instead of the cuBLAS picks the tuner times alone)
 stage_tp2_notune() { $AD "${B8[@]}" --world-size 2 --no-autotune --json "$OUT/tp2_notune.json"; }
 stage_tp_tests() { python3 -m pytest -q -x tests/gpu/test_tp_nccl.py; }
+stage_tp_tests_moe() { python3 -m pytest -q -x tests/gpu/test_tp_nccl.py -k mixtral; }
 stage_tp2_nccl() { $AD "${B8[@]}" --world-size 2 --set runtime.all_reduce=nccl --json "$OUT/tp2_nccl.json"; }
 stage_tp1() { $AD "${B8[@]}" --json "$OUT/tp1.json"; }
 stage_bench_1b() { $AD "${B1[@]}" --batch-sizes 1,16 --baselines eager,static --json "$OUT/bench_1b.json"; }
@@ -147,6 +148,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp_tests tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done
