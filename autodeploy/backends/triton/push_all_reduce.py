@@ -150,16 +150,23 @@ def _push_all_gather_kernel(
     tl.store(counter_ptr + chunk, epoch)
 
 
-def unsupported_reason(x: Tensor, max_rows: int, row_bytes: int, residual: Optional[Tensor] = None,
-                       weight: Optional[Tensor] = None) -> Optional[str]:
-    """Why the kernel cannot take x (and the norm's operands); None if it can. Every rank decides the
-    same way (the same shapes and dtypes), so no rank pushes while another takes another route."""
+def _operand_problem(x: Tensor) -> Optional[str]:
     if not x.is_cuda:
         return "not a CUDA tensor"
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype}"
     if x.dim() == 0 or x.numel() == 0:
         return "empty"
+    return None
+
+
+def unsupported_reason(x: Tensor, max_rows: int, row_bytes: int, residual: Optional[Tensor] = None,
+                       weight: Optional[Tensor] = None) -> Optional[str]:
+    """Why the kernel cannot take x (and the norm's operands); None if it can. Every rank decides the
+    same way (the same shapes and dtypes), so no rank pushes while another takes another route."""
+    why = _operand_problem(x)
+    if why:
+        return why
     n = x.shape[-1]
     m = x.numel() // n
     if m > max_rows:
@@ -175,12 +182,9 @@ def unsupported_reason(x: Tensor, max_rows: int, row_bytes: int, residual: Optio
 
 def gather_unsupported_reason(x: Tensor, max_rows: int, row_bytes: int) -> Optional[str]:
     """Why launch_gather cannot take x (the same on every rank); None if it can."""
-    if not x.is_cuda:
-        return "not a CUDA tensor"
-    if x.dtype not in DTYPES:
-        return f"dtype {x.dtype}"
-    if x.dim() == 0 or x.numel() == 0:
-        return "empty"
+    why = _operand_problem(x)
+    if why:
+        return why
     if x.numel() * x.element_size() > max_rows * row_bytes:
         return f"{x.numel() * x.element_size()} bytes > {max_rows} slots of {row_bytes}"
     return None
