@@ -15,8 +15,9 @@ They are opaque to torch.compile (their fake impls give shapes) and capturable i
 NCCL once the communicator exists (the first eager call creates it). Small CUDA all-reduces go
 through symm_all_reduce.py's one-shot kernel when runtime.all_reduce is "auto" (the default) and
 every rank could set it up; decode-sized ones (and all_reduce_add_rmsnorm whole, and all_gathers on
-the last dim of up to 1 MB a rank: the vocab-parallel logits) through its push kernel. all_reduce_add_rmsnorm's reference is the two ops it replaces, so it changes no result on the
-CPU; transforms/fuse_all_reduce_rmsnorm.py puts it in the graph.
+the last dim of up to 1 MB a rank: the vocab-parallel logits) through its push kernel.
+all_reduce_add_rmsnorm's reference is the two ops it replaces, so it changes no result on the CPU;
+transforms/fuse_all_reduce_rmsnorm.py puts it in the graph.
 """
 
 from __future__ import annotations

@@ -168,13 +168,13 @@ def share_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
     On CUDA with the push all-reduce set up (distributed/symm_all_reduce.py) this is that kernel: rank 0
     contributes the ids as fp32 (exact below 2^24, any vocabulary), the others zeros, and the sum is the
-    ids: ~3 small kernels instead of a NCCL broadcast (24 us a step on two H200s). Elsewhere, or for more
-    ids than one push row holds, a broadcast on the main group."""
+    ids: ~3 small kernels instead of a NCCL broadcast (24 us a step on two H200s). Elsewhere, or where
+    symm_all_reduce takes no such row (every rank decides alike), a broadcast on the main group."""
     from autodeploy.distributed import symm_all_reduce
 
-    if tokens.is_cuda and symm_all_reduce.push_active() and tokens.numel() <= symm_all_reduce.PUSH_ROW_BYTES // 4:
+    if tokens.is_cuda and symm_all_reduce.push_active():
         mine = tokens.to(torch.float32) if dist.is_leader() else torch.zeros(tokens.numel(), device=tokens.device)
-        summed = symm_all_reduce.try_all_reduce(mine.view(1, -1))  # [1, n]; None only if the push cannot take it
+        summed = symm_all_reduce.try_all_reduce(mine.view(1, -1))  # [1, n]
         if summed is not None:
             if not dist.is_leader():
                 tokens.copy_(summed.view(-1))

@@ -62,5 +62,4 @@ def apply(gm: fx.GraphModule, ctx, cfg) -> TransformInfo:
         graph.erase_node(node)
         graph.erase_node(reduced)
         matches += 1
-    return TransformInfo(matches=matches, changed=bool(matches),
-                         details={"sites": matches} if matches else {})
+    return TransformInfo(matches=matches, changed=bool(matches))

@@ -65,8 +65,10 @@ from autodeploy.backends.triton import add_rmsnorm_fp8_linear, gated_act_fp8_lin
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
-# canonical ops whose Triton twin launches only kernels with programmatic dependent launch (they overlap the
-# kernel before them when AUTODEPLOY_PDL is on): the autotuner weighs them against library kernels with a margin
+# canonical ops whose Triton twin, at decode rows, launches only kernels with programmatic dependent launch (they
+# overlap the kernel before them when AUTODEPLOY_PDL is on): the autotuner weighs them against library kernels
+# with a margin. (Prefill rows of fp8_linear / int4_wo_linear_kmajor take other paths; there the margin is ~10% of
+# a much longer time, and the candidates it compares are seldom that close.)
 PDL_OPS = frozenset({"linear", "gated_linear", "rmsnorm", "fused_add_rmsnorm", "gated_mlp_act", "fp8_linear",
                      "add_rmsnorm_linear", "add_rmsnorm_gated_linear", "add_rmsnorm_fp8_linear", "gated_act_fp8_linear",
                      "int4_wo_linear_kmajor"})
