@@ -1,9 +1,12 @@
 """Launch-config sweep of the Triton decode linear (autodeploy::triton_linear) against cuBLAS.
 
-    PYTHONPATH=$PWD python3 benchmarks/triton_linear_sweep.py [--rows 1 16] [--models 1b 8b] [--json out.json]
+    PYTHONPATH=$PWD python3 benchmarks/triton_linear_sweep.py [--rows 1 16] [--models 1b 8b] [--tp 1 2]
+                                                              [--kinds dot_t] [--json out.json]
 
-Per (weight, rows): every config of CONFIGS (each with split-K 1 and the split that gives ~2
-programs per SM), the launch_config default, and torch.nn.functional.linear (cuBLAS). Each is
+Per (weight, rows): every config of CONFIGS (each with the K splits of SPLITS that leave >= 2 BK
+steps a split; a split merges in the launch), the launch_config default, and
+torch.nn.functional.linear (cuBLAS). --tp 2 times a rank's shard of tensor parallelism instead
+(qkv, gate_up and lm_head rows halved, o and down columns halved). Each is
 captured as 20 calls in one CUDA graph and the replays timed with triton.testing.do_bench
 (median): that is how a decode step runs them. The 20 calls rotate over enough copies of the
 weight that none is still in L2 when it comes round again (a step reads each weight once from
@@ -52,15 +55,23 @@ CONFIGS = [
     ("fma", 32, 512, 8, 1),
     ("dot", 16, 256, 4, 4), ("dot", 32, 256, 4, 3), ("dot", 64, 128, 4, 4),
     ("dot_t", 16, 256, 4, 4), ("dot_t", 16, 512, 4, 3), ("dot_t", 32, 128, 4, 5), ("dot_t", 32, 256, 4, 3),
-    ("dot_t", 64, 128, 4, 4), ("dot_t", 64, 256, 4, 3), ("dot_t", 128, 128, 8, 3),
+    ("dot_t", 64, 128, 4, 4), ("dot_t", 64, 256, 4, 3), ("dot_t", 64, 256, 4, 4), ("dot_t", 128, 128, 8, 3),
 ]
+SPLITS = (1, 2, 3, 4, 6, 8)
 CALLS = 20
 
 
-def weights_of(model: str) -> list[tuple[str, int, int]]:
+def weights_of(model: str, tp: int = 1) -> list[tuple[str, int, int]]:
+    """(label, N, K) of one rank's decode GEMMs under tensor parallelism tp (column-split qkv, gate_up and
+    lm_head, row-split o and down)."""
     h, n, n_kv, d, f, _ = MODELS[model]
-    return [(f"{model} qkv", (n + 2 * n_kv) * d, h), (f"{model} o", h, n * d), (f"{model} gate_up", 2 * f, h),
-            (f"{model} down", h, f), (f"{model} lm_head", VOCAB, h)]
+    name = model if tp == 1 else f"{model}/tp{tp}"
+    return [(f"{name} qkv", (n + 2 * n_kv) * d // tp, h), (f"{name} o", h, n * d // tp),
+            (f"{name} gate_up", 2 * f // tp, h), (f"{name} down", h, f // tp), (f"{name} lm_head", VOCAB // tp, h)]
+
+
+def linear_kinds() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c[0] for c in CONFIGS))
 
 
 def graph_us(call, copies: int, warmup: int = 5, rep: int = 30) -> float:
@@ -84,12 +95,13 @@ def graph_us(call, copies: int, warmup: int = 5, rep: int = 30) -> float:
 
 
 def splits_for(n: int, k: int, bn: int, bk: int, sms: int) -> list[int]:
-    tiles = -(-n // bn)
-    auto = 1 if tiles >= 2 * sms else max(1, min(-(-2 * sms // tiles), k // (4 * bk)))
-    return sorted({1, auto})
+    """The splits of SPLITS worth timing: >= 2 BK steps a split, and none for weights with >= 2 tiles per SM."""
+    if -(-n // bn) >= 2 * sms:
+        return [1]
+    return [s for s in SPLITS if s == 1 or k // s >= 2 * bk]
 
 
-def sweep_case(label, m, n, k, sms, l2_bytes, linear, results, mismatches):
+def sweep_case(label, m, n, k, sms, l2_bytes, linear, results, mismatches, kinds):
     w_bytes = n * k * 2
     copies = min(CALLS, math.ceil(2 * l2_bytes / w_bytes) + 1)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -107,7 +119,7 @@ def sweep_case(label, m, n, k, sms, l2_bytes, linear, results, mismatches):
     default = linear.launch_config(m, n, k, sms)
     configs = [("default", dict(default))]
     for kind, bn, bk, warps, stages in CONFIGS:
-        if kind == "fma" and m > 2:
+        if kind not in kinds or (kind == "fma" and m > 2):
             continue
         for split in splits_for(n, k, bn, bk, sms):
             cfg = dict(kind=kind, bn=bn, bk=bk, split=split, num_warps=warps, num_stages=stages)
@@ -144,6 +156,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--models", nargs="+", default=["1b", "8b"], choices=list(MODELS))
+    ap.add_argument("--tp", type=int, nargs="+", default=[1], help="time one rank's shards at these TP degrees")
+    ap.add_argument("--kinds", nargs="+", default=list(linear_kinds()), choices=list(linear_kinds()))
     ap.add_argument("--json", type=Path, default=None, help="write every timing here (rewritten after each case)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -159,9 +173,10 @@ def main() -> int:
     print(f"{card}: {sms} SMs, L2 {l2 >> 20} MB | torch {torch.__version__} | triton {triton.__version__}", flush=True)
     results, mismatches, summary = [], [], []
     for model in args.models:
-        for m in args.rows:
-            for label, n, k in weights_of(model):
-                summary.append(sweep_case(label, m, n, k, sms, l2, linear, results, mismatches))
+        for tp in args.tp:
+            for m in args.rows:
+                for label, n, k in weights_of(model, tp):
+                    summary.append(sweep_case(label, m, n, k, sms, l2, linear, results, mismatches, args.kinds))
                 if args.json:
                     args.json.write_text(json.dumps(dict(card=card, results=results, summary=summary), indent=1))
 
@@ -173,10 +188,10 @@ def main() -> int:
         print(f"| {s['case']} | {s['mb']:.1f} | {s['m']} | {s['cublas']:.1f} ({gbs(s['cublas']):.0f}) | "
               f"{s['default']:.1f} ({gbs(s['default']):.0f}) | {s['best']:.1f} ({gbs(s['best']):.0f}) | "
               f"{s['best'] / s['cublas']:.2f} | {s['best_name']} |")
-    for model in args.models:
-        layers = MODELS[model][5]
+    for model in [f"{m}" if tp == 1 else f"{m}/tp{tp}" for m in args.models for tp in args.tp]:
+        layers = MODELS[model.split("/")[0]][5]
         for m in args.rows:
-            rows = {s["case"].split()[1]: s for s in summary if s["case"].startswith(model) and s["m"] == m}
+            rows = {s["case"].split()[1]: s for s in summary if s["case"].split()[0] == model and s["m"] == m}
             if len(rows) < 5:
                 continue
             scale = {name: (1 if name == "lm_head" else layers) for name in rows}

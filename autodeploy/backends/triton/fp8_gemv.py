@@ -53,7 +53,7 @@ import autodeploy.backends.torch.quant_linear  # noqa: F401  (autodeploy::fp8_li
 from autodeploy.backends.triton._common import (DTYPES, interpreted, num_sms, pdl_enabled, pdl_launch,
                                                 pdl_prefetch_meta, pdl_wait_and_release, prefetch_rows, rows_of,
                                                 tickets, unsupported_device_or_dtype)
-from autodeploy.backends.triton.linear import split_k
+from autodeploy.backends.triton.linear import split_k, store_or_merge
 from autodeploy.quantization import fp8 as fp8_q
 
 log = logging.getLogger(__name__)
@@ -181,25 +181,8 @@ def _fp8_gemv_kernel(
     out = tl.trans(acc)  # [BM, BN]
     if X_MODE != 0:
         out *= x_scale[:, None]
-    mask_o = mask_m[:, None] & mask_n[None, :]
-    if PARTIAL:  # fp32 partials [split, M, N]; the n tile's last split to arrive sums them (+ bias) into out
-        o_offs = rm[:, None] * stride_om + rn[None, :]  # [BM, BN]
-        tl.store(part_ptr + pid_k * stride_split + o_offs, out, mask=mask_o)
-        tl.debug_barrier()  # every thread's partial stores precede the ticket's release
-        ticket = tl.atomic_add(ticket_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-        if ticket == tl.num_programs(1) - 1:
-            tl.debug_barrier()
-            total = tl.zeros((BM, BN), dtype=tl.float32)
-            for s in range(0, tl.num_programs(1)):  # in split order: the sum linear._sum_splits_kernel made
-                total += tl.load(part_ptr + s * stride_split + o_offs, mask=mask_o, other=0.0, cache_modifier=".cg")
-            if HAS_BIAS:
-                total += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptr + o_offs, total.to(out_ptr.dtype.element_ty), mask=mask_o)
-            tl.store(ticket_ptr + pid_n, 0)  # every split has arrived: reset for the next launch
-    else:
-        if HAS_BIAS:
-            out += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty), mask=mask_o)
+    store_or_merge(out, out_ptr, part_ptr, ticket_ptr, bias_ptr, rm, rn, mask_m, mask_n, stride_om, stride_split,
+                   pid_n, pid_k, PARTIAL, HAS_BIAS)
 
 
 def _per_tensor(weight_scale: Tensor, n: int) -> Optional[bool]:

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from autodeploy.backends.triton._common import (DTYPES, dot_precision, num_sms, pdl_enabled, pdl_launch,
                                                 pdl_prefetch_meta, pdl_wait_and_release, prefetch_rows, rows_of,
-                                                unsupported_device_or_dtype)
+                                                tickets, unsupported_device_or_dtype)
 
 MAX_ROWS = 16  # decode batches; the dot kinds pad x to the MMA's 16 rows
 K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
@@ -127,9 +127,36 @@ def normed_tile(x_ptr, res_ptr, norm_w_ptr, x_offs, k0, rk, mask_m, rstd, UNIT_O
     return h * rstd[:, None] * nw[None, :]
 
 
+@triton.jit
+def store_or_merge(out, out_ptr, part_ptr, ticket_ptr, bias_ptr, rm, rn, mask_m, mask_n, stride_om, stride_split,
+                   pid_n, pid_k, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Store a program's fp32 out [BM, BN] (+ bias) in out's dtype; with PARTIAL (a split K) store it as the
+    split's partial [split, M, N], and the n tile's last split to arrive (a ticket) sums the partials in
+    split order (+ bias) into out: the splits merge inside the launch, no second kernel."""
+    mask_o = mask_m[:, None] & mask_n[None, :]
+    o_offs = rm[:, None] * stride_om + rn[None, :]  # [BM, BN]
+    if PARTIAL:
+        tl.store(part_ptr + pid_k * stride_split + o_offs, out, mask=mask_o)
+        tl.debug_barrier()  # every thread's partial stores precede the ticket's release
+        ticket = tl.atomic_add(ticket_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == tl.num_programs(1) - 1:
+            tl.debug_barrier()
+            total = tl.zeros(out.shape, dtype=tl.float32)
+            for s in range(0, tl.num_programs(1)):  # in split order: every launch sums the same way
+                total += tl.load(part_ptr + s * stride_split + o_offs, mask=mask_o, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptr + o_offs, total.to(out_ptr.dtype.element_ty), mask=mask_o)
+            tl.store(ticket_ptr + pid_n, 0)  # every split has arrived: reset for the next launch
+    else:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=mask_o)
+
+
 @triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
 def _linear_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr,
+    x_ptr, w_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,  # PARTIAL only: part_ptr, ticket_ptr
     res_ptr, norm_w_ptr, res_out_ptr, eps,  # NORM only: residual [M, K], norm weight [K], new residual [M, K]
     M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn, stride_om, stride_split,
@@ -165,13 +192,8 @@ def _linear_kernel(
         w_ptrs += BK
         x_offs += BK
     acc = gemv_acc_rows(acc, KIND)  # [BM, BN]
-    mask_o = mask_m[:, None] & mask_n[None, :]
-    if PARTIAL:  # fp32 partials [split, M, N], summed by _sum_splits_kernel
-        tl.store(out_ptr + pid_k * stride_split + rm[:, None] * stride_om + rn[None, :], acc, mask=mask_o)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask_o)
+    store_or_merge(acc, out_ptr, part_ptr, ticket_ptr, bias_ptr, rm, rn, mask_m, mask_n, stride_om, stride_split,
+                   pid_n, pid_k, PARTIAL, HAS_BIAS)
 
 
 @triton.jit
@@ -259,31 +281,39 @@ def normalized(config: dict, m: int, n: int, k: int) -> dict:
     return dict(config, kind=kind, bk=bk, split=split, k_per_split=k_per_split, bm=bm)
 
 
-@functools.lru_cache(maxsize=1024)  # per call at decode: keep the host's share of a ~5 us GEMV small
-def launch_config(m: int, n: int, k: int, sms: int, itemsize: int = 2) -> dict:
-    """Tile sizes and the K split for one call; not to be mutated.
-
-    Set from benchmarks/triton_linear_sweep.py on an H100 (132 SMs), bf16, M = 1 and 16 (the same
-    config serves both: x is padded to 16 rows). "dot_t" won every weight there, with no K split
-    except where a long row leaves fewer N tiles than SMs:
-      long rows (K >= 3N: down)   BN 16, BK 256, 4 stages   1B down (128 tiles) splits K in 3
+def streaming_tiles(n: int, k: int, sms: int, itemsize: int = 2) -> tuple[int, int, int]:
+    """(BN, BK, stages) of an unsplit GEMV, from benchmarks/triton_linear_sweep.py on an H100 (132 SMs,
+    bf16, M = 1 and 16; "dot_t" won every weight there; gated_linear.py keeps these tiles):
+      long rows (K >= 3N: down)   BN 16, BK 256, 4 stages
       wide (N / 64 >= 2/3 SMs)    BN 64, BK 256, 3 stages   qkv 8B, gate_up, lm_head: 0.90-0.98 x cuBLAS
-      otherwise (N <= 4096)       BN 32, BK 128, 5 stages   8B o 0.89 x; 1B qkv / o 1.02 x (cuBLAS kept)
-    fp32 halves BK so a stage holds the same bytes (untimed).
-    """
+      otherwise (N <= 4096)       BN 32, BK 128, 5 stages   8B o 0.89 x; 1B qkv / o 1.02 x
+    fp32 halves BK so a stage holds the same bytes (untimed)."""
     if k >= 3 * n:
         bn, bk, stages = 16, 256, 4
     elif triton.cdiv(n, 64) * 3 >= 2 * sms:
         bn, bk, stages = 64, 256, 3
     else:
         bn, bk, stages = 32, 128, 5
-    bk = max(K_MULTIPLE, bk * 2 // itemsize)
-    tiles = triton.cdiv(n, bn)
-    # K is split only for long rows that leave SMs without an N tile (1B down: 128 tiles, 3 splits
-    # timed 0.94 x no split); elsewhere the second launch lost (1B / 8B qkv, 96 tiles: 1.16-1.18 x)
-    split = 1
-    if k >= 3 * n and tiles < sms:
-        split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
+    return bn, max(K_MULTIPLE, bk * 2 // itemsize), stages
+
+
+@functools.lru_cache(maxsize=1024)  # per call at decode: keep the host's share of a ~5 us GEMV small
+def launch_config(m: int, n: int, k: int, sms: int, itemsize: int = 2) -> dict:
+    """Tile sizes and the K split for one call; not to be mutated.
+
+    From benchmarks/triton_linear_sweep.py on an H200 (132 SMs, M = 1, bf16, CUDA-graph replays;
+    benchmarks/results/2026-11-28-session7/c2_linear_sweep.json): 64-row tiles, 512-byte K steps, 4
+    stages were within ~5% of the best config on every 8B weight and TP=2 shard. A K split (merged in
+    the launch: the n tile's last split sums, tickets) paid only as 2 splits where 64-row tiles fill at
+    most half the SMs and each half-row is >= 4 KB: 8B o 10.8 us vs 11.1 unsplit (cuBLAS 13.7), down
+    29.8 vs 31.3 (cuBLAS 32.4), TP=2 down 16.5 vs 17.1 (cuBLAS 20.5); 3+ splits lost everywhere, and
+    short rows (TP=2 o, K = 2048) lost with 2 (6.7 vs 6.5). Wide weights: lm_head 238.9 us (cuBLAS
+    247.7), TP=2 qkv 10.1 (11.9), TP=2 o 6.5 (7.6), 8B qkv 16.1 (15.7). (The H100 rule before it,
+    streaming_tiles, left the H200's SMs short of loads: 8B o 17.0 us, down 62.9.)
+    fp32 halves BK so a stage holds the same bytes.
+    """
+    bn, bk, stages = 64, max(K_MULTIPLE, 256 * 2 // itemsize), 4
+    split = 2 if 2 * triton.cdiv(n, bn) <= sms and k * itemsize >= 8192 else 1
     return normalized(dict(kind="dot_t", bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages), m, n, k)
 
 
@@ -337,10 +367,14 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
         return shaped(out, norm_args, x, norm)
     cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x.device), x.element_size())
     split = cfg["split"]
-    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)  # [S, M, N]
-    grid = (triton.cdiv(n, cfg["bn"]), split)
-    _linear_kernel[grid](
-        x2, weight, bias if bias is not None else weight, dest, *norm_args,
+    tiles = triton.cdiv(n, cfg["bn"])
+    if split > 1:  # merged in the launch by each n tile's last split (tickets): no second kernel
+        part = torch.empty(split, m, n, dtype=torch.float32, device=x.device)  # [S, M, N]
+        counters = tickets(x.device, tiles)
+    else:
+        part = counters = out  # unused
+    _linear_kernel[(tiles, split)](
+        x2, weight, bias if bias is not None else weight, out, part, counters, *norm_args,
         m, n, k, cfg["k_per_split"],
         x2.stride(0), weight.stride(0), n, m * n,
         BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], KIND=KINDS[cfg["kind"]], PARTIAL=split > 1,
@@ -349,8 +383,6 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
         PDL=pdl_enabled(x.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device),
         **pdl_prefetch_meta(x.device, cfg["bk"], weight.element_size()),
     )
-    if split > 1:
-        sum_splits(dest, bias, out)
     return shaped(out, norm_args, x, norm)
 
 

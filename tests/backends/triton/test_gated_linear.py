@@ -116,9 +116,9 @@ LLAMA_GATE_UP = {"1b": (8192, 2048), "8b": (14336, 4096)}  # (I, K) of Llama-3.2
 def test_launch_config_keeps_linear_bytes_per_program(model, m, itemsize):
     i, k = LLAMA_GATE_UP[model]
     cfg = gated_linear.launch_config(m, i, k, 132, itemsize)  # an H100
-    base = linear.launch_config(m, 2 * i, k, 132, itemsize)
-    assert cfg["kind"] == "dot_t" and 2 * cfg["bn"] == base["bn"] and cfg["bk"] == base["bk"]
-    assert -(-i // cfg["bn"]) == -(-2 * i // base["bn"])  # the same number of programs
+    bn, bk, _ = linear.streaming_tiles(2 * i, k, 132, itemsize)
+    assert cfg["kind"] == "dot_t" and 2 * cfg["bn"] == bn and cfg["bk"] == bk
+    assert -(-i // cfg["bn"]) == -(-2 * i // bn)  # the same number of programs
     assert cfg["split"] == 1 and k % cfg["bk"] == 0
     # two weight tiles and the x tile per stage stay well inside the 227 KB an H100 block may take
     assert (2 * cfg["bn"] + cfg["bm"]) * cfg["bk"] * itemsize * cfg["num_stages"] <= 160 * 1024

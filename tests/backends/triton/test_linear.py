@@ -119,15 +119,17 @@ def test_launch_config_is_valid_and_fits_shared_memory(weight, m, itemsize):
     assert (cfg["bn"] + cfg["bm"]) * cfg["bk"] * itemsize * cfg["num_stages"] <= 160 * 1024
 
 
-def test_launch_config_follows_the_h100_sweep():
-    def cfg(weight):
-        c = linear.launch_config(1, *LLAMA_WEIGHTS[weight], 132)
+def test_launch_config_follows_the_h200_sweep():
+    def cfg(weight, sms=132, itemsize=2):
+        c = linear.launch_config(1, *(LLAMA_WEIGHTS.get(weight) or weight), sms, itemsize)
         return c["kind"], c["bn"], c["bk"], c["num_stages"], c["split"]
 
-    assert cfg("8b lm_head") == cfg("1b gate_up") == cfg("8b qkv") == ("dot_t", 64, 256, 3, 1)
-    assert cfg("8b o") == cfg("1b qkv") == ("dot_t", 32, 128, 5, 1)  # 96 N tiles: a K split lost
-    assert cfg("1b down") == ("dot_t", 16, 256, 4, 3)  # long rows, 128 N tiles < 132 SMs: split K
-    assert cfg("8b down") == ("dot_t", 16, 256, 4, 1)
+    # 64-row tiles, 512-byte K steps, 4 stages everywhere; 2 K splits only where 64 tiles or fewer leave SMs idle
+    assert cfg("8b lm_head") == cfg("8b gate_up") == cfg("8b qkv") == ("dot_t", 64, 256, 4, 1)
+    assert cfg("8b o") == cfg("8b down") == ("dot_t", 64, 256, 4, 2)
+    assert cfg((3072, 4096)) == cfg((4096, 7168)) == ("dot_t", 64, 256, 4, 2)  # TP=2 qkv, down shards
+    assert cfg((4096, 2048)) == cfg("1b o") == ("dot_t", 64, 256, 4, 1)  # rows of 4 KB: too short to halve
+    assert cfg("8b o", itemsize=4) == ("dot_t", 64, 128, 4, 2)  # fp32: the same bytes a stage
     assert linear.launch_config(1, 64, 64, 4)["bk"] == 64
 
 
