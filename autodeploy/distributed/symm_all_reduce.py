@@ -10,7 +10,7 @@ No multicast (NVLS) is involved: plain peer loads.
 
 Below that, "auto" sends what it can (<= PUSH_MAX_ROWS rows of <= PUSH_ROW_BYTES) through
 backends/triton/push_all_reduce.py instead: each rank stores its rows straight into its peers' buffers
-and raises a flag there, one one-way NVLink trip, and `all_reduce_add_rmsnorm` (the all-reduce plus the
+(the values are their own flags), one one-way NVLink trip, and `all_reduce_add_rmsnorm` (the all-reduce plus the
 residual add + RMSNorm after it, fused by transforms/fuse_all_reduce_rmsnorm.py) is that kernel too.
 "oneshot" keeps torch's kernel for every small all-reduce (the A/B of the two).
 
@@ -46,7 +46,6 @@ DTYPES = (torch.bfloat16, torch.float32)  # what torch's one-shot kernel dispatc
 DEFAULT_MAX_BYTES = 512 * 1024  # decode up to 64 rows of an 8B model's 4096 bf16 hidden
 PUSH_MAX_ROWS = 32  # decode batches up to 32 rows take the push kernel (one program a row)
 PUSH_ROW_BYTES = 32 * 1024  # a hidden of up to 16384 bf16 values
-PUSH_FLAG_BYTES = 4096  # int32 flags [W, PUSH_MAX_ROWS] at the buffer's start (W <= 32)
 
 
 @dataclass
@@ -57,7 +56,8 @@ class _Buffer:
 
 @dataclass
 class _Push:
-    """push_all_reduce.py's buffer: flags, then rows [2, W, PUSH_MAX_ROWS, PUSH_ROW_BYTES] (symmetric memory)."""
+    """push_all_reduce.py's buffer: rows [2, W, PUSH_MAX_ROWS, PUSH_ROW_BYTES] (symmetric memory), all-one bytes
+    (empty) where no push waits to be read."""
 
     flat: Tensor  # uint8, kept alive: the peers write into it
     peers: Tensor  # int64 [W]: every rank's buffer as mapped on this device
@@ -87,7 +87,7 @@ def setup(mode: str, max_bytes: int, device: torch.device, control_group) -> boo
         return False
     buf, why = _allocate(max_bytes, device)
     push, push_why = _allocate_push(device) if mode == "auto" and buf is not None else (None, None)
-    # the flags are zeroed on every rank before this collective returns anywhere: no peer flags a row first
+    # every buffer is emptied before this collective returns anywhere: no peer pushes into one first
     ok = torch.tensor([1 if buf is not None else 0, 1 if push is not None else 0], dtype=torch.int64)
     dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=control_group)  # one rank failing turns it off for all
     if int(ok[0]) == 0:
@@ -111,12 +111,9 @@ def _allocate_push(device: torch.device) -> tuple[Optional[_Push], Optional[str]
         import torch.distributed._symmetric_memory as symm_mem
 
         world, rank = dist.get_world_size(), dist.get_rank()
-        if world * PUSH_MAX_ROWS * 4 > PUSH_FLAG_BYTES:
-            return None, f"{world} ranks: more flags than {PUSH_FLAG_BYTES} bytes hold"
-        flat = symm_mem.empty(PUSH_FLAG_BYTES + 2 * world * PUSH_MAX_ROWS * PUSH_ROW_BYTES, dtype=torch.uint8,
-                              device=device)
+        flat = symm_mem.empty(2 * world * PUSH_MAX_ROWS * PUSH_ROW_BYTES, dtype=torch.uint8, device=device)
         handle = symm_mem.rendezvous(flat, dist.group.WORLD.group_name)
-        flat.zero_()
+        flat.fill_(255)  # empty (push_all_reduce.py: all-one values are never sent)
         torch.cuda.synchronize(device)
         peers = torch.tensor(list(handle.buffer_ptrs), dtype=torch.int64, device=device)
         counters = torch.zeros(PUSH_MAX_ROWS, dtype=torch.int32, device=device)
@@ -160,8 +157,8 @@ def _push(x: Tensor, residual: Optional[Tensor] = None, weight: Optional[Tensor]
     if push_all_reduce.unsupported_reason(x, PUSH_MAX_ROWS, PUSH_ROW_BYTES, residual, weight):
         return None
     p = _PUSH
-    return push_all_reduce.launch(x, p.peers, p.counters, p.rank, p.world, PUSH_MAX_ROWS, PUSH_FLAG_BYTES,
-                                  PUSH_ROW_BYTES, residual=residual, weight=weight, eps=eps,
+    return push_all_reduce.launch(x, p.peers, p.counters, p.rank, p.world, PUSH_MAX_ROWS, PUSH_ROW_BYTES,
+                                  residual=residual, weight=weight, eps=eps,
                                   add_unit_offset=add_unit_offset)
 
 
@@ -181,8 +178,7 @@ def try_all_gather_last(x: Tensor) -> Optional[Tensor]:
     if push_all_reduce.gather_unsupported_reason(x, PUSH_MAX_ROWS, PUSH_ROW_BYTES):
         return None
     p = _PUSH
-    return push_all_reduce.launch_gather(x, p.peers, p.counters, p.rank, p.world, PUSH_MAX_ROWS, PUSH_FLAG_BYTES,
-                                         PUSH_ROW_BYTES)
+    return push_all_reduce.launch_gather(x, p.peers, p.counters, p.rank, p.world, PUSH_MAX_ROWS, PUSH_ROW_BYTES)
 
 
 def try_all_reduce(x: Tensor) -> Optional[Tensor]:

@@ -156,6 +156,8 @@ def _push(rank: int, out) -> dict:
 
     ids = torch.tensor([5, 128255, 0, 77], device=dev) if rank == 0 else torch.empty(4, dtype=torch.int64, device=dev)
     results["tokens"] = share_tokens(ids).cpu().tolist()
+    # the peer pushed only for calls this rank made too, and each call read its pushes and emptied them
+    results["empty"] = bool((symm_all_reduce._PUSH.flat == 255).all())
     return results
 
 
@@ -179,6 +181,7 @@ def test_push_all_reduce_matches_nccl_on_both_ranks(tmp_path):
     assert torch.equal(ranks[0]["counters"], ranks[1]["counters"])
     assert ranks[0]["tokens"] == ranks[1]["tokens"] == [5, 128255, 0, 77]
     assert all(r["gather"] == [True, True] for r in ranks)
+    assert all(r["empty"] for r in ranks), "a pushed value was never read (or never emptied)"
 
 
 def test_collectives_eager_and_in_a_cuda_graph(tmp_path):

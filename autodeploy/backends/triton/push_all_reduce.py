@@ -10,28 +10,30 @@ tensor-parallel all-reduce in one kernel and one one-way NVLink trip.
                 (the all-reduce followed by autodeploy::triton_fused_add_rmsnorm, one launch)
 
 Every rank owns one buffer that all ranks can address (torch symmetric memory, set up by
-distributed/symm_all_reduce.py) laid out as
+distributed/symm_all_reduce.py), filled with all-one bytes ("empty") before the first call:
 
-    flags  int32 [W, MAX_ROWS]                              flag[src, m]: the last epoch rank src pushed row m
     rows   x's dtype [2 (parity), W (src), MAX_ROWS, ROW_BYTES / element size]
 
-Program m takes row m:
+Program m takes row (slot) m:
     epoch  = counter[m] + 1     (counter: this rank's own memory; every rank runs the same calls in the same
                                  order, so the counters agree without talking), parity = epoch & 1
-    push:  x[m] -> rows[parity, RANK, m] in every peer's buffer (stores over NVLink), a CTA barrier, then
-           flag[RANK, m] = epoch in every peer's buffer (release, system scope)
-    wait:  flag[src, m] >= epoch in this rank's buffer for every peer src (acquire, system scope)
-    sum:   fp32, over src in rank order: its own x from registers, the peers' rows from its own buffer.
+    push:  x[m] -> rows[parity, RANK, m] in every peer's buffer (stores over NVLink); a value whose bits are
+           all ones (a NaN) is sent as another NaN, so no value sent reads as empty
+    wait:  each value of rows[parity, src, m] in this rank's buffer, for every peer src, is read (volatile)
+           until it is no longer empty: the data is its own flag, so there is no flag, no fence and no
+           second NVLink trip; then those values are set empty again for epoch e + 2
+    sum:   fp32, over src in rank order: its own x from registers, the peers' values as read.
            Every rank adds the same values in the same order, so the replicated activations stay
            bit-identical across ranks.
     counter[m] = epoch
 
-No second barrier: a peer writes parity p again (epoch e + 2) only after it has seen this rank's push of
-e + 1, which this program made after it had read epoch e. A peer one epoch ahead writes the other
-parity, so a flag may already read e + 1 while epoch e's row is intact: hence >= (wrap-around int32
-arithmetic, as the counters wrap after 2^31 calls). torch's one-shot kernel (copy into its own buffer, a
-barrier, loads from every peer, a second barrier) spends ~3 NVLink trips where this spends one, and the
-add + RMSNorm after it was a launch of its own.
+Why two parities suffice and nothing overwrites a value still unread: a peer writes parity p of slot m
+again at epoch e + 2 only after it has read this rank's push of e + 1, which this rank made in a later
+kernel than the one that read and emptied epoch e (each kernel waits for the one before it, PDL
+included). A peer one epoch ahead writes the other parity. torch's one-shot kernel (copy into its own
+buffer, a barrier, loads from every peer, a second barrier) spends ~3 NVLink trips where this spends one,
+and the add + RMSNorm after it was a launch of its own. (The first version raised a release flag
+after the data, system scope: a fence and a second trip per call; 5.6 us a call at TP=2 on H200s.)
 
 A wait has no time-out: like a NCCL collective, a call waits until every peer has made the same call.
 """
@@ -52,49 +54,71 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @triton.jit
-def _row_ptr(base, parity, src, row, ELEM, W: tl.constexpr, MAX_ROWS: tl.constexpr, DATA_OFFSET: tl.constexpr,
-             ROW_BYTES: tl.constexpr):
+def _row_ptr(base, parity, src, row, ELEM, W: tl.constexpr, MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr):
     """rows[parity, src, row] of the buffer at int64 address `base`, as a pointer to ELEM."""
-    offset = DATA_OFFSET + ((parity * W + src) * MAX_ROWS + row).to(tl.int64) * ROW_BYTES
-    return (base + offset).to(tl.pointer_type(ELEM))
+    offset = ((parity * W + src) * MAX_ROWS + row).to(tl.int64) * ROW_BYTES
+    # 16-byte aligned (symmetric-memory buffers are; ROW_BYTES is a multiple of 16): said so, the row's loads
+    # and stores become 16-byte vectors instead of one NVLink transaction per value
+    return tl.multiple_of((base + offset).to(tl.pointer_type(ELEM)), 16)
 
 
 @triton.jit
-def _exchange(x, cols, mask, slot, peers_ptr, counter_ptr, RANK: tl.constexpr, W: tl.constexpr,
-              MAX_ROWS: tl.constexpr, DATA_OFFSET: tl.constexpr, ROW_BYTES: tl.constexpr):
-    """The protocol of the module docstring for one slot: push x [BLOCK] (x's values at cols) to every peer,
-    flag it, wait for every peer's push of the same epoch -> (epoch, parity, this rank's buffer address).
-    The caller reads the peers' rows (_row_ptr) and stores `epoch` into counter[slot] last."""
+def _bits(v, BITS: tl.constexpr):
+    """v's bit patterns as signed ints of its width (BITS 16 or 32)."""
+    if BITS == 16:  # one return (triton 3.6 rejects returns of different types even under a constexpr branch)
+        b = v.to(tl.int16, bitcast=True)
+    else:
+        b = v.to(tl.int32, bitcast=True)
+    return b
+
+
+@triton.jit
+def _empty(v, BITS: tl.constexpr):
+    """All-one bit patterns shaped and typed like v: an empty value."""
+    if BITS == 16:
+        e = tl.full(v.shape, -1, tl.int16).to(v.dtype, bitcast=True)
+    else:
+        e = tl.full(v.shape, -1, tl.int32).to(v.dtype, bitcast=True)
+    return e
+
+
+@triton.jit
+def _push(x, cols, mask, slot, peers_ptr, counter_ptr, RANK: tl.constexpr, W: tl.constexpr,
+          MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr):
+    """Store x [BLOCK] (x's values at cols) into rows[parity, RANK, slot] of every peer -> (epoch, parity).
+    The caller receives every peer's values (_receive) and stores `epoch` into counter[slot] last."""
     elem = x.dtype
     epoch = tl.load(counter_ptr + slot) + 1
     parity = epoch & 1
+    sent = tl.where(_bits(x, BITS) == -1, float("nan"), x)  # all ones means empty: send the plain NaN instead
     for peer in tl.static_range(W):
         if peer != RANK:
-            dst = _row_ptr(tl.load(peers_ptr + peer), parity, RANK, slot, elem, W, MAX_ROWS, DATA_OFFSET, ROW_BYTES)
-            tl.store(dst + cols, x, mask=mask)
-    tl.debug_barrier()  # every thread's row stores precede the flags' release
-    for peer in tl.static_range(W):
-        if peer != RANK:
-            flag = tl.load(peers_ptr + peer).to(tl.pointer_type(tl.int32)) + RANK * MAX_ROWS + slot
-            tl.atomic_xchg(flag, epoch, sem="release", scope="sys")
-    mine = tl.load(peers_ptr + RANK)
-    for src in tl.static_range(W):
-        if src != RANK:
-            flag = mine.to(tl.pointer_type(tl.int32)) + src * MAX_ROWS + slot
-            seen = tl.atomic_add(flag, 0, sem="acquire", scope="sys")
-            while seen - epoch < 0:
-                seen = tl.atomic_add(flag, 0, sem="acquire", scope="sys")
-    tl.debug_barrier()  # the acquiring thread's view before any thread reads the peers' rows
-    return epoch, parity, mine
+            dst = _row_ptr(tl.load(peers_ptr + peer), parity, RANK, slot, elem, W, MAX_ROWS, ROW_BYTES)
+            tl.store(dst + cols, sent, mask=mask)
+    return epoch, parity
+
+
+@triton.jit
+def _receive(peers_ptr, parity, src, slot, cols, mask, ELEM, RANK: tl.constexpr, W: tl.constexpr,
+             MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr):
+    """Peer src's values [BLOCK] at rows[parity, src, slot] of this rank's buffer, once every one has landed;
+    the slot is left empty for its next use."""
+    row = _row_ptr(tl.load(peers_ptr + RANK), parity, src, slot, ELEM, W, MAX_ROWS, ROW_BYTES) + cols
+    v = tl.load(row, mask=mask, other=0.0, volatile=True)
+    pending = mask & (_bits(v, BITS) == -1)
+    while tl.max(pending.to(tl.int32), axis=0) > 0:  # the row again (16-byte loads); landed values are kept
+        v = tl.where(pending, tl.load(row, mask=mask, other=0.0, volatile=True), v)
+        pending = mask & (_bits(v, BITS) == -1)
+    tl.store(row, _empty(v, BITS), mask=mask)
+    return v
 
 
 @triton.jit
 def _push_all_reduce_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, peers_ptr, counter_ptr,
     n, eps, stride_x, stride_res, stride_out, stride_res_out,
-    RANK: tl.constexpr, W: tl.constexpr, MAX_ROWS: tl.constexpr, DATA_OFFSET: tl.constexpr,
-    ROW_BYTES: tl.constexpr, NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, BLOCK: tl.constexpr,
-    PDL: tl.constexpr = False,
+    RANK: tl.constexpr, W: tl.constexpr, MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr,
+    NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     pdl_wait_and_release(PDL)
     row = tl.program_id(0)
@@ -102,15 +126,14 @@ def _push_all_reduce_kernel(
     mask = cols < n
     elem = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + row.to(tl.int64) * stride_x + cols, mask=mask, other=0.0)  # [BLOCK]
-    epoch, parity, mine = _exchange(x, cols, mask, row, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, DATA_OFFSET,
-                                    ROW_BYTES)
+    epoch, parity = _push(x, cols, mask, row, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for src in tl.static_range(W):
         if src == RANK:
             acc += x.to(tl.float32)
         else:
-            src_row = _row_ptr(mine, parity, src, row, elem, W, MAX_ROWS, DATA_OFFSET, ROW_BYTES)
-            acc += tl.load(src_row + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+            acc += _receive(peers_ptr, parity, src, row, cols, mask, elem, RANK, W, MAX_ROWS, ROW_BYTES,
+                            BITS).to(tl.float32)
     summed = acc.to(elem)  # the all-reduce's result, in x's dtype
     if NORM:
         r = tl.load(res_ptr + row.to(tl.int64) * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
@@ -126,8 +149,8 @@ def _push_all_reduce_kernel(
 @triton.jit
 def _push_all_gather_kernel(
     x_ptr, out_ptr, peers_ptr, counter_ptr, total, n,
-    RANK: tl.constexpr, W: tl.constexpr, MAX_ROWS: tl.constexpr, DATA_OFFSET: tl.constexpr,
-    ROW_BYTES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
+    RANK: tl.constexpr, W: tl.constexpr, MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr,
+    BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """x: this rank's [R, n] shard, contiguous (total = R * n values) -> out [R, W * n]: out[r, s * n + k] =
     rank s's x[r, k]. Program p exchanges the p-th BLOCK of the flat shard through slot p."""
@@ -138,15 +161,14 @@ def _push_all_gather_kernel(
     elem = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     cols = tl.arange(0, BLOCK)
-    epoch, parity, mine = _exchange(x, cols, mask, chunk, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, DATA_OFFSET,
-                                    ROW_BYTES)
+    epoch, parity = _push(x, cols, mask, chunk, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
     dst = out_ptr + (offs // n) * (W * n) + offs % n  # [BLOCK]: rank 0's column block
     for src in tl.static_range(W):
         if src == RANK:
             tl.store(dst + src * n, x, mask=mask)
         else:
-            src_row = _row_ptr(mine, parity, src, chunk, elem, W, MAX_ROWS, DATA_OFFSET, ROW_BYTES)
-            tl.store(dst + src * n, tl.load(src_row + cols, mask=mask, other=0.0, cache_modifier=".cg"), mask=mask)
+            tl.store(dst + src * n, _receive(peers_ptr, parity, src, chunk, cols, mask, elem, RANK, W, MAX_ROWS,
+                                             ROW_BYTES, BITS), mask=mask)
     tl.store(counter_ptr + chunk, epoch)
 
 
@@ -190,7 +212,7 @@ def gather_unsupported_reason(x: Tensor, max_rows: int, row_bytes: int) -> Optio
     return None
 
 
-def launch_gather(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, max_rows: int, data_offset: int,
+def launch_gather(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, max_rows: int,
                   row_bytes: int) -> Tensor:
     """x [..., n] -> [..., world * n]: every rank's x side by side on the last dim, rank order (the caller has
     checked gather_unsupported_reason)."""
@@ -200,19 +222,19 @@ def launch_gather(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: 
     block = row_bytes // x.element_size()  # one slot's worth of values per program
     _push_all_gather_kernel[(triton.cdiv(x.numel(), block),)](
         x, out, peers, counters, x.numel(), n,
-        RANK=rank, W=world, MAX_ROWS=max_rows, DATA_OFFSET=data_offset, ROW_BYTES=row_bytes, BLOCK=block,
+        RANK=rank, W=world, MAX_ROWS=max_rows, ROW_BYTES=row_bytes, BITS=8 * x.element_size(), BLOCK=block,
         PDL=pdl_enabled(x.device), num_warps=16, **pdl_launch(x.device),
     )
     return out
 
 
-def launch(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, max_rows: int, data_offset: int,
+def launch(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, max_rows: int,
            row_bytes: int, residual: Optional[Tensor] = None, weight: Optional[Tensor] = None, eps: float = 0.0,
            add_unit_offset: bool = False):
     """The sum over ranks of x (plain), or (normed, new_residual) with residual and weight given.
 
-    peers: int64 [W] on x's device, every rank's buffer address as mapped here; counters: int32
-    [max_rows] of this rank, zero before the first call (the caller has checked unsupported_reason)."""
+    peers: int64 [W] on x's device, every rank's buffer address as mapped here (each buffer all-one bytes
+    before the first call); counters: int32 [max_rows] of this rank, zero before the first call (the caller has checked unsupported_reason)."""
     n = x.shape[-1]
     x2 = x.reshape(-1, n)
     if x2.stride(-1) != 1:
@@ -233,7 +255,7 @@ def launch(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, ma
     _push_all_reduce_kernel[(m,)](
         x2, r2, w, out2, res_out2, peers, counters,
         n, float(eps), x2.stride(0), r2.stride(0), out2.stride(0), res_out2.stride(0),
-        RANK=rank, W=world, MAX_ROWS=max_rows, DATA_OFFSET=data_offset, ROW_BYTES=row_bytes, NORM=norm,
+        RANK=rank, W=world, MAX_ROWS=max_rows, ROW_BYTES=row_bytes, BITS=8 * x.element_size(), NORM=norm,
         UNIT_OFFSET=bool(add_unit_offset), BLOCK=block, PDL=pdl_enabled(x.device), num_warps=num_warps(block),
         **pdl_launch(x.device),
     )
