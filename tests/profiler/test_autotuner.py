@@ -125,3 +125,16 @@ def test_pdl_margin_keeps_overlapping_kernels_within_reach():
     # a failed PDL candidate (inf) is no alternative; every candidate failing falls back to the first
     assert pick(["torch", "triton"], {"torch": 1e-5, "triton": float("inf")}, pdl, pdl_on=True) == "torch"
     assert pick(["torch", "triton"], {"torch": float("inf"), "triton": float("inf")}, pdl, pdl_on=True) == "torch"
+
+
+def test_cold_copies_read_twice_the_l2_between_uses_of_one_set():
+    from autodeploy.profiler.autotuner import COLD_MAX_COPIES, cold_copies, cold_input_sets
+
+    l2 = 60 << 20  # an H200's
+    assert cold_copies(25 << 20, l2) == 6  # a TP=2 qkv shard: 5 others (125 MB) pass before it comes back
+    assert cold_copies(100 << 20, l2) == 3
+    assert cold_copies(8 << 10, l2) == COLD_MAX_COPIES  # small inputs: capped (their bytes hardly matter)
+    assert cold_copies(120 << 20, l2) == cold_copies(1 << 30, l2) == 1  # lm_head: reading it once evicts
+    assert cold_copies(0, l2) == 1
+    x = torch.ones(4)
+    assert cold_input_sets((x, 3), torch.device("cpu")) == [(x, 3)]  # the CPU has no L2 to dodge
