@@ -15,7 +15,7 @@ from autodeploy.profiler.candidates import backends_for
 from autodeploy.quantization import fp8
 from autodeploy.quantization.metrics import sqnr
 from tests.backends.triton.cases import DEVICE, dtypes, randn
-from tests.helpers.tolerances import assert_close
+from tests.helpers.tolerances import assert_close, assert_fp8_close
 
 OP = torch.ops.autodeploy.triton_add_rmsnorm_fp8_linear
 REF = torch.ops.autodeploy.add_rmsnorm_fp8_linear
@@ -64,8 +64,8 @@ def test_kernels_match_reference(offset, bias, m, dtype):
     assert out.shape == (m, 40) and h.shape == (m, 192) and out.dtype == h.dtype == dtype
     assert torch.equal(h, ref_h)  # the residual add rounds exactly as the unfused one
     normed, _ = rmsnorm.launch(x, nw, EPS, offset, residual=res)
-    assert_close(out, FP8_LINEAR(normed, w, s, b))  # the same codes: fp32 summation order apart
-    assert_close(out, ref_out)
+    assert_fp8_close(out, FP8_LINEAR(normed, w, s, b))  # the same codes: fp32 summation order apart
+    assert_fp8_close(out, ref_out)  # bf16 / fp16: the reference rounds a Llama row twice, a few codes a step off
 
 
 @pytest.mark.parametrize("split", [2, 3])
@@ -75,7 +75,7 @@ def test_split_k_and_per_tensor_scale(split):
     assert fp8_gemv.normalized(cfg, 2, 20, 320)["split"] == split
     out, h = fused.launch(x, res, nw, EPS, False, w, s, b, cfg)
     ref_out, ref_h = REF(x, res, nw, EPS, False, w, s, b)
-    assert_close(out, ref_out)
+    assert_fp8_close(out, ref_out)
     assert torch.equal(h, ref_h)
 
 
@@ -89,7 +89,7 @@ def test_bf16_activations():
     else:  # the interpreter casts fp32 -> bf16 by truncation, not round-to-nearest: one ulp apart
         assert_close(h, ref_h)
     normed, _ = rmsnorm.launch(x, nw, EPS, False, residual=res)
-    assert_close(out, FP8_LINEAR(normed, w, s, b))  # the same e4m3 codes: one bf16 rounding of the output apart
+    assert_fp8_close(out, FP8_LINEAR(normed, w, s, b))  # the same e4m3 codes: one bf16 rounding of the output apart
     # against the reference, whose normed row may differ by one bf16 ulp (the norm kernel's, and here the
     # interpreter's truncation): a few codes one e4m3 step apart, far less than one quantization's ~31 dB
     assert sqnr(out, ref_out) >= 33.0
@@ -109,7 +109,7 @@ def test_op_default_config_and_prefill_fallback(shape, bias, monkeypatch):
     assert out.shape == (*shape[:-1], 24) and h.shape == shape
     assert bool(fused_calls) == (shape[0] * shape[1] <= 16)
     assert_close(h, ref_h)
-    assert_close(out, ref_out)
+    assert_fp8_close(out, ref_out)
 
 
 def test_unsupported_calls_take_the_unfused_path():
@@ -125,7 +125,7 @@ def test_unsupported_calls_take_the_unfused_path():
     for scale, quantize_input in cases:
         out, h = OP(x, res, nw, EPS, True, w, scale, b, quantize_input)
         ref_out, ref_h = REF(x, res, nw, EPS, True, w, scale, b, quantize_input)
-        assert_close(out, ref_out)
+        (assert_fp8_close if quantize_input else assert_close)(out, ref_out)  # weight-only: x as is, no codes
         assert_close(h, ref_h)
 
 
@@ -135,7 +135,7 @@ def test_unfused_candidates_match_reference(op, m):
     x, res, nw, w, s, b = _operands(m, 37, 128, bias=True)
     out, h = op(x, res, nw, EPS, True, w, s, b, True)
     ref_out, ref_h = REF(x, res, nw, EPS, True, w, s, b, True)
-    assert_close(out, ref_out)
+    assert_fp8_close(out, ref_out)
     assert_close(h, ref_h)
 
 
