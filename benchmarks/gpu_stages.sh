@@ -73,6 +73,9 @@ stage_quant_nosplit() { AUTODEPLOY_FP8_SPLITK=0 python3 benchmarks/quant_gpu.py 
   --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nosplit.json"; }
 stage_fp8_tests() { python3 -m pytest -q -rf tests/gpu/test_quant_gemv.py tests/gpu/test_add_rmsnorm_fp8_linear.py \
   tests/gpu/test_gated_act_fp8_linear.py tests/gpu/test_quant_gpu.py; }
+# the bf16 decode GEMV's tiles and in-launch K splits on the 8B weights and their TP=2 shards, beside cuBLAS
+stage_linear_sweep() { python3 benchmarks/triton_linear_sweep.py --rows 1 --models 8b --tp 1 2 --kinds dot_t \
+  --json "$OUT/linear_sweep.json"; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
 # the K-major INT4 GEMV's default and neighbours on the 8B weights, beside cuBLAS bf16 and the half-split FMA GEMV
 stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 "int4 fma" "int4 kmaj" \
@@ -148,6 +151,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done
