@@ -5,6 +5,8 @@ fused with the residual add + RMSNorm after it, `autodeploy::all_reduce_add_rmsn
     all_gather(x, dim, world_size)  -> the ranks' x concatenated on dim   [.., world_size * x.shape[dim], ..]
     all_reduce_add_rmsnorm(x, residual, weight, eps, add_unit_offset)
                                     -> fused_add_rmsnorm(all_reduce(x), residual, ...): (normed, new_residual)
+    linear_all_reduce_add_rmsnorm(x, weight, residual, norm_weight, eps, add_unit_offset)
+                                    -> all_reduce_add_rmsnorm(linear(x, weight), residual, ...)
 
 Backed by torch.distributed on the default group (NCCL on GPUs, gloo on the CPU); at world size 1
 (no process group) each is the identity, so a sharded graph also runs in one process. Ops return
@@ -17,7 +19,10 @@ through symm_all_reduce.py's one-shot kernel when runtime.all_reduce is "auto" (
 every rank could set it up; decode-sized ones (and all_reduce_add_rmsnorm whole, and all_gathers on
 the last dim of up to 1 MB a rank: the vocab-parallel logits) through its push kernel.
 all_reduce_add_rmsnorm's reference is the two ops it replaces, so it changes no result on the CPU;
-transforms/fuse_all_reduce_rmsnorm.py puts it in the graph.
+transforms/fuse_all_reduce_rmsnorm.py puts it in the graph. linear_all_reduce_add_rmsnorm (put there by
+transforms/fuse_linear_all_reduce.py) is, at decode rows on CUDA, the Triton GEMV pushing its output
+tiles to the peers as they finish and the push kernel's reducing half; elsewhere linear, then
+all_reduce_add_rmsnorm.
 """
 
 from __future__ import annotations
@@ -75,6 +80,25 @@ def all_reduce_add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: flo
 def _(x, residual, weight, eps, add_unit_offset=False):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@torch.library.custom_op("autodeploy::linear_all_reduce_add_rmsnorm", mutates_args=())
+def linear_all_reduce_add_rmsnorm(x: Tensor, weight: Tensor, residual: Tensor, norm_weight: Tensor, eps: float,
+                                  add_unit_offset: bool = False) -> tuple[Tensor, Tensor]:
+    """x [..., k], weight [h, k] (a row-parallel shard), residual [..., h], norm_weight [h] ->
+    all_reduce_add_rmsnorm(linear(x, weight), residual, norm_weight, eps, add_unit_offset)."""
+    if _world() > 1:
+        fused = symm_all_reduce.try_linear_all_reduce_add_rmsnorm(x, weight, residual, norm_weight, eps,
+                                                                  add_unit_offset)
+        if fused is not None:
+            return fused
+    return all_reduce_add_rmsnorm(torch.nn.functional.linear(x, weight), residual, norm_weight, eps, add_unit_offset)
+
+
+@linear_all_reduce_add_rmsnorm.register_fake
+def _(x, weight, residual, norm_weight, eps, add_unit_offset=False):
+    return (torch.empty_like(residual, memory_format=torch.contiguous_format),
+            torch.empty_like(residual, memory_format=torch.contiguous_format))
 
 
 @torch.library.custom_op("autodeploy::all_gather", mutates_args=())

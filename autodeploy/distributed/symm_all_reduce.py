@@ -168,6 +168,28 @@ def try_all_reduce_add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps:
     return _push(x, residual, weight, eps, add_unit_offset)
 
 
+def try_linear_all_reduce_add_rmsnorm(x: Tensor, weight: Tensor, residual: Tensor, norm_weight: Tensor, eps: float,
+                                      add_unit_offset: bool) -> Optional[tuple[Tensor, Tensor]]:
+    """(normed, new_residual) of linear(x, weight) all-reduced, added to residual and normalized: the Triton
+    GEMV pushes each output tile to the peers as it finishes, then the push kernel waits for the peers'
+    tiles, sums and normalizes (no load-and-push of its own). None when either kernel cannot take the
+    operands (decided from shapes and dtypes: the same on every rank)."""
+    if _PUSH is None:
+        return None
+    from autodeploy.backends.triton import linear, push_all_reduce
+
+    # the GEMV's output has the residual's shape and dtype
+    if (linear.unsupported_reason(x, weight) or residual.shape != (*x.shape[:-1], weight.shape[0])
+            or residual.dtype != x.dtype
+            or push_all_reduce.unsupported_reason(residual, PUSH_MAX_ROWS, PUSH_ROW_BYTES, residual, norm_weight)):
+        return None
+    p = _PUSH
+    partial = linear.launch(x, weight, push=(p.peers, p.counters, p.rank, p.world, PUSH_MAX_ROWS, PUSH_ROW_BYTES))
+    return push_all_reduce.launch(partial, p.peers, p.counters, p.rank, p.world, PUSH_MAX_ROWS, PUSH_ROW_BYTES,
+                                  residual=residual, weight=norm_weight, eps=eps, add_unit_offset=add_unit_offset,
+                                  pushed=True)
+
+
 def try_all_gather_last(x: Tensor) -> Optional[Tensor]:
     """x [..., n] -> [..., W * n] (every rank's x side by side, rank order) through the push kernel's
     slots, or None (the caller then uses NCCL): a decode step's vocab-parallel logits, [b, V / W]."""

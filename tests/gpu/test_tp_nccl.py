@@ -126,6 +126,18 @@ def _push(rank: int, out) -> dict:
             got = ops.all_reduce(x)
             got_norm, got_res = ops.all_reduce_add_rmsnorm(x, res, w, 1e-5, False)
             results["eager"].append((dtype, [t.float().cpu() for t in (got, want, got_norm, ref_norm, got_res, ref_res)]))
+    results["linear"] = []  # a row-parallel projection: the GEMV pushes its tiles, the push kernel reduces
+    for dtype in (torch.bfloat16, torch.float32):
+        for rows in (1, 5):
+            x = torch.randn(rows, 2048, generator=gen).to(dev, dtype)
+            wo = (torch.randn(4096, 2048, generator=gen) * 2048**-0.5).to(dev, dtype)
+            res = torch.randn(rows, 4096, generator=shared).to(dev, dtype)
+            w = (1 + 0.1 * torch.randn(4096, generator=shared)).to(dev, dtype)
+            part = torch.nn.functional.linear(x, wo)
+            tdist.all_reduce(part)  # NCCL
+            ref = ops.fused_add_rmsnorm(part, res, w, 1e-5, False)
+            got = ops.linear_all_reduce_add_rmsnorm(x, wo, res, w, 1e-5, False)
+            results["linear"].append((dtype, [t.float().cpu() for t in (*got, *ref)]))
     results["gather"] = []  # the vocab-parallel logits of a decode step (8B at TP=2: [1, 64128]) and a small one
     for shape in ((1, 64128), (3, 1000)):
         shard = torch.randn(*shape, generator=gen).to(dev, torch.bfloat16)
@@ -136,6 +148,7 @@ def _push(rank: int, out) -> dict:
     static = torch.zeros(1, 4096, device=dev, dtype=torch.bfloat16)
     res = torch.ones(1, 4096, device=dev, dtype=torch.bfloat16)
     w = torch.ones(4096, device=dev, dtype=torch.bfloat16)
+    eye = torch.eye(4096, device=dev, dtype=torch.bfloat16)  # a projection that keeps its input
     ops.all_reduce_add_rmsnorm(static, res, w, 1e-5, False)  # eager first: the graph replays what ran
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -143,12 +156,14 @@ def _push(rank: int, out) -> dict:
         s2 = ops.all_reduce(r1 * 2)
         n3, r3 = ops.all_reduce_add_rmsnorm(s2, r1, w, 1e-5, False)
         g4 = ops.all_gather(n3, -1, 2)  # the same slots, the gather kernel
+        n5, r5 = ops.linear_all_reduce_add_rmsnorm(n3, eye, r3, w, 1e-5, False)  # the GEMV pushing, then reducing
     replays = []
     for step in range(200):
         static.fill_(float(rank + 1 + step % 3))
         graph.replay()
         if step % 67 == 0:
-            replays.append([float(t[0, 9]) for t in (r1, s2, r3, n3)] + [float(g4[0, 4096 + 9]), g4.shape[-1]])
+            replays.append([float(t[0, 9]) for t in (r1, s2, r3, n3)] + [float(g4[0, 4096 + 9]), g4.shape[-1]]
+                           + [float(r5[0, 9])])
     torch.cuda.synchronize(dev)
     results["replays"] = replays
     results["counters"] = symm_all_reduce._PUSH.counters.cpu()
@@ -171,12 +186,19 @@ def test_push_all_reduce_matches_nccl_on_both_ranks(tmp_path):
             assert_close(got_norm, ref_norm, dtype)
     for (_, a), (_, b) in zip(ranks[0]["eager"], ranks[1]["eager"]):
         assert all(torch.equal(u, v) for u, v in zip(a[::2], b[::2]))  # replicated activations: the same bits
+    for r in ranks:
+        for dtype, (normed, new_res, ref_normed, ref_res) in r["linear"]:
+            assert_close(new_res, ref_res, dtype)
+            assert_close(normed, ref_normed, dtype)
+    for (_, a), (_, b) in zip(ranks[0]["linear"], ranks[1]["linear"]):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     for step, values in zip(range(0, 200, 67), ranks[0]["replays"]):
         v = 1 + step % 3
         r1 = 1.0 + (v + v + 1)  # residual 1 + both ranks' rows
         # r3 = all_reduce(s2) + r1: s2 (4 r1 on each rank) is summed over the ranks again
         assert values[:3] == [r1, 4 * r1, 2 * 4 * r1 + r1] and values[3] == pytest.approx(1.0, rel=1e-2)
         assert values[4] == values[3] and values[5] == 2 * 4096  # rank 1's normed row, beside rank 0's
+        assert values[6] == pytest.approx(2 * values[3] + values[2], rel=1e-2)  # both ranks' n3 (eye) + r3
     assert ranks[0]["replays"] == ranks[1]["replays"]
     assert torch.equal(ranks[0]["counters"], ranks[1]["counters"])
     assert ranks[0]["tokens"] == ranks[1]["tokens"] == [5, 128255, 0, 77]

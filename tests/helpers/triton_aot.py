@@ -53,13 +53,18 @@ def cases():
     from autodeploy.backends.triton import int4_kmajor_gemv
 
     bf = "bf16"
-    lin = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32", res_ptr=bf, norm_w_ptr=bf,
-               res_out_ptr=bf)
+    lin = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32", peers_ptr="i64",
+               counter_ptr="i32", res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
     for bn, bk, st in ((16, 256, 4), (32, 128, 5), (64, 256, 3)):
         for partial in (False, True):
             c = dict(BM=16, BN=bn, BK=bk, KIND=2, PARTIAL=partial, HAS_BIAS=False, PRECISION="tf32",
                      NORM=False, UNIT_OFFSET=False)
             yield f"linear bn={bn} bk={bk} partial={partial}", linear._linear_kernel, lin, c, ("eps",), st
+    # a row-parallel shard pushing its output tiles to the peer (linear_all_reduce_add_rmsnorm), split and not
+    for partial in (False, True):
+        c = dict(BM=16, BN=64, BK=256, KIND=2, PARTIAL=partial, HAS_BIAS=False, PRECISION="tf32", NORM=False,
+                 UNIT_OFFSET=False, PUSH=True, RANK=1, W=2, MAX_ROWS=32, ROW_BYTES=32768, BITS=16)
+        yield f"linear push partial={partial}", linear._linear_kernel, lin, c, ("eps",), 4
     # the add + RMSNorm prologue (add_rmsnorm_linear.py) at the configs of 1B qkv (32, 128) and a split K
     for bn, bk, st, partial, offset, bias in ((32, 128, 5, False, False, True), (16, 256, 4, True, True, False)):
         c = dict(BM=16, BN=bn, BK=bk, KIND=2, PARTIAL=partial, HAS_BIAS=bias, PRECISION="tf32",
@@ -211,6 +216,8 @@ def pdl_cases():
         c = dict(RANK=1, W=2, MAX_ROWS=32, ROW_BYTES=32768, BITS=16, NORM=norm, UNIT_OFFSET=False,
                  BLOCK=4096, PDL=True)
         yield f"push_all_reduce pdl norm={norm}", push_all_reduce._push_all_reduce_kernel, ptrs, c, ("eps",), 1, 8
+    yield ("push_all_reduce pdl pushed", push_all_reduce._push_all_reduce_kernel, ptrs, dict(c, PUSHED=True), ("eps",),
+           1, 8)
     yield "push_all_gather pdl", push_all_reduce._push_all_gather_kernel, \
         dict(x_ptr=bf, out_ptr=bf, peers_ptr="i64", counter_ptr="i32"), \
         dict(RANK=0, W=2, MAX_ROWS=32, ROW_BYTES=32768, BITS=16, BLOCK=16384, PDL=True), (), 1, 16

@@ -182,7 +182,7 @@ def _fp8_gemv_kernel(
     if X_MODE != 0:
         out *= x_scale[:, None]
     store_or_merge(out, out_ptr, part_ptr, ticket_ptr, bias_ptr, rm, rn, mask_m, mask_n, stride_om, stride_split,
-                   pid_n, pid_k, PARTIAL, HAS_BIAS)
+                   pid_n, pid_k, PARTIAL, HAS_BIAS, out_ptr, ticket_ptr, False, 0, 1, 1, 16, 16)
 
 
 def _per_tensor(weight_scale: Tensor, n: int) -> Optional[bool]:

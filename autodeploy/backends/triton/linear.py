@@ -47,6 +47,7 @@ from torch import Tensor
 from autodeploy.backends.triton._common import (DTYPES, dot_precision, num_sms, pdl_enabled, pdl_launch,
                                                 pdl_prefetch_meta, pdl_wait_and_release, prefetch_rows, rows_of,
                                                 tickets, unsupported_device_or_dtype)
+from autodeploy.backends.triton.push_all_reduce import push_tile
 
 MAX_ROWS = 16  # decode batches; the dot kinds pad x to the MMA's 16 rows
 K_MULTIPLE = 64  # every BK tile lies inside K: no K masks in the loop
@@ -129,10 +130,14 @@ def normed_tile(x_ptr, res_ptr, norm_w_ptr, x_offs, k0, rk, mask_m, rstd, UNIT_O
 
 @triton.jit
 def store_or_merge(out, out_ptr, part_ptr, ticket_ptr, bias_ptr, rm, rn, mask_m, mask_n, stride_om, stride_split,
-                   pid_n, pid_k, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr):
+                   pid_n, pid_k, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   peers_ptr, counter_ptr, PUSH: tl.constexpr, RANK: tl.constexpr, W: tl.constexpr,
+                   MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr):
     """Store a program's fp32 out [BM, BN] (+ bias) in out's dtype; with PARTIAL (a split K) store it as the
     split's partial [split, M, N], and the n tile's last split to arrive (a ticket) sums the partials in
-    split order (+ bias) into out: the splits merge inside the launch, no second kernel."""
+    split order (+ bias) into out: the splits merge inside the launch, no second kernel.
+    PUSH: the finished tile also goes to the peers' push buffers (push_all_reduce.push_tile; the rest of
+    the arguments are its)."""
     mask_o = mask_m[:, None] & mask_n[None, :]
     o_offs = rm[:, None] * stride_om + rn[None, :]  # [BM, BN]
     if PARTIAL:
@@ -146,17 +151,24 @@ def store_or_merge(out, out_ptr, part_ptr, ticket_ptr, bias_ptr, rm, rn, mask_m,
                 total += tl.load(part_ptr + s * stride_split + o_offs, mask=mask_o, other=0.0, cache_modifier=".cg")
             if HAS_BIAS:
                 total += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptr + o_offs, total.to(out_ptr.dtype.element_ty), mask=mask_o)
+            tile = total.to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + o_offs, tile, mask=mask_o)
             tl.store(ticket_ptr + pid_n, 0)  # every split has arrived: reset for the next launch
+            if PUSH:
+                push_tile(tile, rm, rn, mask_o, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
     else:
         if HAS_BIAS:
             out += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=mask_o)
+        tile = out.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + o_offs, tile, mask=mask_o)
+        if PUSH:
+            push_tile(tile, rm, rn, mask_o, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
 
 
 @triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
 def _linear_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,  # PARTIAL only: part_ptr, ticket_ptr
+    peers_ptr, counter_ptr,  # PUSH only: push_all_reduce.py's peer buffers and slot counters
     res_ptr, norm_w_ptr, res_out_ptr, eps,  # NORM only: residual [M, K], norm weight [K], new residual [M, K]
     M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn, stride_om, stride_split,
@@ -164,6 +176,8 @@ def _linear_kernel(
     PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
     NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, PDL: tl.constexpr = False,
     PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 64,
+    PUSH: tl.constexpr = False, RANK: tl.constexpr = 0, W: tl.constexpr = 1, MAX_ROWS: tl.constexpr = 1,
+    ROW_BYTES: tl.constexpr = 16, BITS: tl.constexpr = 16,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -193,7 +207,7 @@ def _linear_kernel(
         x_offs += BK
     acc = gemv_acc_rows(acc, KIND)  # [BM, BN]
     store_or_merge(acc, out_ptr, part_ptr, ticket_ptr, bias_ptr, rm, rn, mask_m, mask_n, stride_om, stride_split,
-                   pid_n, pid_k, PARTIAL, HAS_BIAS)
+                   pid_n, pid_k, PARTIAL, HAS_BIAS, peers_ptr, counter_ptr, PUSH, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
 
 
 @triton.jit
@@ -349,11 +363,14 @@ def shaped(out: Tensor, norm_args: tuple, x: Tensor, norm: Optional[tuple]):
 
 
 def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Optional[dict] = None,
-           norm: Optional[tuple] = None):
+           norm: Optional[tuple] = None, push: Optional[tuple] = None):
     """x [.., K] @ weight [N, K]^T (+ bias) -> [.., N] on the kernel; raises NotImplementedError when it cannot.
 
     norm = (residual [.., K], norm_weight [K], eps, add_unit_offset): x is first replaced by
-    rmsnorm(x + residual) (the prologue); returns (out [.., N], x + residual [.., K]) then."""
+    rmsnorm(x + residual) (the prologue); returns (out [.., N], x + residual [.., K]) then.
+    push = (peers, counters, rank, world, max_rows, row_bytes) of push_all_reduce.launch: each finished
+    output tile is also pushed to the peers (the caller has checked that the rows fit the push slots and
+    runs push_all_reduce.launch(out, ..., pushed=True) next)."""
     why = unsupported_reason(x, weight, bias) or (norm_problem(x, norm) if norm is not None else None)
     if why:
         raise NotImplementedError(f"triton linear: {why}")
@@ -373,8 +390,9 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
         counters = tickets(x.device, tiles)
     else:
         part = counters = out  # unused
+    peers, slots, rank, world, max_rows, row_bytes = push if push is not None else (out, out, 0, 1, 1, 16)
     _linear_kernel[(tiles, split)](
-        x2, weight, bias if bias is not None else weight, out, part, counters, *norm_args,
+        x2, weight, bias if bias is not None else weight, out, part, counters, peers, slots, *norm_args,
         m, n, k, cfg["k_per_split"],
         x2.stride(0), weight.stride(0), n, m * n,
         BM=cfg["bm"], BN=cfg["bn"], BK=cfg["bk"], KIND=KINDS[cfg["kind"]], PARTIAL=split > 1,
@@ -382,6 +400,7 @@ def launch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, config: Opt
         NORM=norm is not None, UNIT_OFFSET=bool(norm[3]) if norm is not None else False,
         PDL=pdl_enabled(x.device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(x.device),
         **pdl_prefetch_meta(x.device, cfg["bk"], weight.element_size()),
+        PUSH=push is not None, RANK=rank, W=world, MAX_ROWS=max_rows, ROW_BYTES=row_bytes, BITS=8 * x.element_size(),
     )
     return shaped(out, norm_args, x, norm)
 

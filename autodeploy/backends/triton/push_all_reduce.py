@@ -99,6 +99,23 @@ def _push(x, cols, mask, slot, peers_ptr, counter_ptr, RANK: tl.constexpr, W: tl
 
 
 @triton.jit
+def push_tile(tile, rm, rn, mask, peers_ptr, counter_ptr, RANK: tl.constexpr, W: tl.constexpr,
+              MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr):
+    """A producer's half of a call whose rows are reduced by launch(..., pushed=True): tile [BM, BN] (rows rm,
+    columns rn of its output, in the output's dtype; mask [BM, BN]) -> rows[parity, RANK, m, rn] of every
+    peer, each row m with the epoch of slot m. backends/triton/linear.py's GEMV calls it in its epilogue, so
+    a row-parallel projection's tiles cross NVLink as they finish, before the reducing kernel starts."""
+    epoch = tl.load(counter_ptr + rm, mask=rm < MAX_ROWS, other=0) + 1  # [BM]
+    parity = epoch & 1
+    sent = tl.where(_bits(tile, BITS) == -1, float("nan"), tile)  # all ones means empty (_push)
+    offs = ((parity * W + RANK) * MAX_ROWS + rm).to(tl.int64)[:, None] * (ROW_BYTES * 8 // BITS) + rn[None, :]
+    for peer in tl.static_range(W):
+        if peer != RANK:
+            base = tl.multiple_of(tl.load(peers_ptr + peer).to(tl.pointer_type(tile.dtype)), 16)
+            tl.store(base + offs, sent, mask=mask)
+
+
+@triton.jit
 def _receive(peers_ptr, parity, src, slot, cols, mask, ELEM, RANK: tl.constexpr, W: tl.constexpr,
              MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr):
     """Peer src's values [BLOCK] at rows[parity, src, slot] of this rank's buffer, once every one has landed;
@@ -119,6 +136,7 @@ def _push_all_reduce_kernel(
     n, eps, stride_x, stride_res, stride_out, stride_res_out,
     RANK: tl.constexpr, W: tl.constexpr, MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr,
     NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
+    PUSHED: tl.constexpr = False,  # x's producer has pushed it already (push_tile): only wait, sum, normalize
 ):
     pdl_wait_and_release(PDL)
     row = tl.program_id(0)
@@ -126,7 +144,11 @@ def _push_all_reduce_kernel(
     mask = cols < n
     elem = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + row.to(tl.int64) * stride_x + cols, mask=mask, other=0.0)  # [BLOCK]
-    epoch, parity = _push(x, cols, mask, row, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
+    if PUSHED:
+        epoch = tl.load(counter_ptr + row) + 1
+        parity = epoch & 1
+    else:
+        epoch, parity = _push(x, cols, mask, row, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for src in tl.static_range(W):
         if src == RANK:
@@ -230,8 +252,9 @@ def launch_gather(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: 
 
 def launch(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, max_rows: int,
            row_bytes: int, residual: Optional[Tensor] = None, weight: Optional[Tensor] = None, eps: float = 0.0,
-           add_unit_offset: bool = False):
+           add_unit_offset: bool = False, pushed: bool = False):
     """The sum over ranks of x (plain), or (normed, new_residual) with residual and weight given.
+    pushed: x's producer has pushed x itself (push_tile, through linear.launch(..., push=...)).
 
     peers: int64 [W] on x's device, every rank's buffer address as mapped here (each buffer all-one bytes
     before the first call); counters: int32 [max_rows] of this rank, zero before the first call (the caller has checked unsupported_reason)."""
@@ -257,6 +280,6 @@ def launch(x: Tensor, peers: Tensor, counters: Tensor, rank: int, world: int, ma
         n, float(eps), x2.stride(0), r2.stride(0), out2.stride(0), res_out2.stride(0),
         RANK=rank, W=world, MAX_ROWS=max_rows, ROW_BYTES=row_bytes, BITS=8 * x.element_size(), NORM=norm,
         UNIT_OFFSET=bool(add_unit_offset), BLOCK=block, PDL=pdl_enabled(x.device), num_warps=num_warps(block),
-        **pdl_launch(x.device),
+        PUSHED=pushed, **pdl_launch(x.device),
     )
     return (out, res_out) if norm else out

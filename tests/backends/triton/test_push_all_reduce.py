@@ -117,3 +117,35 @@ def test_two_ranks_gather_on_the_last_dim(shape):
 def test_unsupported_calls_are_named():
     x = torch.randn(2, 8)
     assert push_all_reduce.unsupported_reason(x, MAX_ROWS, ROW_BYTES) == "not a CUDA tensor"
+
+
+@pytest.mark.parametrize("split", [1, 2], ids=["unsplit", "split K"])
+def test_gemv_pushes_its_tiles_and_the_kernel_only_receives(split):
+    # rank 0's row-parallel projection (linear_all_reduce_add_rmsnorm): the GEMV pushes each finished output
+    # tile into rank 1's buffer (with a split K, the tile's last split does), the kernel then only waits for
+    # rank 1's rows, sums, adds and normalizes; rank 1's push is written by the test, as above
+    from autodeploy.backends.triton import linear
+
+    dtype, (m, k, n) = torch.float32, (3, 128, 40)
+    bufs = _buffers()
+    peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64)
+    counters = torch.zeros(MAX_ROWS, dtype=torch.int32)
+    x, w, residual, nw = randn(m, k), randn(n, k), randn(m, n, scale=2.0), randn(n)
+    cfg = dict(kind="dot_t", bn=16, bk=64, split=split, num_warps=4, num_stages=2)  # 3 n tiles, the last partial
+    rows0, rows1 = _rows(bufs[0], dtype), _rows(bufs[1], dtype)
+    for call in range(3):
+        epoch = call + 1
+        partial1 = randn(m, n)
+        rows0[epoch & 1, 1, :m, :n] = partial1  # rank 1's GEMV push, written by the test
+        out0 = linear.launch(x, w, config=cfg, push=(peers, counters, 0, W, MAX_ROWS, ROW_BYTES))
+        assert_close(out0, torch.nn.functional.linear(x, w))
+        assert torch.equal(rows1[epoch & 1, 0, :m, :n], out0)  # every tile pushed, as stored
+        assert (counters[:m] == call).all()  # the GEMV reads the slots' epochs; the reducing kernel advances them
+        normed, new_res = push_all_reduce.launch(out0, peers, counters, 0, W, MAX_ROWS, ROW_BYTES, residual=residual,
+                                                 weight=nw, eps=1e-6, pushed=True)
+        assert_close(new_res, out0 + partial1 + residual)
+        assert_close(normed, rmsnorm(out0 + partial1 + residual, nw, 1e-6, False))
+        assert _empty(bufs[0])  # rank 1's rows read and emptied, nothing pushed back by the reducing kernel
+        rows1[epoch & 1, 0, :m, :n].view(torch.uint8).fill_(255)  # (rank 1 would read them) ...
+        assert _empty(bufs[1])  # ... and nothing else was written there
+    assert (counters[:m] == 3).all() and (counters[m:] == 0).all()
