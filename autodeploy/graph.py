@@ -55,6 +55,20 @@ def replace_with_input(node: fx.Node, arg_index: int = 0) -> None:
     node.graph.erase_node(node)
 
 
+def replace_with_call(node: fx.Node, target, args: tuple, erase: Iterable[fx.Node] = ()) -> fx.Node:
+    """A call_function(target, args) in node's place: inserted before it, with its shape, module stack and
+    trace metadata, its users rewired; node and then `erase` (nodes it alone used) are removed."""
+    graph = node.graph
+    with graph.inserting_before(node):
+        new = graph.call_function(target, args)
+    new.meta.update({k: v for k, v in node.meta.items() if k in ("val", "nn_module_stack", "stack_trace")})
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    for old in erase:
+        graph.erase_node(old)
+    return new
+
+
 def get_attr_tensor(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
     assert node.op == "get_attr"
     obj = gm

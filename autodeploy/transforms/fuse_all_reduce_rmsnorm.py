@@ -25,7 +25,7 @@ from torch import fx
 
 import autodeploy.distributed.collectives  # noqa: F401  (registers autodeploy::all_reduce_add_rmsnorm)
 import autodeploy.transforms.fuse_add_rmsnorm  # noqa: F401  (registers first: its op is matched here)
-from autodeploy.graph import is_op, nodes_of
+from autodeploy.graph import is_op, nodes_of, replace_with_call
 from autodeploy.ops import bound_args
 from autodeploy.transforms.pipeline import Stage, TransformInfo, register
 
@@ -46,7 +46,6 @@ def _reduced_operand(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
 
 @register(Stage.FUSE)
 def apply(gm: fx.GraphModule, ctx, cfg) -> TransformInfo:
-    graph = gm.graph
     matches = 0
     for node in list(nodes_of(gm, ADD_NORM)):
         found = _reduced_operand(node)
@@ -54,12 +53,7 @@ def apply(gm: fx.GraphModule, ctx, cfg) -> TransformInfo:
             continue
         reduced, other = found
         args = bound_args(node)
-        with graph.inserting_before(node):
-            fused = graph.call_function(FUSED, (reduced.args[0], other, args["weight"], args["eps"],
-                                                args["add_unit_offset"]))
-        fused.meta.update({k: v for k, v in node.meta.items() if k in ("val", "nn_module_stack", "stack_trace")})
-        node.replace_all_uses_with(fused)
-        graph.erase_node(node)
-        graph.erase_node(reduced)
+        replace_with_call(node, FUSED, (reduced.args[0], other, args["weight"], args["eps"], args["add_unit_offset"]),
+                          erase=(reduced,))
         matches += 1
     return TransformInfo(matches=matches, changed=bool(matches))

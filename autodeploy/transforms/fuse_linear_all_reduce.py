@@ -25,7 +25,7 @@ from torch import fx
 
 import autodeploy.distributed.collectives  # noqa: F401  (registers autodeploy::linear_all_reduce_add_rmsnorm)
 import autodeploy.transforms.fuse_all_reduce_rmsnorm  # noqa: F401  (registers first: its op is matched here)
-from autodeploy.graph import aten, is_op, nodes_of
+from autodeploy.graph import aten, is_op, nodes_of, replace_with_call
 from autodeploy.ops import bound_args
 from autodeploy.transforms.pipeline import Stage, TransformInfo, register
 
@@ -46,19 +46,13 @@ def _bias_free_linear(node: fx.Node) -> fx.Node | None:
 
 @register(Stage.FUSE)
 def apply(gm: fx.GraphModule, ctx, cfg) -> TransformInfo:
-    graph = gm.graph
     matches = 0
     for node in list(nodes_of(gm, REDUCE_NORM)):
         lin = _bias_free_linear(node)
         if lin is None:
             continue
         args = bound_args(node)
-        with graph.inserting_before(node):
-            fused = graph.call_function(FUSED, (lin.args[0], lin.args[1], args["residual"], args["weight"],
-                                                args["eps"], args["add_unit_offset"]))
-        fused.meta.update({k: v for k, v in node.meta.items() if k in ("val", "nn_module_stack", "stack_trace")})
-        node.replace_all_uses_with(fused)
-        graph.erase_node(node)
-        graph.erase_node(lin)
+        replace_with_call(node, FUSED, (lin.args[0], lin.args[1], args["residual"], args["weight"], args["eps"],
+                                        args["add_unit_offset"]), erase=(lin,))
         matches += 1
     return TransformInfo(matches=matches, changed=bool(matches))

@@ -41,7 +41,7 @@ import torch
 from pydantic import Field
 from torch import fx, nn
 
-from autodeploy.graph import is_op, val
+from autodeploy.graph import is_op, replace_with_call, val
 from autodeploy.models.weights import weight_plan
 from autodeploy.ops import bound_args
 from autodeploy.quantization import int4, int4_kmajor
@@ -113,13 +113,7 @@ def _repack(gm: fx.GraphModule, node: fx.Node, args: dict[str, Any]) -> None:
     words = _swap_param(gm, qw, (k // 8, n), torch.int32, lambda t: int4_kmajor.pack(int4.unpack(t), g), node)
     s_t = _swap_param(gm, s, groups, val(s).dtype, lambda t: t.t().contiguous(), node)
     z_t = _swap_param(gm, z, groups, val(z).dtype, lambda t: t.t().contiguous(), node)
-    with gm.graph.inserting_before(node):
-        new = gm.graph.call_function(INT4_KMAJOR, (args["x"], words, s_t, z_t, args["bias"], g))
-    new.meta.update({k: v for k, v in node.meta.items() if k in ("val", "nn_module_stack", "stack_trace")})
-    node.replace_all_uses_with(new)
-    gm.graph.erase_node(node)
-    for old in (qw, s, z):
-        gm.graph.erase_node(old)
+    replace_with_call(node, INT4_KMAJOR, (args["x"], words, s_t, z_t, args["bias"], g), erase=(qw, s, z))
 
 
 @register(Stage.FUSE, RepackInt4KmajorConfig)
