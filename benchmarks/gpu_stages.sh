@@ -131,6 +131,9 @@ run_stage() {  # name gpus limit
   local name=$1 gpus=$2 limit=$3 t0=$SECONDS
   declare -F "stage_$name" > /dev/null || { echo "$name: unknown stage"; return; }
   local devs; devs=$(echo "$gpus" | sed 's/./&,/g; s/,$//')
+  # a stage named twice (a repeat for noise): the earlier run's log and $name.json move aside as .1, .2, ...
+  local n=1; while [[ -e $L/$name.$n.log ]]; do n=$((n + 1)); done
+  [[ -e $L/$name.log ]] && mv "$L/$name.log" "$L/$name.$n.log" && { [[ -e $OUT/$name.json ]] && mv "$OUT/$name.json" "$OUT/$name.$n.json"; }
   CUDA_VISIBLE_DEVICES=$devs AUTODEPLOY_CACHE=/tmp/adc${gpus:0:1} \
     timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 P8 OUT L R 2>/dev/null); \
       stage_$name $limit" > "$L/$name.log" 2>&1
