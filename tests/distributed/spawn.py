@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -33,11 +34,13 @@ def _entry(rank: int, world: int, port: int, out: str, fn, args) -> None:
     Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
     import torch.distributed as tdist
 
-    if tdist.is_initialized() and tdist.get_backend() == "nccl":
-        os._exit(0)  # NCCL teardown after captured CUDA graphs can hang (see launch.exit_ranks)
-    from autodeploy.distributed import dist
-
-    dist.destroy()
+    if tdist.is_initialized():
+        # leave without tearing the group down, as launch.exit_ranks does: NCCL's teardown after captured CUDA
+        # graphs can hang, and gloo's, when the peer has already gone, aborted a rank now and then
+        # ("terminate called without an active exception", SIGABRT after its result was written)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def run_ranks(fn, world: int, out_dir: Path, *args, meanwhile=None) -> tuple[list, object]:
