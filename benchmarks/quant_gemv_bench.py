@@ -64,9 +64,11 @@ WEIGHTS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "do
            "lm_head": (128256, 4096)}
 GROUP = 128
 CALLS = SWEEP_CALLS  # graph_us captures this many calls
-# neighbours of the defaults: (BN, BK, num_warps, num_stages)
-FP8_TILES = [(16, 256, 4, 6), (32, 256, 4, 5), (64, 256, 4, 4), (32, 512, 4, 3), (64, 512, 4, 3), (128, 256, 8, 3)]
-FP8_SPLIT_TILES = [(64, 256, 4, 4), (64, 512, 4, 3), (32, 256, 4, 4)]
+# neighbours of the defaults: (BN, BK, num_warps, num_stages); (64, 512, 4, 4) is the bf16 GEMV's H200 winner
+# in bytes (64 rows x 512 B x 4 stages in flight, benchmarks/results/2026-11-28-session7/c2_linear_sweep.txt)
+FP8_TILES = [(16, 256, 4, 6), (32, 256, 4, 5), (64, 256, 4, 4), (32, 512, 4, 3), (64, 512, 4, 3), (64, 512, 4, 4),
+             (128, 256, 8, 3)]
+FP8_SPLIT_TILES = [(64, 256, 4, 4), (64, 512, 4, 3), (64, 512, 4, 4), (32, 256, 4, 4)]
 FP8_SPLITS = (1, 2, 3, 4, 6, 8)
 INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4), (16, 128, 4, 12),
               (32, 128, 4, 10), (64, 128, 8, 6)]
