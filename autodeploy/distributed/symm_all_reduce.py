@@ -10,8 +10,9 @@ No multicast (NVLS) is involved: plain peer loads.
 
 Below that, "auto" sends what it can (<= PUSH_MAX_ROWS rows of <= PUSH_ROW_BYTES) through
 backends/triton/push_all_reduce.py instead: each rank stores its rows straight into its peers' buffers
-(the values are their own flags), one one-way NVLink trip, and `all_reduce_add_rmsnorm` (the all-reduce plus the
-residual add + RMSNorm after it, fused by transforms/fuse_all_reduce_rmsnorm.py) is that kernel too.
+(the values are their own flags), one one-way NVLink trip, and `all_reduce_add_rmsnorm` (the all-reduce
+plus the residual add + RMSNorm after it, fused by transforms/fuse_all_reduce_rmsnorm.py) is that kernel
+too; `try_linear_all_reduce_add_rmsnorm` lets the projection's GEMV push its own output tiles.
 "oneshot" keeps torch's kernel for every small all-reduce (the A/B of the two).
 
     setup(mode, max_bytes)   collective, after the process group exists: allocate + rendezvous the

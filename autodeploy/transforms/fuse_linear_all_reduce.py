@@ -2,7 +2,7 @@
 becomes one autodeploy::linear_all_reduce_add_rmsnorm.
 
     before:  x ─ aten.linear(x, W_shard) ─ partial ──┐
-                                          residual ─┴─ autodeploy.all_reduce_add_rmsnorm(partial, residual, w, eps, offset)
+                                          residual ─┴─ autodeploy.all_reduce_add_rmsnorm(partial, residual, w, ...)
     after:   x, residual ─ autodeploy.linear_all_reduce_add_rmsnorm(x, W_shard, residual, w, eps, offset)
              (the same (normed, new_residual) pair; its getitem users are unchanged)
 

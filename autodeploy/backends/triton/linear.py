@@ -16,8 +16,11 @@ Measured on an H100 (benchmarks/triton_linear_sweep.py, CUDA-graph replays, weig
 L2; the same times at M = 1 and 16): on the big matrices the kernel streams at 2.9-3.1 TB/s where
 cuBLAS gets 2.6-2.8 (lm_head 1B 170 vs 189 us, 8B 340 vs 376 us; 8B o 14.9 vs 16.8 us); the
 8-13 MB matrices of a 1B layer take ~7-8 us either way (a fixed ~4 us of launch and ramp-up on
-top of the bytes), so there cuBLAS stays. A split K (fp32 partials [split, M, N] summed with the
-bias by a second small kernel, no atomics) paid only for long rows with fewer N tiles than SMs.
+top of the bytes), so there cuBLAS stays. On an H200 (launch_config) the kernel beats cuBLAS on
+every 8B weight but qkv from HBM, with a K split where N tiles leave SMs idle: fp32 partials
+[split, M, N], the n tile's last split to arrive (a ticket) summing them with the bias in the same
+launch (store_or_merge). PUSH (launch(..., push=...)): the finished tiles also go to the tensor-
+parallel peers' push buffers (push_all_reduce.push_tile; distributed/symm_all_reduce.py).
 
 fp32 runs with exact fp32 products (no tf32), like aten.linear's default; the configs were timed in bf16.
 
@@ -321,8 +324,9 @@ def launch_config(m: int, n: int, k: int, sms: int, itemsize: int = 2) -> dict:
     the launch: the n tile's last split sums, tickets) paid only as 2 splits where 64-row tiles fill at
     most half the SMs and each half-row is >= 4 KB: 8B o 10.8 us vs 11.1 unsplit (cuBLAS 13.7), down
     29.8 vs 31.3 (cuBLAS 32.4), TP=2 down 16.5 vs 17.1 (cuBLAS 20.5); 3+ splits lost everywhere, and
-    short rows (TP=2 o, K = 2048) lost with 2 (6.7 vs 6.5). Wide weights: lm_head 238.9 us (cuBLAS
-    247.7), TP=2 qkv 10.1 (11.9), TP=2 o 6.5 (7.6), 8B qkv 16.1 (15.7). (The H100 rule before it,
+    short rows (TP=2 o, K = 2048) lost with 2 (6.7 vs 6.5); the TP=2 qkv shard (48 tiles) takes 2 for
+    10.4 us where unsplit was 10.1 (cuBLAS 11.9), within the rule's noise. Unsplit: lm_head 238.9 us
+    (cuBLAS 247.7), TP=2 o 6.5 (7.6), 8B qkv 16.1 (15.7). (The H100 rule before it,
     streaming_tiles, left the H200's SMs short of loads: 8B o 17.0 us, down 62.9.)
     fp32 halves BK so a stage holds the same bytes.
     """
