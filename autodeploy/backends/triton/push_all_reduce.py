@@ -83,19 +83,27 @@ def _empty(v, BITS: tl.constexpr):
 
 
 @triton.jit
-def _push(x, cols, mask, slot, peers_ptr, counter_ptr, RANK: tl.constexpr, W: tl.constexpr,
-          MAX_ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, BITS: tl.constexpr):
-    """Store x [BLOCK] (x's values at cols) into rows[parity, RANK, slot] of every peer -> (epoch, parity).
-    The caller receives every peer's values (_receive) and stores `epoch` into counter[slot] last."""
-    elem = x.dtype
+def _next_epoch(counter_ptr, slot):
+    """(epoch, parity) of a call on `slot`: one past the slot's last epoch (stored back by the reducing kernel)."""
     epoch = tl.load(counter_ptr + slot) + 1
-    parity = epoch & 1
-    sent = tl.where(_bits(x, BITS) == -1, float("nan"), x)  # all ones means empty: send the plain NaN instead
+    return epoch, epoch & 1
+
+
+@triton.jit
+def _sendable(v, BITS: tl.constexpr):
+    """v as pushed: all ones means empty, so a NaN with those bits goes as the plain NaN."""
+    return tl.where(_bits(v, BITS) == -1, float("nan"), v)
+
+
+@triton.jit
+def _push(x, cols, mask, slot, parity, peers_ptr, RANK: tl.constexpr, W: tl.constexpr, MAX_ROWS: tl.constexpr,
+          ROW_BYTES: tl.constexpr, BITS: tl.constexpr):
+    """Store x [BLOCK] (x's values at cols) into rows[parity, RANK, slot] of every peer."""
+    sent = _sendable(x, BITS)
     for peer in tl.static_range(W):
         if peer != RANK:
-            dst = _row_ptr(tl.load(peers_ptr + peer), parity, RANK, slot, elem, W, MAX_ROWS, ROW_BYTES)
+            dst = _row_ptr(tl.load(peers_ptr + peer), parity, RANK, slot, x.dtype, W, MAX_ROWS, ROW_BYTES)
             tl.store(dst + cols, sent, mask=mask)
-    return epoch, parity
 
 
 @triton.jit
@@ -105,9 +113,8 @@ def push_tile(tile, rm, rn, mask, peers_ptr, counter_ptr, RANK: tl.constexpr, W:
     columns rn of its output, in the output's dtype; mask [BM, BN]) -> rows[parity, RANK, m, rn] of every
     peer, each row m with the epoch of slot m. backends/triton/linear.py's GEMV calls it in its epilogue, so
     a row-parallel projection's tiles cross NVLink as they finish, before the reducing kernel starts."""
-    epoch = tl.load(counter_ptr + rm, mask=rm < MAX_ROWS, other=0) + 1  # [BM]
-    parity = epoch & 1
-    sent = tl.where(_bits(tile, BITS) == -1, float("nan"), tile)  # all ones means empty (_push)
+    parity = (tl.load(counter_ptr + rm, mask=rm < MAX_ROWS, other=0) + 1) & 1  # [BM]: _next_epoch's, per row
+    sent = _sendable(tile, BITS)
     offs = ((parity * W + RANK) * MAX_ROWS + rm).to(tl.int64)[:, None] * (ROW_BYTES * 8 // BITS) + rn[None, :]
     for peer in tl.static_range(W):
         if peer != RANK:
@@ -144,11 +151,9 @@ def _push_all_reduce_kernel(
     mask = cols < n
     elem = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + row.to(tl.int64) * stride_x + cols, mask=mask, other=0.0)  # [BLOCK]
-    if PUSHED:
-        epoch = tl.load(counter_ptr + row) + 1
-        parity = epoch & 1
-    else:
-        epoch, parity = _push(x, cols, mask, row, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
+    epoch, parity = _next_epoch(counter_ptr, row)
+    if not PUSHED:
+        _push(x, cols, mask, row, parity, peers_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for src in tl.static_range(W):
         if src == RANK:
@@ -183,7 +188,8 @@ def _push_all_gather_kernel(
     elem = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     cols = tl.arange(0, BLOCK)
-    epoch, parity = _push(x, cols, mask, chunk, peers_ptr, counter_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
+    epoch, parity = _next_epoch(counter_ptr, chunk)
+    _push(x, cols, mask, chunk, parity, peers_ptr, RANK, W, MAX_ROWS, ROW_BYTES, BITS)
     dst = out_ptr + (offs // n) * (W * n) + offs % n  # [BLOCK]: rank 0's column block
     for src in tl.static_range(W):
         if src == RANK:
