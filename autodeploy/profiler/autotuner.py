@@ -1,10 +1,10 @@
 """Autotuner: per op and shape bucket, time the candidates once and keep the fastest.
 
 Choices persist in `<cache dir>/autotune.json`, keyed by the machine (GPU name, torch and triton
-versions), then the op, then the shape bucket; the next run with the same key reuses them without
+versions, PDL, how inputs were timed), then the op, then the shape bucket; the next run with the same key reuses them without
 timing anything:
 
-    {"NVIDIA H100 80GB HBM3 | torch 2.11.0 | triton 3.6.0": {
+    {"NVIDIA H100 80GB HBM3 | torch 2.11.0 | triton 3.6.0 | pdl prefetch | from HBM": {
         "rmsnorm": {"x=[16,2048]:bfloat16 weight=[2048]:bfloat16": {
             "choice": "triton", "times_ms": {"torch": 0.031, "triton": 0.012}}}}}
 
@@ -15,6 +15,7 @@ persistence logic can be tested with a fake clock.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -69,8 +70,9 @@ Measure = Callable[[Candidate, Inputs], float]  # seconds per call
 
 
 def device_key(device: torch.device | str = "cpu") -> str:
-    """What makes timings comparable: the card, torch and triton versions, and whether the Triton
-    kernels launch with programmatic dependent launch (choices made without it are not reused with it)."""
+    """What makes timings comparable: the card, torch and triton versions, whether the Triton kernels
+    launch with programmatic dependent launch (choices made without it are not reused with it), and on
+    CUDA that inputs came from HBM (measure_candidate; files timed from L2 before that are not reused)."""
     device = torch.device(device)
     if device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
@@ -88,7 +90,7 @@ def device_key(device: torch.device | str = "cpu") -> str:
 
         key += " | pdl" if pdl_enabled(device) else ""
         key += " prefetch" if pdl_prefetch_enabled(device) else ""
-    return key
+    return key + (" | from HBM" if device.type == "cuda" else "")
 
 
 def _graphed(fn: Callable[[], Any], device: torch.device, inner: int) -> Callable[[], Any] | None:
@@ -170,9 +172,8 @@ def cold_input_sets(inputs: Inputs, device: torch.device) -> list[Inputs]:
 def measure_candidate(cand: Candidate, inputs: Inputs, device: torch.device, warmup: int = 3, reps: int = 10) -> float:
     """The default measure: median seconds of `cand.fn(*inputs)` (looked up at call time, so tests can swap it),
     cycling through cold_input_sets so weights come from HBM as in a decode step."""
-    sets = cold_input_sets(inputs, device)
-    calls = iter(range(1 << 62))
-    return time_callable(lambda: cand.fn(*sets[next(calls) % len(sets)]), device, warmup, reps)
+    sets = itertools.cycle(cold_input_sets(inputs, device))
+    return time_callable(lambda: cand.fn(*next(sets)), device, warmup, reps)
 
 
 def default_cache_path() -> Path:
