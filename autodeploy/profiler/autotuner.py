@@ -1,8 +1,8 @@
 """Autotuner: per op and shape bucket, time the candidates once and keep the fastest.
 
 Choices persist in `<cache dir>/autotune.json`, keyed by the machine (GPU name, torch and triton
-versions, PDL, how inputs were timed), then the op, then the shape bucket; the next run with the same key reuses them without
-timing anything:
+versions, PDL, how inputs were timed), then the op, then the shape bucket; the next run with the
+same key reuses them without timing anything:
 
     {"NVIDIA H100 80GB HBM3 | torch 2.11.0 | triton 3.6.0 | pdl prefetch | from HBM": {
         "rmsnorm": {"x=[16,2048]:bfloat16 weight=[2048]:bfloat16": {
