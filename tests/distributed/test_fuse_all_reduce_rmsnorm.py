@@ -14,45 +14,59 @@ import traceback
 
 import torch
 
+import autodeploy.distributed.collectives  # noqa: F401  (registers the ops the checks count)
 from tests.distributed.spawn import run_ranks
 from tests.distributed.test_shard_transforms import Decoder, _ids
 
 ops = torch.ops.autodeploy
 
 
-def _worker(rank: int, out) -> str | None:
+def check_sharded_decoder(transform: str, run_first: list[str], before: dict, after: dict):
+    """On a rank of 2 gloo ranks: the Decoder sharded (run_first), then `transform`, op counts before and after
+    it and one match, logits against eager at two shapes; returns the graph. (Run on the ranks by assert_ranks_pass.)"""
     from torch.export import Dim
 
-    import autodeploy.distributed.collectives  # noqa: F401  (registers the ops counted below)
     from autodeploy.distributed import dist
     from autodeploy.recipe import load_recipe
     from tests.helpers.transform_check import check_transform
 
     dist.init_distributed(2, "cpu")
+    torch.manual_seed(0)  # both ranks build the same weights
+    bs = {0: Dim("b", min=1, max=8), 1: Dim("s", min=2, max=32)}
+    return check_transform(Decoder(), _ids(2, 6), transform, run_first=run_first, before=before, after=after,
+                           matches=1, second_inputs=_ids(3, 9, 1), dynamic_shapes=(bs, bs),
+                           recipe=load_recipe("cpu", {"runtime.world_size": 2}))
+
+
+def _reported(rank: int, out, check) -> str | None:
+    """A spawned rank: None when check() passes, else its traceback."""
     try:
-        torch.manual_seed(0)  # both ranks build the same weights
-        bs = {0: Dim("b", min=1, max=8), 1: Dim("s", min=2, max=32)}
-        AR, ADD_NORM, FUSED = ops.all_reduce.default, ops.fused_add_rmsnorm.default, ops.all_reduce_add_rmsnorm.default
-        gm = check_transform(Decoder(), _ids(2, 6), "fuse_all_reduce_rmsnorm", run_first=["shard_tensor_parallel", "fuse_add_rmsnorm"],
-                             before={AR: 3, ADD_NORM: 1, FUSED: 0}, after={AR: 2, ADD_NORM: 0, FUSED: 1}, matches=1,
-                             second_inputs=_ids(3, 9, 1), dynamic_shapes=(bs, bs),
-                             recipe=load_recipe("cpu", {"runtime.world_size": 2}))
-        fused = next(n for n in gm.graph.nodes if n.target is FUSED)
-        assert fused.args[0].target is not AR  # it reads the partial sums, not a reduced tensor
+        check()
         return None
     except Exception:  # noqa: BLE001 (reported by the parent)
         return traceback.format_exc()
 
 
-def test_sharded_graph_fuses_and_matches_eager(tmp_path):
-    ranks, _ = run_ranks(_worker, 2, tmp_path)
+def assert_ranks_pass(check, tmp_path) -> None:
+    """check() (a module-level function) on 2 spawned gloo ranks; a failing rank's traceback fails the test."""
+    ranks, _ = run_ranks(_reported, 2, tmp_path, check)
     for rank, failure in enumerate(ranks):
         assert failure is None, f"rank {rank}:\n{failure}"
 
 
-def test_one_rank_reference_is_the_two_ops_it_replaces():
-    import autodeploy.distributed.collectives  # noqa: F401
+def _check() -> None:
+    AR, ADD_NORM, FUSED = ops.all_reduce.default, ops.fused_add_rmsnorm.default, ops.all_reduce_add_rmsnorm.default
+    gm = check_sharded_decoder("fuse_all_reduce_rmsnorm", ["shard_tensor_parallel", "fuse_add_rmsnorm"],
+                               before={AR: 3, ADD_NORM: 1, FUSED: 0}, after={AR: 2, ADD_NORM: 0, FUSED: 1})
+    fused = next(n for n in gm.graph.nodes if n.target is FUSED)
+    assert fused.args[0].target is not AR  # it reads the partial sums, not a reduced tensor
 
+
+def test_sharded_graph_fuses_and_matches_eager(tmp_path):
+    assert_ranks_pass(_check, tmp_path)
+
+
+def test_one_rank_reference_is_the_two_ops_it_replaces():
     g = torch.Generator().manual_seed(0)
     x, residual, w = torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g), torch.randn(16, generator=g)
     for offset in (False, True):
