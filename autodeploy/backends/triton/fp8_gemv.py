@@ -125,6 +125,7 @@ def _fp8_gemv_kernel(
     FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EXACT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
     PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 128, NB: tl.constexpr = 0,  # X_MODE 3: amaxes a row
+    ONE_ROW: tl.constexpr = False,  # X_MODE 1 / 3 with M == 1: quantize x as one [BK] row, broadcast to BM rows
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -156,15 +157,25 @@ def _fp8_gemv_kernel(
 
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
     x_ptrs = x_rows + (k_start + rk)[None, :]  # [BM, BK]
+    if ONE_ROW:
+        x_ptrs = x_ptr + k_start + rk  # [BK]: row 0 only
+        row_scale = tl.max(tl.where(rm == 0, x_scale, 0.0), axis=0)  # row 0's scale (a scalar)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for _ in range(k_start, k_end, BK):
         w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)  # [BN, BK] e4m3: the bytes that matter
-        xk = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
-        if X_MODE == 1:
-            xf = xk.to(tl.float32) * x_inv[:, None]
-            xk = _round_e4m3(tl.minimum(tl.maximum(xf, -FP8_MAX), FP8_MAX), EXACT)
-        elif X_MODE == 3:  # a division, as _quantize_rows_kernel: its codes bit for bit (mode 1's product is not)
-            xk = quantize_e4m3(xk.to(tl.float32), x_scale[:, None], EXACT)
+        if ONE_ROW:
+            # one row quantized, not BM padded ones: modes 1 / 3 divided BM x BK values a step, which
+            # made the 8B down GEMV compute-bound (fp8_gemv_sweep.py, seventh-session H200 sweep). Rows
+            # >= 1 of the dot then repeat row 0; the store masks them (rm < M).
+            xk = quantize_e4m3(tl.load(x_ptrs).to(tl.float32), row_scale, EXACT)  # [BK]
+            xk = tl.broadcast_to(xk[None, :], (BM, BK))
+        else:
+            xk = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
+            if X_MODE == 1:
+                xf = xk.to(tl.float32) * x_inv[:, None]
+                xk = _round_e4m3(tl.minimum(tl.maximum(xf, -FP8_MAX), FP8_MAX), EXACT)
+            elif X_MODE == 3:  # a division, as _quantize_rows_kernel: its codes bit for bit (mode 1's product is not)
+                xk = quantize_e4m3(xk.to(tl.float32), x_scale[:, None], EXACT)
         if X_MODE == 0:
             acc += tl.dot(w.to(xk.dtype), tl.trans(xk), input_precision=PRECISION)
         elif FP8_DOT:
@@ -367,6 +378,7 @@ def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Ten
     nb = xs.shape[1] if x_mode == 3 else 0
     amax_block = triton.next_power_of_2(nb) if x_mode == 3 else _amax_block(k)
     meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=amax_block, NB=nb, X_MODE=x_mode,
+                ONE_ROW=m == 1 and x_mode in (1, 3) and cfg.get("one_row", True),
                 PER_TENSOR=_per_tensor(weight_scale, n), PARTIAL=split > 1, HAS_BIAS=bias is not None,
                 EXACT=interpreted(), PRECISION="ieee" if out_dtype == torch.float32 else "tf32",
                 PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device),
