@@ -300,6 +300,8 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
     leave most SMs idle and gain from ~2 programs per SM, BK 256: down (64 tiles) 19.6 us at split 4
     vs 23.3 unsplit, o 8.1 vs 8.6; qkv (96 tiles) lost at every split (10.5 unsplit, 11.1-14.3 split).
     AUTODEPLOY_FP8_SPLITK=0: the tiles above, K split only for skinny weights (for A/B runs).
+    AUTODEPLOY_FP8_X_IN_KERNEL=1: one row is quantized inside the GEMV (X_MODE 1, one [BK] row a step) instead
+    of by the prologue kernel (for A/B runs of the one-row path; every program then reads the row for its amax).
     """
     bn = 64
     tiles = triton.cdiv(n, bn)
@@ -313,7 +315,8 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
         split = max(1, min(2 * sms // tiles, k // (2 * bk)))
     elif tiles < sms // 4:  # skinny weights: spread K over the idle SMs, >= 4 BK steps each
         split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
-    return normalized(dict(bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages), m, n, k)
+    x_prologue = not (m == 1 and os.environ.get("AUTODEPLOY_FP8_X_IN_KERNEL", "0") == "1")
+    return normalized(dict(bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages, x_prologue=x_prologue), m, n, k)
 
 
 def _amax_block(k: int) -> int:
