@@ -6,9 +6,7 @@ quant_gemv_bench.py times fp8_gemv.launch, i.e. the per-token quantization kerne
 FP8 decode step most GEMVs get x already quantized or with block amaxes beside it, so this times what
 each site really launches (M = 1, Llama-3.1-8B weights):
 
-    qkv, gate_up, lm_head   mode 2: e4m3 x + scales from the norm kernel (fp8_gemv.launch_quantized);
-                            qkv, gate_up also mode 4: the add + RMSNorm + quantization inside the GEMV
-                            (fp8_gemv.launch_normed, one launch instead of the norm kernel's and the GEMV's)
+    qkv, gate_up, lm_head   mode 2: e4m3 x + scales from the norm kernel (fp8_gemv.launch_quantized)
     o                       mode 2 alone, and the prologue kernel + mode 2 ("prologue+"), and mode 1
                             (x quantized in every program, fp8_gemv.launch with x_prologue False)
     down                    mode 3: bf16 x + 14 block amaxes (fp8_gemv.launch_block_scaled)
@@ -56,8 +54,6 @@ def sites(weights: list[str]) -> list[tuple[str, str, int, int]]:
             out += [(name, "2", n, k), (name, "prologue+", n, k), (name, "1", n, k)]
         elif name == "down":
             out.append((name, "3", n, k))
-        elif name in ("qkv", "gate_up"):
-            out += [(name, "2", n, k), (name, "4", n, k)]
         else:
             out.append((name, "2", n, k))
     return out
@@ -66,9 +62,6 @@ def sites(weights: list[str]) -> list[tuple[str, str, int, int]]:
 def call_for(mode: str, x, xq, xs, amax, ws, s, cfg):
     from autodeploy.backends.triton import fp8_gemv
 
-    if mode == "4":  # x as the residual stream's new part, the residual and the norm weight: 8B-like magnitudes
-        res, nw = x * 3.0, torch.ones_like(x[0])
-        return lambda i: fp8_gemv.launch_normed(x, res, nw, 1e-5, False, ws[i], s, None, cfg)[0]
     if mode == "2":
         return lambda i: fp8_gemv.launch_quantized(xq, xs, ws[i], s, None, x.dtype, cfg)
     if mode == "3":
@@ -135,9 +128,6 @@ def main() -> int:
         xq, xs = fp8_gemv.quantize_rows(x)
         nb = math.ceil(k / 1024)
         amax = torch.stack([x[:, b * 1024:(b + 1) * 1024].float().abs().amax(dim=1) for b in range(nb)], dim=1)
-        if mode == "4":  # the GEMV of the normed row (norm weight 1): quantized as the norm kernel would
-            normed = torch.nn.functional.rms_norm((x.float() * 4.0).to(dtype).float(), (k,), eps=1e-5).to(dtype)
-            xq, xs = fp8_gemv.quantize_rows(normed)
         truth = (xq.float() * xs[:, None]) @ fp8.dequantize(w8, s8).float().t()  # [1, N]
         default = dict(fp8_gemv.launch_config(1, n, k, num_sms(x.device)))
         print(f"\n{site} {n}x{k} mode {mode}", flush=True)
@@ -167,19 +157,11 @@ def main() -> int:
             if key not in best or us < best[key][0]:
                 best[key] = (us, name)
         del ws, p, w8
-    from autodeploy.backends.triton.add_rmsnorm_fp8_linear import add_rmsnorm_quantize
-    xr = torch.randn(1, 4096, device=DEVICE, generator=gen).to(dtype)
-    rr, nw = xr * 3.0, torch.ones_like(xr[0])
-    norm = lambda i: add_rmsnorm_quantize(xr, rr, nw, 1e-5, False)  # noqa: E731
-    norm(0)
-    norm_us = graph_us(norm, 1) if DEVICE == "cuda" else 1.0
-    print(f"\nthe norm + quantization kernel mode 2 waits for (K = 4096): {norm_us:.2f} us")
-    results.append(dict(site="norm", mode="add_rmsnorm_quantize", n=0, k=4096, config="", us=norm_us))
     print(f"\n{card}, M = 1, CUDA-graph replays, weights rotated past L2: best per site and mode")
     for (site, mode), (us, name) in best.items():
         d = default_us.get((site, mode))
         print(f"  {site:8s} mode {mode:10s} default {d if d is None else round(d, 2)} us | best {us:.2f} us ({name})")
-    per_layer = {"qkv": "2", "o": "2", "gate_up": "2", "down": "3"}  # mode 4 rows: compare with 2 + the norm kernel
+    per_layer = {"qkv": "2", "o": "2", "gate_up": "2", "down": "3"}
     for which, table in (("defaults", default_us), ("best", {key: v[0] for key, v in best.items()})):
         if all((s, m) in table for s, m in per_layer.items()) and ("lm_head", "2") in table:
             step = LAYERS * sum(table[(s, m)] for s, m in per_layer.items()) + table[("lm_head", "2")]

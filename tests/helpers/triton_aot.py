@@ -98,15 +98,6 @@ def cases():
                  PARTIAL=partial, HAS_BIAS=partial, EXACT=False, PRECISION="tf32")
         yield (f"fp8_gemv mode=3 {xd} bk={bk} partial={partial}", fp8_gemv._fp8_gemv_kernel,
                dict(f8, x_ptr=xd, bias_ptr=xd, out_ptr=xd), c, (), st)
-    # one row (ONE_ROW): modes 1 / 3 quantize a [BK] row and broadcast it; mode 4 normalizes it first (the
-    # add + RMSNorm fold of add_rmsnorm_fp8_linear.py at 8B's K = 4096), unsplit (gate_up) and split (qkv)
-    row = dict(f8, x_ptr=bf, res_ptr=bf, norm_w_ptr=bf, res_out_ptr=bf)
-    for mode, partial, offset in ((1, True, False), (3, True, False), (4, False, False), (4, True, True)):
-        c = dict(BM=16, BN=64, BK=256, AMAX_BLOCK=16 if mode == 3 else 4096, NB=14 if mode == 3 else 0, X_MODE=mode,
-                 FP8_DOT=True, PER_TENSOR=False, PARTIAL=partial, HAS_BIAS=False, EXACT=False, PRECISION="tf32",
-                 ONE_ROW=True, NORM_BLOCK=4096, UNIT_OFFSET=offset, PDL=True, PF_LINES=2, PF_STEP=128)
-        yield (f"fp8_gemv one row mode={mode} partial={partial} offset={offset}", fp8_gemv._fp8_gemv_kernel, row, c,
-               ("eps",), 4)
     yield "fp8 quantize_rows", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False), (), 1
     # add + RMSNorm + e4m3 quantization (add_rmsnorm_fp8_linear.py) at 8B's K = 4096 (8 warps, as the norm

@@ -109,21 +109,15 @@ def add_rmsnorm_quantize(x2: Tensor, res2: Tensor, norm_weight: Tensor, eps: flo
 
 
 def launch(x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool, weight: Tensor,
-           weight_scale: Tensor, bias: Optional[Tensor] = None, config: Optional[dict] = None, fold: bool = True):
-    """(out [.., N], x + residual [.., K]) on the kernels; raises NotImplementedError when they cannot.
-    config: fp8_gemv's GEMV config (None: its launch_config). fold: one row goes through the GEMV alone, which
-    normalizes and quantizes it itself (fp8_gemv.launch_normed: one launch); else, and for more rows, the norm
-    kernel writes the codes first (two launches)."""
+           weight_scale: Tensor, bias: Optional[Tensor] = None, config: Optional[dict] = None):
+    """(out [.., N], x + residual [.., K]) on the two kernels; raises NotImplementedError when they cannot.
+    config: fp8_gemv's GEMV config (None: its launch_config)."""
     why = unsupported_reason(x, residual, norm_weight, weight, weight_scale, bias)
     if why:
         raise NotImplementedError(f"triton add_rmsnorm_fp8_linear: {why}")
     x2, res2 = rows_of(x), rows_of(residual)  # [M, K] each
-    if fold and x2.shape[0] == 1 and x2.shape[1] <= fp8_gemv.MAX_NORM_K:
-        out, new_res = fp8_gemv.launch_normed(x2.contiguous(), res2.contiguous(), norm_weight, eps, add_unit_offset,
-                                              weight, weight_scale, bias, config)
-    else:
-        xq, xs, new_res = add_rmsnorm_quantize(x2, res2, norm_weight, eps, add_unit_offset)
-        out = fp8_gemv.launch_quantized(xq, xs, weight, weight_scale, bias, x.dtype, config)  # [M, N]
+    xq, xs, new_res = add_rmsnorm_quantize(x2, res2, norm_weight, eps, add_unit_offset)
+    out = fp8_gemv.launch_quantized(xq, xs, weight, weight_scale, bias, x.dtype, config)  # [M, N]
     return out.reshape(*x.shape[:-1], weight.shape[0]), new_res.reshape(x.shape)
 
 
@@ -170,25 +164,8 @@ def _norm_then(name: str, project: Project):
     return getattr(torch.ops.autodeploy, name).default
 
 
-@torch.library.custom_op("autodeploy::triton_norm_kernel_fp8_linear", mutates_args=())
-def triton_norm_kernel_fp8_linear(
-    x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool,
-    weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None, quantize_input: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """The twin without the one-row fold: the norm + quantization kernel, then the GEMV, at every row count."""
-    if not quantize_input or unsupported_reason(x, residual, norm_weight, weight, weight_scale, bias):
-        return triton_add_rmsnorm_fp8_linear(x, residual, norm_weight, eps, add_unit_offset, weight, weight_scale,
-                                             bias, quantize_input)
-    return launch(x, residual, norm_weight, eps, add_unit_offset, weight, weight_scale, bias, fold=False)
-
-
-triton_norm_kernel_fp8_linear.register_fake(
-    lambda *a, **kw: torch.ops.autodeploy.add_rmsnorm_fp8_linear(*a, **kw))
-
 NORM_FP8_GEMV = _norm_then("triton_norm_fp8_gemv_linear", torch.ops.autodeploy.triton_fp8_linear)
 NORM_SCALED_MM = _norm_then("triton_norm_scaled_mm_fp8_linear", torch.ops.autodeploy.fp8_linear)
 
-register_backend("add_rmsnorm_fp8_linear", "norm-quantize+gemv", torch.ops.autodeploy.triton_norm_kernel_fp8_linear.default,
-                 supports=on_cuda, pdl=True)
 register_backend("add_rmsnorm_fp8_linear", "norm+gemv", NORM_FP8_GEMV, supports=on_cuda, pdl=True)
 register_backend("add_rmsnorm_fp8_linear", "norm+scaled_mm", NORM_SCALED_MM, supports=on_cuda)

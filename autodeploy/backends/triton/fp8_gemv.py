@@ -113,39 +113,18 @@ def _quantize_rows_kernel(x_ptr, xq_ptr, xs_ptr, K, stride_xm, BLOCK: tl.constex
     tl.store(xs_ptr + m, scale)
 
 
-@triton.jit
-def _residual_sum(x_ptr, res_ptr, res_out_ptr, cols, mask):
-    """x + residual at cols of one row in fp32, rounded once to res_out's dtype as the unfused add stores it."""
-    x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(res_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    return (x + r).to(res_out_ptr.dtype.element_ty).to(tl.float32)
-
-
-@triton.jit
-def _normed(h, inv_rms, norm_w_ptr, cols, mask, dtype: tl.constexpr, UNIT_OFFSET: tl.constexpr):
-    """rmsnorm.rmsnorm_values' product h * inv_rms * w at cols, rounded to dtype as the norm stores it, in fp32."""
-    w = tl.load(norm_w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    if UNIT_OFFSET:  # Gemma stores w - 1
-        w = w + 1.0
-    return (h * inv_rms * w).to(dtype).to(tl.float32)
-
-
 @triton.jit(do_not_specialize=["M"])  # M = 1 would otherwise compile its own copy of every config
 def _fp8_gemv_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,  # PARTIAL only: part_ptr, ticket_ptr
-    res_ptr, norm_w_ptr, res_out_ptr, eps,  # X_MODE 4 only: residual [1, K], norm weight [K], new residual [1, K]
     M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn, stride_om, stride_split,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     AMAX_BLOCK: tl.constexpr,  # values a row's amax is read from at once: x's (X_MODE 1), block amaxes (3)
     X_MODE: tl.constexpr,  # 0: x as is (weight-only FP8); 1: quantize x here; 2: x is e4m3 with scales xs;
-                           # 3: quantize x here, its row amax the max of the block amaxes xs [M, NB];
-                           # 4: x is one row before add + RMSNorm (ONE_ROW): normalize, then quantize here
+                           # 3: quantize x here, its row amax the max of the block amaxes xs [M, NB]
     FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EXACT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
     PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 128, NB: tl.constexpr = 0,  # X_MODE 3: amaxes a row
-    ONE_ROW: tl.constexpr = False,  # X_MODE 1 / 3 / 4 with M == 1: quantize x as one [BK] row, broadcast to BM rows
-    NORM_BLOCK: tl.constexpr = 16, UNIT_OFFSET: tl.constexpr = False,  # X_MODE 4: next_power_of_2(K), Gemma's w - 1
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -174,43 +153,18 @@ def _fp8_gemv_kernel(
         amax_mask = mask_m[:, None] & (rb < NB)[None, :]
         block_amax = tl.load(xs_ptr + rm[:, None] * NB + rb[None, :], mask=amax_mask, other=0.0)  # [BM, AMAX_BLOCK]
         x_scale = tl.maximum(tl.max(block_amax, axis=1) / FP8_MAX, MIN_SCALE)  # [BM]: _quantize_rows_kernel's
-    elif X_MODE == 4:  # the whole row in one wide load (8B: 32 values a thread), as the norm kernel reads it
-        cols = tl.arange(0, NORM_BLOCK)
-        in_row = cols < K
-        h = _residual_sum(x_ptr, res_ptr, res_out_ptr, cols, in_row)  # [NORM_BLOCK] fp32, 0 past K
-        writes = cols < K - K * tl.minimum(pid_n + pid_k, 1)  # program (0, 0) only (int math: one mask dtype)
-        tl.store(res_out_ptr + cols, h.to(res_out_ptr.dtype.element_ty), mask=writes)
-        inv_rms = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / K + eps)  # rmsnorm.rmsnorm_values' expression
-        y = _normed(h, inv_rms, norm_w_ptr, cols, in_row, x_ptr.dtype.element_ty, UNIT_OFFSET)
-        x_scale = tl.zeros((BM,), dtype=tl.float32) + tl.maximum(tl.max(tl.abs(y), axis=0) / FP8_MAX, MIN_SCALE)
 
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
     x_ptrs = x_rows + (k_start + rk)[None, :]  # [BM, BK]
-    if ONE_ROW:
-        k_cols = k_start + rk  # [BK] of row 0 only
-        row_scale = tl.max(tl.where(rm == 0, x_scale, 0.0), axis=0)  # row 0's scale (a scalar)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for _ in range(k_start, k_end, BK):
         w = tl.load(w_ptrs, mask=mask_n[:, None], other=0.0)  # [BN, BK] e4m3: the bytes that matter
-        if ONE_ROW:
-            # one row quantized, not BM padded ones: modes 1 / 3 divided BM x BK values a step, which
-            # made the 8B down GEMV compute-bound (fp8_gemv_sweep.py, seventh-session H200 sweep). Rows
-            # >= 1 of the dot then repeat row 0; the store masks them (rm < M).
-            if X_MODE == 4:  # this tile of the normed row: the prologue's expressions on the same values (L1 / L2)
-                hv = _residual_sum(x_ptr, res_ptr, res_out_ptr, k_cols, k_cols < K)
-                xv = _normed(hv, inv_rms, norm_w_ptr, k_cols, k_cols < K, x_ptr.dtype.element_ty, UNIT_OFFSET)
-            else:
-                xv = tl.load(x_ptr + k_cols).to(tl.float32)  # [BK]
-            xk = quantize_e4m3(xv, row_scale, EXACT)  # [BK]
-            xk = tl.broadcast_to(xk[None, :], (BM, BK))
-            k_cols += BK
-        else:
-            xk = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
-            if X_MODE == 1:
-                xf = xk.to(tl.float32) * x_inv[:, None]
-                xk = _round_e4m3(tl.minimum(tl.maximum(xf, -FP8_MAX), FP8_MAX), EXACT)
-            elif X_MODE == 3:  # a division, as _quantize_rows_kernel: its codes bit for bit (mode 1's product is not)
-                xk = quantize_e4m3(xk.to(tl.float32), x_scale[:, None], EXACT)
+        xk = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)  # [BM, BK]: a few KB, cached
+        if X_MODE == 1:
+            xf = xk.to(tl.float32) * x_inv[:, None]
+            xk = _round_e4m3(tl.minimum(tl.maximum(xf, -FP8_MAX), FP8_MAX), EXACT)
+        elif X_MODE == 3:  # a division, as _quantize_rows_kernel: its codes bit for bit (mode 1's product is not)
+            xk = quantize_e4m3(xk.to(tl.float32), x_scale[:, None], EXACT)
         if X_MODE == 0:
             acc += tl.dot(w.to(xk.dtype), tl.trans(xk), input_precision=PRECISION)
         elif FP8_DOT:
@@ -300,8 +254,6 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
     leave most SMs idle and gain from ~2 programs per SM, BK 256: down (64 tiles) 19.6 us at split 4
     vs 23.3 unsplit, o 8.1 vs 8.6; qkv (96 tiles) lost at every split (10.5 unsplit, 11.1-14.3 split).
     AUTODEPLOY_FP8_SPLITK=0: the tiles above, K split only for skinny weights (for A/B runs).
-    AUTODEPLOY_FP8_X_IN_KERNEL=1: one row is quantized inside the GEMV (X_MODE 1, one [BK] row a step) instead
-    of by the prologue kernel (for A/B runs of the one-row path; every program then reads the row for its amax).
     """
     bn = 64
     tiles = triton.cdiv(n, bn)
@@ -315,8 +267,7 @@ def launch_config(m: int, n: int, k: int, sms: int) -> dict:
         split = max(1, min(2 * sms // tiles, k // (2 * bk)))
     elif tiles < sms // 4:  # skinny weights: spread K over the idle SMs, >= 4 BK steps each
         split = max(1, min(triton.cdiv(2 * sms, tiles), k // (4 * bk)))
-    x_prologue = not (m == 1 and os.environ.get("AUTODEPLOY_FP8_X_IN_KERNEL", "0") == "1")
-    return normalized(dict(bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages, x_prologue=x_prologue), m, n, k)
+    return normalized(dict(bn=bn, bk=bk, split=split, num_warps=4, num_stages=stages), m, n, k)
 
 
 def _amax_block(k: int) -> int:
@@ -381,27 +332,6 @@ def launch_block_scaled(x: Tensor, block_amax: Tensor, weight: Tensor, weight_sc
     return _gemv_rows(x, block_amax, 3, weight, weight_scale, bias, out_dtype, config)
 
 
-def launch_normed(x2: Tensor, res2: Tensor, norm_weight: Tensor, eps: float, add_unit_offset: bool, weight: Tensor,
-                  weight_scale: Tensor, bias: Optional[Tensor], config: Optional[dict] = None) -> tuple[Tensor, Tensor]:
-    """One row's add + RMSNorm + per-token quantization inside the GEMV (X_MODE 4): x2, res2 [1, K] (contiguous)
-    -> (out [1, N] in x2's dtype, x2 + res2 [1, K]). Every program normalizes the row itself (one wide load of
-    x, residual and the norm weight, from L2) instead of waiting for add_rmsnorm_fp8_linear.py's one-program norm
-    kernel; program (0, 0) writes the new residual. The caller has checked the operands (that module's
-    unsupported_reason) and that K <= MAX_NORM_K."""
-    m, k = x2.shape
-    if m != 1 or k > MAX_NORM_K:
-        raise NotImplementedError(f"triton fp8_linear with the norm inside: {m} rows of {k} (one row of <= {MAX_NORM_K})")
-    new_res = torch.empty(1, k, dtype=x2.dtype, device=x2.device)  # [1, K]
-    n = weight.shape[0]
-    cfg = normalized(config, m, n, k) if config else launch_config(m, n, k, num_sms(x2.device))
-    out = _gemv(x2, x2, 4, weight, weight_scale, bias, x2.dtype, cfg, config is not None,
-                norm=(res2, norm_weight, new_res, float(eps), bool(add_unit_offset)))
-    return out, new_res
-
-
-MAX_NORM_K = 8192  # X_MODE 4 holds the row in registers before the main loop: 64 fp32 a thread at 4 warps
-
-
 def _gemv_rows(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
                out_dtype: torch.dtype, config: Optional[dict]) -> Tensor:
     """_gemv on rows a producer kernel prepared (modes 2 and 3), with the default or the given config."""
@@ -414,7 +344,7 @@ def _gemv_rows(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale
 
 
 def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor],
-          out_dtype: torch.dtype, cfg: dict, explicit: bool, norm: Optional[tuple] = None) -> Tensor:
+          out_dtype: torch.dtype, cfg: dict, explicit: bool) -> Tensor:
     """One GEMV launch (split K merged inside it): x2 [M, K] as X_MODE reads it (0: as is, 1: quantized in the
     kernel, 2: e4m3 with scales xs [M], 3: quantized in the kernel with the row amaxes of the block amaxes
     xs [M, NB]) -> [M, N] in out_dtype. `explicit`: the config was asked for, so a failing fp8 tl.dot
@@ -432,14 +362,11 @@ def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Ten
     else:
         part = counters = out  # unused
     fp8_dot = cfg["fp8_dot"] and not (_FP8_DOT_BROKEN and not explicit)
-    res, norm_w, res_out, eps, unit_offset = norm if norm is not None else (x2, x2, x2, 0.0, False)
     args = (x2, xs, weight, weight_scale, bias if bias is not None else weight_scale, out, part, counters,
-            res, norm_w, res_out, eps, m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
+            m, n, k, cfg["k_per_split"], x2.stride(0), weight.stride(0), n, m * n)
     nb = xs.shape[1] if x_mode == 3 else 0
     amax_block = triton.next_power_of_2(nb) if x_mode == 3 else _amax_block(k)
     meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=amax_block, NB=nb, X_MODE=x_mode,
-                ONE_ROW=x_mode == 4 or (m == 1 and x_mode in (1, 3) and cfg.get("one_row", True)),
-                NORM_BLOCK=triton.next_power_of_2(k) if x_mode == 4 else 16, UNIT_OFFSET=unit_offset,
                 PER_TENSOR=_per_tensor(weight_scale, n), PARTIAL=split > 1, HAS_BIAS=bias is not None,
                 EXACT=interpreted(), PRECISION="ieee" if out_dtype == torch.float32 else "tf32",
                 PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device),

@@ -94,32 +94,18 @@ def _block_amax(x, block):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("split", [1, 3], ids=["unsplit", "split 3"])
 @pytest.mark.parametrize("block", [128, 512], ids=["3 blocks, the last half", "1 block"])
-@pytest.mark.parametrize("m", [1, 3], ids=["one row (quantized once, broadcast)", "3 rows"])
-def test_block_scaled_is_launch_quantized_bit_for_bit(m, block, split, dtype):
+def test_block_scaled_is_launch_quantized_bit_for_bit(block, split, dtype):
     # X_MODE 3: the row scales from block amaxes, x quantized in the GEMV by the prologue kernel's division
     w, s, b = _weights(20, 320, bias=True, dtype=dtype)
-    x = _x(m, 320, dtype)
-    x[m - 1, 300] = -900.0  # the last row's amax in its last block (the outlier channel 7 sets the others')
+    x = _x(3, 320, dtype)
+    x[1, 300] = -900.0  # row 1's amax in its last block (the outlier channel 7 sets the others')
     cfg = _config(split=split)
     want = fp8_gemv.launch_quantized(*fp8_gemv.quantize_rows(x), w, s, b, dtype, cfg)  # X_MODE 2
     for _ in range(2):  # split: merged in the launch, the tickets left at zero
         out = fp8_gemv.launch_block_scaled(x, _block_amax(x, block), w, s, b, dtype, cfg)
-        assert out.shape == (m, 20) and out.dtype == dtype and torch.equal(out, want)
+        assert out.shape == (3, 20) and out.dtype == dtype and torch.equal(out, want)
         assert not tickets(torch.device(DEVICE), 1024)[:1024].any()
     assert_fp8_close(out, _ref(x, w, s, b))
-
-
-@dtypes
-@pytest.mark.parametrize("split", [1, 3], ids=["unsplit", "split 3"])
-def test_one_row_in_kernel_quantization_is_the_prologue_bit_for_bit(split, dtype):
-    # X_MODE 1 at M = 1 quantizes one row by the prologue's division (ONE_ROW), so its codes are the prologue's
-    w, s, b = _weights(20, 320, bias=True, dtype=dtype)
-    x = _x(1, 320, dtype)
-    want = fp8_gemv.launch(x, w, s, b, True, _config(split=split, x_prologue=True))
-    out = fp8_gemv.launch(x, w, s, b, True, _config(split=split, x_prologue=False))
-    assert torch.equal(out, want)
-    padded = fp8_gemv.launch(x, w, s, b, True, _config(split=split, x_prologue=False, one_row=False))
-    assert_fp8_close(padded, _ref(x, w, s, b))  # the BM-row path (M > 1) on the same call
 
 
 def test_fbgemm_channel_scale_leading_dims_and_strided_input():
