@@ -4,7 +4,7 @@
     PYTHONPATH=/tmp/t36:$PWD python -m tests.helpers.triton_aot # e.g. the GPU image's triton 3.6:
                                                                 # pip install --no-deps --target /tmp/t36 triton==3.6.0
 
-tests/backends/triton/test_compile_sm90.py runs the same cases in CI with the installed triton.
+tests/backends/test_triton_compile_sm90.py runs the same cases in CI with the installed triton.
 
 The interpreter (TRITON_INTERPRET=1, what CI runs) executes kernels as Python and misses what only
 the compiler rejects: non-constexpr globals, branches returning different shapes, dtype mismatches.
