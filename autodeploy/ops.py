@@ -11,9 +11,6 @@
                                    (the three from transforms/fuse_norm_into_gemv.py)
     torch.ops.autodeploy.gated_act_fp8_linear(gate, up, act, weight e4m3, weight_scale, bias, quantize_input)
                                    (from transforms/fuse_act_into_fp8_gemv.py)
-    torch.ops.autodeploy.add_rmsnorm_fp8_gated_mlp(x, residual, norm_weight, eps, add_unit_offset, weight_gate_up,
-                                   scale_gate_up, bias_gate_up, quantize_gate_up, act, weight_down, scale_down,
-                                   bias_down, quantize_down)   (from transforms/fuse_act_into_fp8_gated_gemv.py)
 
 `bound_args(node)` reads a canonical op node's arguments by schema name (defaults filled in), so
 later transforms never reach into `node.args[3]`.

@@ -70,11 +70,6 @@ stage_gemv_fp8() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --b
   --budget-s $(( $1 - 20 )) --json "$OUT/gemv_fp8.json"; }
 # the FP8 GEMV alone in the x mode each 8B site runs it with (norm-quantized, block amaxes, prologue), tiles x splits
 stage_fp8_sweep() { python3 benchmarks/fp8_gemv_sweep.py --budget-s $(( $1 - 40 )) --json "$OUT/fp8_sweep.json"; }
-# the FP8 MLP fold (add_rmsnorm_fp8_gated_mlp): its GPU tests (8B shapes, bit-identical to the 4-launch path) and
-# its gated gate_up GEMV's configs against the GEMV + activation kernel pair
-stage_gated_tests() { python3 -m pytest -q -s -rf tests/gpu/test_add_rmsnorm_fp8_gated_mlp.py \
-  tests/backends/triton/test_add_rmsnorm_fp8_gated_mlp.py; }
-stage_gated_bench() { python3 benchmarks/fp8_gated_gemv_bench.py --json "$OUT/gated_bench.json"; }
 # FP8 decode without the in-launch K split of fp8_gemv.launch_config (A/B against stage quant)
 stage_quant_nosplit() { AUTODEPLOY_FP8_SPLITK=0 python3 benchmarks/quant_gpu.py --recipe $R --variants fp8_lm_head \
   --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nosplit.json"; }
@@ -161,6 +156,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in fp8_sweep gated_tests gated_bench linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

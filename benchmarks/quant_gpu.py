@@ -30,13 +30,8 @@ VARIANTS: dict[str, list[str]] = {
     "fp8_nofold": ["transforms.quantize_fp8.enabled=true", "transforms.fuse_norm_into_gemv.fp8=false"],
     # the gated activation not folded into the FP8 down_proj (act, quantization and GEMV: 3 launches a layer)
     "fp8_noactfold": ["transforms.quantize_fp8.enabled=true", "transforms.fuse_act_into_fp8_gemv.enabled=false"],
-    # the whole MLP not folded into one op (fuse_act_into_fp8_gated_gemv off: the 4-launch MLP, act kernel included)
-    "fp8_nomlpfold": ["transforms.quantize_fp8.enabled=true", "transforms.fuse_act_into_fp8_gated_gemv.enabled=false"],
     # lm_head in FP8 too (the GEMV bench: 3.57 -> 3.36 ms of the 8B step's GEMMs)
     "fp8_lm_head": ["transforms.quantize_fp8.enabled=true", "transforms.quantize_fp8.exclude=[]"],
-    # lm_head in FP8, the MLP not folded into one op (A/B of fuse_act_into_fp8_gated_gemv with lm_head in FP8)
-    "fp8_lm_head_nomlpfold": ["transforms.quantize_fp8.enabled=true", "transforms.quantize_fp8.exclude=[]",
-                              "transforms.fuse_act_into_fp8_gated_gemv.enabled=false"],
     "fp8_lm_head_noactfold": ["transforms.quantize_fp8.enabled=true", "transforms.quantize_fp8.exclude=[]",
                               "transforms.fuse_act_into_fp8_gemv.enabled=false"],
     # the gated activation folded into the FP8 down_proj (recipes have it off until timed)

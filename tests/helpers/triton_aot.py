@@ -115,17 +115,6 @@ def cases():
         ptrs = dict(gate_ptr=act, up_ptr=act, out_ptr=act, amax_ptr="fp32")
         yield (f"gated_act_amax {act} act={code}", gated_act_fp8_linear._gated_act_amax_kernel,
                ptrs, dict(ACT=code, BLOCK=1024), (), 1)
-    # the gate_up GEMV with the activation in its epilogue (add_rmsnorm_fp8_gated_mlp.py): the default interleaved
-    # tile (BN 32: 64 weight rows), BN 64, the two-dot form, and the fp16-products fallback
-    from autodeploy.backends.triton import add_rmsnorm_fp8_gated_mlp
-
-    gp = dict(xq_ptr="fp8e4nv", xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr=bf, h_ptr=bf, amax_ptr="fp32")
-    for bn, bk, st, inter, fp8_dot, act in ((32, 256, 4, True, True, 0), (64, 512, 3, True, True, 1),
-                                            (32, 256, 4, False, True, 0), (32, 256, 4, True, False, 2)):
-        c = dict(BM=16, BN=bn, BK=bk, ACT=act, INTERLEAVE=inter, FP8_DOT=fp8_dot, PER_TENSOR=not inter,
-                 HAS_BIAS=inter)
-        yield (f"gated_fp8_gemv bn={bn} bk={bk} interleave={inter} fp8_dot={fp8_dot}",
-               add_rmsnorm_fp8_gated_mlp._gated_fp8_gemv_kernel, gp, c, (), st)
     i4 = dict(x_ptr=bf, qw_ptr="u8", s_ptr=bf, z_ptr=bf, bias_ptr=bf, out_ptr=bf)
     for bn in (16, 32, 64):
         c = dict(GROUP=128, BM=16, BN=bn, BK=256, MAGIC_BITS=True, MAGIC_VALUE=128.0, PARTIAL=False,
@@ -219,14 +208,6 @@ def pdl_cases():
 
     yield "gated_act_amax pdl", gated_act_fp8_linear._gated_act_amax_kernel, \
         dict(gate_ptr=bf, up_ptr=bf, out_ptr=bf, amax_ptr="fp32"), dict(ACT=0, BLOCK=1024, PDL=True), (), 1
-    from autodeploy.backends.triton import add_rmsnorm_fp8_gated_mlp
-
-    gp = dict(xq_ptr="fp8e4nv", xs_ptr="fp32", w_ptr="fp8e4nv", ws_ptr="fp32", bias_ptr=bf, h_ptr=bf, amax_ptr="fp32")
-    for inter in (True, False):
-        c = dict(BM=16, BN=32, BK=256, ACT=0, INTERLEAVE=inter, FP8_DOT=True, PER_TENSOR=False, HAS_BIAS=False,
-                 PDL=True, PF_LINES=2, PF_STEP=128)
-        yield (f"gated_fp8_gemv pdl prefetch interleave={inter}", add_rmsnorm_fp8_gated_mlp._gated_fp8_gemv_kernel,
-               gp, c, (), 4)
     from autodeploy.backends.triton import push_all_reduce
 
     # the push all-reduce at 8B's hidden (4096 bf16), 2 ranks, plain and fused with add + RMSNorm

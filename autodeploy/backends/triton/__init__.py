@@ -37,10 +37,6 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
                                      (up to 16 rows: act(gate) * up + per-token e4m3 quantization in one
                                      kernel, then fp8_gemv.py's GEMV; the canonical op comes from
                                      transforms/fuse_act_into_fp8_gemv.py; the unfused pairs beside it)
-    autodeploy::add_rmsnorm_fp8_gated_mlp -> autodeploy::triton_add_rmsnorm_fp8_gated_mlp  add_rmsnorm_fp8_gated_mlp.py
-                                     (up to 16 rows: the norm + quantize kernel, the gate_up GEMV applying the
-                                     activation in its epilogue, the down GEMV; the canonical op comes from
-                                     transforms/fuse_act_into_fp8_gated_gemv.py; the 4-launch path beside it)
 
 and fused forms that later fusion transforms can target (no canonical op of their own yet):
 
@@ -66,7 +62,6 @@ from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_wri
 from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, int4_kmajor_gemm, linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_linear, gated_linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_fp8_linear, gated_act_fp8_linear, push_all_reduce  # noqa: F401
-from autodeploy.backends.triton import add_rmsnorm_fp8_gated_mlp  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -76,7 +71,7 @@ from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: 
 # a much longer time, and the candidates it compares are seldom that close.)
 PDL_OPS = frozenset({"linear", "gated_linear", "rmsnorm", "fused_add_rmsnorm", "gated_mlp_act", "fp8_linear",
                      "add_rmsnorm_linear", "add_rmsnorm_gated_linear", "add_rmsnorm_fp8_linear", "gated_act_fp8_linear",
-                     "add_rmsnorm_fp8_gated_mlp", "int4_wo_linear_kmajor"})
+                     "int4_wo_linear_kmajor"})
 
 
 def _cached_attention_supports(q, k, v, k_cache, v_cache, *meta, sinks=None, **_: Any) -> bool:
@@ -130,6 +125,4 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
                                                                        bias, quantize_input),
     "gated_act_fp8_linear": lambda gate, up, act, weight, weight_scale, bias=None, quantize_input=True, *a, **kw:
         gated_act_fp8_linear.supports(gate, up, act, weight, weight_scale, bias, quantize_input),
-    "add_rmsnorm_fp8_gated_mlp": lambda x, residual, norm_weight, eps, offset, *rest, **kw:
-        add_rmsnorm_fp8_gated_mlp.supports(x, residual, norm_weight, *rest, **kw),
 }
