@@ -70,6 +70,12 @@ stage_gemv_fp8() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --b
   --budget-s $(( $1 - 20 )) --json "$OUT/gemv_fp8.json"; }
 # the FP8 GEMV alone in the x mode each 8B site runs it with (norm-quantized, block amaxes, prologue), tiles x splits
 stage_fp8_sweep() { python3 benchmarks/fp8_gemv_sweep.py --budget-s $(( $1 - 40 )) --json "$OUT/fp8_sweep.json"; }
+# five engine steps of the 8B FP8 (lm_head too) and of the 1B bf16 at batch 1 as Chrome traces: the eager work and
+# GPU idle time between graph replays
+stage_engine_trace() { python3 benchmarks/profile_decode.py "${P8[@]}" --batch 1 --set transforms.quantize_fp8.enabled=true \
+  --set "transforms.quantize_fp8.exclude=[]" --engine-trace /tmp/fp8_engine.json && gzip -c /tmp/fp8_engine.json > "$OUT/fp8_engine_trace.json.gz" \
+  && python3 benchmarks/profile_decode.py --source random:llama-3.2-1b --recipe $R --batch 1 --steps 30 \
+  --engine-trace /tmp/b1_engine.json && gzip -c /tmp/b1_engine.json > "$OUT/1b_engine_trace.json.gz"; }
 # FP8 decode without the in-launch K split of fp8_gemv.launch_config (A/B against stage quant)
 stage_quant_nosplit() { AUTODEPLOY_FP8_SPLITK=0 python3 benchmarks/quant_gpu.py --recipe $R --variants fp8_lm_head \
   --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nosplit.json"; }

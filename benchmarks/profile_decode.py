@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="recipe override key=value (repeatable), "
                     "e.g. transforms.quantize_fp8.enabled=true")
     ap.add_argument("--trace", default=None, help="write the profiled steps of the last batch size as a Chrome trace")
+    ap.add_argument("--engine-trace", default=None, help="also profile 5 engine steps of the last batch size on one "
+                    "GPU (host phases, eager kernels and the GPU idle time between graph replays) into this Chrome trace")
     args = ap.parse_args()
     from autodeploy.profiler.bench import build_runtime
     from autodeploy.runtime.sampling import SamplingParams
@@ -108,6 +110,12 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=45, max_name_column_width=70))
         if args.trace:
             prof.export_chrome_trace(args.trace)
+        if args.engine_trace and cuda and not sharded:  # what a user's step runs around the replay
+            with profile(activities=activities) as prof:
+                for _ in range(5):
+                    rt.step()
+                sync()
+            prof.export_chrome_trace(args.engine_trace)
         for h in handles:
             rt.cancel(h)
         while eng.has_unfinished:
