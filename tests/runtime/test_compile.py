@@ -99,6 +99,33 @@ def test_device_side_packing_matches_the_host_copy(pad_to):
     assert buf.copies == 0  # no host-to-device copy was issued
 
 
+def test_token_source_rides_in_the_metadata_copy():
+    info = _mixed_step()
+    buf = MetadataBuffers(16, 8, 6, "cpu")
+    packed = buf.pack(info, pad_to=4, page_cols=3, token_source=torch.tensor([-1, -1, -1, -1, -1, 1]))
+    assert buf.copies == 1
+    assert packed.token_source.tolist() == [-1, -1, -1, -1, -1, 1, -1]  # the padding token reads input_ids
+    assert buf.pack(info).token_source.tolist() == [-1] * 6  # no placeholders
+    assert buf.pack_device(info, pad_to=4).token_source.tolist() == [-1] * 7
+
+
+def test_graph_step_substitutes_placeholders_like_the_eager_path():
+    """What a decode CUDA graph holds (CompiledModel._graph_step) on the CPU: a placeholder's input id comes
+    from the fixed prev_tokens buffer, and the logits are those of the eager token-source path."""
+    model = CompiledModel(toy_cached_model(40, 4), "eager")
+    prefill = SequenceInfo.build([(PROMPTS[0], 0, [0, 1]), (PROMPTS[1], 0, [2, 3])], 4, num_prefill=2)
+    model.forward(prefill)
+    decode = SequenceInfo.build([([-1], 3, [0, 1]), ([12], 6, [2, 3])], 4, num_prefill=0)
+    prev, source = torch.tensor([21, 37]), torch.tensor([1, -1])  # token 0 is the previous step's row 1
+    model.meta.prev_tokens[:2].copy_(prev)
+    packed = model.meta.pack(decode, pad_to=2, page_cols=model.max_pages, token_source=source)
+    got = model._graph_step(packed)
+    assert packed.info.input_ids.tolist() == [37, 12]
+    want = toy_cached_model(40, 4)
+    want.forward(prefill)
+    assert torch.equal(got, want.forward(SequenceInfo.build([([37], 3, [0, 1]), ([12], 6, [2, 3])], 4, num_prefill=0)))
+
+
 def test_bucket_choice():
     assert normalize_buckets([1, 2, 4, 8, 16, 32], max_batch_size=12) == [1, 2, 4, 8, 12]
     assert normalize_buckets([4, 1, 2, 2], max_batch_size=8) == [1, 2, 4]

@@ -7,7 +7,11 @@ single `copy_(non_blocking=True)`. The SequenceInfo handed to the graph holds vi
 device buffer, so a CUDA graph captured for a shape reads every later step of that shape from the
 same addresses.
 
-    pinned host bytes  [ input_ids i64[T] | position_ids i64[T] | slot_mapping i64[T] |
+token_source [T] (the overlapped engine's placeholders): -1, or the row of `prev_tokens` (a fixed device
+buffer holding the previous step's sampled tokens) that holds token t. A CUDA graph takes those tokens
+into input_ids itself (CompiledModel._graph_step), so a decode step adds no launches for them.
+
+    pinned host bytes  [ input_ids i64[T] | position_ids i64[T] | slot_mapping i64[T] | token_source i64[T] |
                          last_token_idx i64[b] | seq_lens i32[b] | cu_seqlens i32[b+1] |
                          input_pos i32[b] | cache_lens i32[b] | page_table i32[b, P] | temperature f32[b] ]
           │ one H2D copy of the used prefix
@@ -36,6 +40,7 @@ _LAYOUT = (
     ("input_ids", torch.int64, lambda T, b, P: T),
     ("position_ids", torch.int64, lambda T, b, P: T),
     ("slot_mapping", torch.int64, lambda T, b, P: T),
+    ("token_source", torch.int64, lambda T, b, P: T),
     ("last_token_idx", torch.int64, lambda T, b, P: b),
     ("seq_lens", torch.int32, lambda T, b, P: b),
     ("cu_seqlens", torch.int32, lambda T, b, P: b + 1),
@@ -73,6 +78,7 @@ class PackedStep:
     info: SequenceInfo
     temperature: torch.Tensor  # [b] float32; 0 = greedy
     num_real: int  # sequences before padding
+    token_source: torch.Tensor | None = None  # [T] int64: -1, or the prev_tokens row of a placeholder
 
 
 class MetadataBuffers:
@@ -92,6 +98,8 @@ class MetadataBuffers:
         # The pinned buffer is rewritten every step: wait until the previous copy has read it.
         self._copied = torch.cuda.Event() if pin else None
         self.copies = 0  # host-to-device copies issued (one per step)
+        # the previous step's sampled tokens, where a graph's token_source reads them (fixed address)
+        self.prev_tokens = torch.zeros(max_seqs, dtype=torch.int64, device=self.device)
 
     def _shape_views(self, key: tuple[int, int, int]):
         if key not in self._dev_views:
@@ -116,12 +124,14 @@ class MetadataBuffers:
         pad_to: int | None = None,
         pad_page: int = 0,
         page_cols: int | None = None,
+        token_source: torch.Tensor | None = None,
     ) -> PackedStep:
         """Write `info` (host tensors) into the pinned buffer, copy once, return device views.
 
         pad_to: append B - b = pad_to - b one-token padding sequences (CUDA-graph buckets; and
                 torch.compile, which would otherwise specialize a graph for b = 1 or T = 1).
         page_cols: page-table width on the device (CUDA graphs need the same width every step).
+        token_source: [T] host int64 (module docstring); None: every token is in input_ids.
         """
         b, T = info.num_seqs, info.num_tokens
         B = pad_to or b
@@ -139,6 +149,8 @@ class MetadataBuffers:
         key = (T_pad, B, P)
         host, dev = self._shape_views(key)
         _fill_host(host, info, temperature, b, B, P, pad_page)
+        host["token_source"][:T] = -1 if token_source is None else _np(token_source)
+        host["token_source"][T:] = -1
         dst, src = self._spans[key]
         dst.copy_(src, non_blocking=True)
         if self._copied is not None:
@@ -150,7 +162,7 @@ class MetadataBuffers:
             num_decode=info.num_decode + (B - b),
             page_size=info.page_size,
         )
-        return PackedStep(packed, dev["temperature"], b)
+        return PackedStep(packed, dev["temperature"], b, dev["token_source"])
 
 
     def pack_device(self, info: SequenceInfo, *, pad_to: int | None = None, pad_page: int = 0,
@@ -177,6 +189,7 @@ class MetadataBuffers:
         dev["page_table"][:b, :w].copy_(info.page_table, non_blocking=True)
         dev["page_table"][:b, w:].zero_()
         dev["temperature"].zero_()
+        dev["token_source"].fill_(-1)
         if B > b:
             n = B - b
             steps = torch.arange(1, n + 1, device=self.device, dtype=torch.int32)  # [n]
@@ -195,7 +208,7 @@ class MetadataBuffers:
             num_decode=info.num_decode + (B - b),
             page_size=info.page_size,
         )
-        return PackedStep(packed, dev["temperature"], b)
+        return PackedStep(packed, dev["temperature"], b, dev["token_source"])
 
 
 _FIELDS = ("input_ids", "position_ids", "seq_lens", "cu_seqlens", "input_pos", "cache_lens",
