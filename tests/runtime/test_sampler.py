@@ -45,6 +45,10 @@ def test_sampler_does_not_modify_the_logits():
     before = logits.clone()
     Sampler()(logits, [req(repetition_penalty=2.0), req(temperature=1.0, min_tokens=3, stop_ids=[0])])
     assert torch.equal(logits, before)
+    # a processor edits its row of the sampler's copy; a batch without edits is read as it is (no copy)
+    ban = req(logits_processors=[lambda out, row: row.masked_fill(torch.arange(V) == int(row.argmax()), -1e9)])
+    assert Sampler()(logits, [req(), ban]).token_ids == [int(before[0].argmax()), int(before[1].topk(2).indices[1])]
+    assert torch.equal(logits, before)
 
 
 def test_temperature_sampling_follows_the_distribution():
