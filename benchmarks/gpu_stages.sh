@@ -133,6 +133,7 @@ stage_bench_1b_pdl_notune() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1,16
 stage_fp8_kernel_tests() { python3 -m pytest -q -rf --tb=line tests/backends/triton/test_add_rmsnorm_fp8_linear.py \
   tests/backends/triton/test_fp8_gemv.py tests/backends/triton/test_gated_act_fp8_linear.py; }
 stage_gpu_tests() { python3 -m pytest -q --maxfail=15 tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
+stage_argmax_tests() { python3 -m pytest -q -rf tests/backends/triton/test_argmax.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
 run_stage() {  # name gpus limit
@@ -162,6 +163,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests parity parity_pdl parity_nocompile; do
+for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests argmax_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done
