@@ -133,7 +133,7 @@ stage_bench_1b_pdl_notune() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1,16
 stage_fp8_kernel_tests() { python3 -m pytest -q -rf --tb=line tests/backends/triton/test_add_rmsnorm_fp8_linear.py \
   tests/backends/triton/test_fp8_gemv.py tests/backends/triton/test_gated_act_fp8_linear.py; }
 stage_gpu_tests() { python3 -m pytest -q --maxfail=15 tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
-stage_argmax_tests() { python3 -m pytest -q -rf tests/backends/triton/test_argmax.py; }
+stage_argmax_tests() { python3 -m pytest -q -rf tests/backends/triton/test_argmax.py tests/gpu/test_sampler_argmax.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
 run_stage() {  # name gpus limit

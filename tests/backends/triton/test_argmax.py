@@ -10,7 +10,6 @@ import torch
 
 from autodeploy.backends.triton import argmax
 from autodeploy.backends.triton._common import tickets
-from autodeploy.runtime import sampler
 from tests.backends.triton.cases import DEVICE
 
 
@@ -55,9 +54,3 @@ def test_supports():
         assert argmax.supports(cuda)
         assert not argmax.supports(cuda.half()) and not argmax.supports(cuda.t())
         assert not argmax.supports(torch.randn(1, argmax.BLOCK * argmax.MAX_CHUNKS + 1, device="cuda"))
-
-
-@pytest.mark.skipif(DEVICE != "cuda", reason="the sampler takes the kernel on CUDA only (CPU: torch.argmax)")
-def test_sampler_takes_it_on_cuda():
-    s = torch.randn(2, 128256, device="cuda")
-    assert torch.equal(sampler.argmax_rows(s), s.argmax(-1))
