@@ -107,10 +107,15 @@ def apply_penalties(logits: torch.Tensor, reqs: Sequence[Request]) -> torch.Tens
     return logits
 
 
+def _masks_stops(r: Request) -> bool:
+    """Whether mask_early_stops edits r's row this step."""
+    return bool(r.sampling.min_tokens > r.num_output and r.stop_ids)
+
+
 def mask_early_stops(logits: torch.Tensor, reqs: Sequence[Request]) -> torch.Tensor:
     """Stop tokens cannot be chosen before a request has min_tokens outputs."""
     for i, r in enumerate(reqs):
-        if r.sampling.min_tokens > r.num_output and r.stop_ids:
+        if _masks_stops(r):
             ids = [t for t in r.stop_ids if t < logits.shape[-1]]
             logits[i, ids] = NEG_INF
     return logits
@@ -178,8 +183,7 @@ class Sampler:
         logits' device, with no host sync (the overlapped engine reads them a step later)."""
         # [b, V] float32; penalties, masks and processors edit it in place, so they get a copy (a greedy or
         # sampled batch without them reads the model's logits as they are: one launch fewer a step)
-        edits = any(r.sampling.has_penalties or r.sampling.logits_processors
-                    or (r.sampling.min_tokens > r.num_output and r.stop_ids) for r in reqs)
+        edits = any(r.sampling.has_penalties or r.sampling.logits_processors or _masks_stops(r) for r in reqs)
         logits = logits.to(torch.float32, copy=edits)
         vocab, dev = logits.shape[-1], logits.device
         logits = apply_penalties(logits, reqs)

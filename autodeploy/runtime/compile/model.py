@@ -142,14 +142,13 @@ class CompiledModel:
         previous step's tokens into the fixed prev_tokens buffer (one device copy); the graph substitutes
         them itself (_graph_step) instead of ~6 eager launches between replays (with the sampler's one-launch
         argmax: 62 -> 32 us between an 8B FP8 step's replays on an H200, BENCHMARKS.md eighth session)."""
-        source = None
-        if token_source is not None:
-            prev, source = token_source
-            if source.device.type != "cpu" or prev.numel() > self.meta.prev_tokens.numel():
-                return self._packed(info, token_source, pad_to=B, page_cols=self.max_pages)
-            self.meta.prev_tokens[: prev.numel()].copy_(prev.reshape(-1), non_blocking=True)
-        if info.input_ids.device.type != "cpu":  # built on the device: the eager substitution of _packed
+        source = None if token_source is None else token_source[1]
+        if info.input_ids.device.type != "cpu" or (source is not None and source.device.type != "cpu"):
+            # built on the device: the eager substitution of _packed (the graph then finds no placeholder rows)
             return self._packed(info, token_source, pad_to=B, page_cols=self.max_pages)
+        if token_source is not None:
+            prev = token_source[0]  # [n] <= max_batch_size rows: prev_tokens holds max_seqs
+            self.meta.prev_tokens[: prev.numel()].copy_(prev.reshape(-1), non_blocking=True)
         return self.meta.pack(info, pad_to=B, pad_page=self.pad_page, page_cols=self.max_pages, token_source=source)
 
     def _graph_step(self, packed: PackedStep) -> torch.Tensor:
