@@ -125,7 +125,6 @@ def _fp8_gemv_kernel(
     FP8_DOT: tl.constexpr, PER_TENSOR: tl.constexpr, PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EXACT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
     PF_LINES: tl.constexpr = 0, PF_STEP: tl.constexpr = 128, NB: tl.constexpr = 0,  # X_MODE 3: amaxes a row
-    X_RECIP: tl.constexpr = False,  # X_MODE 3: multiply by 1 / s_x instead of dividing (codes may differ by a step)
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -154,7 +153,6 @@ def _fp8_gemv_kernel(
         amax_mask = mask_m[:, None] & (rb < NB)[None, :]
         block_amax = tl.load(xs_ptr + rm[:, None] * NB + rb[None, :], mask=amax_mask, other=0.0)  # [BM, AMAX_BLOCK]
         x_scale = tl.maximum(tl.max(block_amax, axis=1) / FP8_MAX, MIN_SCALE)  # [BM]: _quantize_rows_kernel's
-        x_inv = 1.0 / x_scale  # X_RECIP only
 
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (k_start + rk)[None, :]  # [BN, BK]
     x_ptrs = x_rows + (k_start + rk)[None, :]  # [BM, BK]
@@ -165,8 +163,6 @@ def _fp8_gemv_kernel(
         if X_MODE == 1:
             xf = xk.to(tl.float32) * x_inv[:, None]
             xk = _round_e4m3(tl.minimum(tl.maximum(xf, -FP8_MAX), FP8_MAX), EXACT)
-        elif X_MODE == 3 and X_RECIP:  # a product (mode 1's rounding): for timing what the division costs
-            xk = _round_e4m3(tl.minimum(tl.maximum(xk.to(tl.float32) * x_inv[:, None], -FP8_MAX), FP8_MAX), EXACT)
         elif X_MODE == 3:  # a division, as _quantize_rows_kernel: its codes bit for bit (mode 1's product is not)
             xk = quantize_e4m3(xk.to(tl.float32), x_scale[:, None], EXACT)
         if X_MODE == 0:
@@ -371,7 +367,6 @@ def _gemv(x2: Tensor, xs: Tensor, x_mode: int, weight: Tensor, weight_scale: Ten
     nb = xs.shape[1] if x_mode == 3 else 0
     amax_block = triton.next_power_of_2(nb) if x_mode == 3 else _amax_block(k)
     meta = dict(BM=16, BN=cfg["bn"], BK=cfg["bk"], AMAX_BLOCK=amax_block, NB=nb, X_MODE=x_mode,
-                X_RECIP=bool(cfg.get("x_recip", False)),
                 PER_TENSOR=_per_tensor(weight_scale, n), PARTIAL=split > 1, HAS_BIAS=bias is not None,
                 EXACT=interpreted(), PRECISION="ieee" if out_dtype == torch.float32 else "tf32",
                 PDL=pdl_enabled(device), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_launch(device),
