@@ -76,6 +76,11 @@ stage_engine_trace() { python3 benchmarks/profile_decode.py "${P8[@]}" --batch 1
   --set "transforms.quantize_fp8.exclude=[]" --engine-trace /tmp/fp8_engine.json && gzip -c /tmp/fp8_engine.json > "$OUT/fp8_engine_trace.json.gz" \
   && python3 benchmarks/profile_decode.py --source random:llama-3.2-1b --recipe $R --batch 1 --steps 30 \
   --engine-trace /tmp/b1_engine.json && gzip -c /tmp/b1_engine.json > "$OUT/1b_engine_trace.json.gz"; }
+# the decode attention's prefetch off (0) and on (1), alternating: AB_ORDER runs, each QUANT_VARIANTS (ninth session)
+stage_quant_attnpf_ab() { local i=0 t0=$SECONDS pf; for pf in ${AB_ORDER:-0 1 0 1}; do i=$((i + 1))
+  AUTODEPLOY_ATTN_PREFETCH=$pf python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_VARIANTS:-bf16,fp8_lm_head}" \
+    --input-len 128 --output-len 256 --budget-s $(( $1 - (SECONDS - t0) )) --timeout-s "${QUANT_TIMEOUT:-150}" \
+    --json "$OUT/quant_8b_ab${i}_attnpf${pf}.json"; done; }
 # FP8 decode without the in-launch K split of fp8_gemv.launch_config (A/B against stage quant)
 stage_quant_nosplit() { AUTODEPLOY_FP8_SPLITK=0 python3 benchmarks/quant_gpu.py --recipe $R --variants fp8_lm_head \
   --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nosplit.json"; }
@@ -133,6 +138,9 @@ stage_bench_1b_pdl_notune() { AUTODEPLOY_PDL=1 $AD "${B1[@]}" --batch-sizes 1,16
 stage_fp8_kernel_tests() { python3 -m pytest -q -rf --tb=line tests/backends/triton/test_add_rmsnorm_fp8_linear.py \
   tests/backends/triton/test_fp8_gemv.py tests/backends/triton/test_gated_act_fp8_linear.py; }
 stage_gpu_tests() { python3 -m pytest -q --maxfail=15 tests/gpu --ignore=tests/gpu/test_tp_nccl.py; }
+# the fused decode attention (with its prefetch programs): compiled kernel tests and the GPU file
+stage_attn_tests() { timeout -s ABRT $(( $1 - 10 )) python3 -X faulthandler -m pytest -q -rf \
+  tests/backends/triton/test_cached_attention_rope.py tests/gpu/test_triton_cached_attention_rope.py; }
 stage_argmax_tests() { python3 -m pytest -q -rf tests/backends/triton/test_argmax.py tests/gpu/test_sampler_argmax.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
@@ -163,6 +171,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests argmax_tests parity parity_pdl parity_nocompile; do
+for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_attnpf_ab quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests attn_tests argmax_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

@@ -32,10 +32,21 @@ RoPE: output dim j of a rotated head is x[src_j] * cos_i + sign_j * x[par_j] * s
 d_rot/2; sign -1 on the first half): rotate_half pairs (j, j + d_rot/2), interleaved pairs
 (2i, 2i + 1), stored [rotated firsts | rotated seconds] like autodeploy::rope; dims >= d_rot pass
 through. Rotation in fp32, rounded once to the input dtype as triton_rope does.
+
+KV prefetch (PDL with weight prefetch on; AUTODEPLOY_ATTN_PREFETCH=0 turns it off): at batch-1 decode
+this launch is a chain of dependent DRAM round trips (context length, page table, keys, values, then
+the merge), ~7 us on the 8B. Before its griddepcontrol.wait, i.e. while the qkv GEMV still runs, each
+program asks L2 for the cached key and value rows of its split (prefetch.global.L2, no registers), so
+its loads after the wait hit L2. What it reads there was written before this step's first kernel: the
+context lengths and page table by the step's metadata copy (stream-ordered before every kernel of the
+step: the kernels after it that are not PDL ones start only when it is done), the cached rows below
+ctx - 1 by earlier steps; the new key at ctx - 1, written by this launch, is never prefetched.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Optional
 
 import torch
@@ -43,7 +54,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import dot_precision, pdl_enabled, pdl_launch, pdl_wait_and_release, tickets
+from autodeploy.backends.triton._common import (dot_precision, pdl_enabled, pdl_launch, pdl_prefetch_enabled,
+                                                pdl_wait_and_release, prefetch_l2, tickets)
 from autodeploy.backends.triton.paged_attention_decode import attend_paged, choose_num_splits
 
 MERGE_TILE = 4096  # fp32 partials the merging program loads at once: 32 registers a thread at 4 warps
@@ -77,6 +89,37 @@ def _rope_rows(x_row, cos_row, sin_row, D: tl.constexpr, D_ROT: tl.constexpr, IN
 
 
 @triton.jit
+def _split_range(ctx, split, window, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr):
+    """(lo, hi, active): the keys lo .. hi - 1 of split `split` at context length ctx, and how many splits
+    hold keys (split 0 always runs)."""
+    start = 0
+    if WINDOW:
+        start = tl.maximum(ctx - window, 0)  # position ctx-1 sees keys > ctx-1-window
+    chunk = tl.maximum(tl.cdiv(tl.cdiv(ctx - start, NUM_SPLITS), BLOCK_N) * BLOCK_N, BLOCK_N)
+    active = tl.maximum(tl.cdiv(ctx - start, chunk), 1)
+    lo = start + split * chunk
+    hi = tl.minimum(lo + chunk, ctx)
+    return lo, hi, active
+
+
+@triton.jit
+def _prefetch_keys(pt_row, k_base, v_base, lo, hi, skc_p, skc_s, svc_p, svc_s, D: tl.constexpr, D_V: tl.constexpr,
+                   PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, K_LINES: tl.constexpr, V_LINES: tl.constexpr,
+                   K_STEP: tl.constexpr, V_STEP: tl.constexpr):
+    """Ask L2 for the 128-byte lines (K_LINES of K_STEP elements a key row, V_LINES of V_STEP a value row)
+    of one KV head's cached keys and values lo .. hi - 1 of a sequence (page-table row pt_row; k_base /
+    v_base: the caches at that head)."""
+    k_cols = tl.minimum(tl.arange(0, K_LINES) * K_STEP, D - 1)  # a line's first element, inside the row
+    v_cols = tl.minimum(tl.arange(0, V_LINES) * V_STEP, D_V - 1)
+    for n0 in range(lo, hi, BLOCK_N):
+        kidx = tl.minimum(n0 + tl.arange(0, BLOCK_N), hi - 1)  # lanes past hi repeat the last key
+        page = tl.load(pt_row + kidx // PAGE_SIZE).to(tl.int64)
+        off = kidx % PAGE_SIZE
+        prefetch_l2(k_base + (page * skc_p + off * skc_s)[:, None] + k_cols[None, :])
+        prefetch_l2(v_base + (page * svc_p + off * svc_s)[:, None] + v_cols[None, :])
+
+
+@triton.jit
 def _decode_rope_kernel(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr, pt_ptr, lens_ptr, sinks_ptr,
     out_ptr, part_ptr, ticket_ptr,
@@ -87,23 +130,25 @@ def _decode_rope_kernel(
     PAGE_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
     HAS_SINKS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr,
-    PRECISION: tl.constexpr, PDL: tl.constexpr = False,
+    PRECISION: tl.constexpr, PDL: tl.constexpr = False, KV_PREFETCH: tl.constexpr = False,
+    K_LINES: tl.constexpr = 1, V_LINES: tl.constexpr = 1, K_STEP: tl.constexpr = 1, V_STEP: tl.constexpr = 1,
 ):
-    pdl_wait_and_release(PDL)  # q / k / v come from the qkv GEMV launched just before
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
     n_kv = tl.num_programs(1)
     n_heads = n_kv * G
+    if KV_PREFETCH:  # before the wait: the cached rows this split reads (module docstring, "KV prefetch")
+        ctx0 = tl.load(lens_ptr + seq)
+        lo0, hi0, active0 = _split_range(ctx0, split, window, NUM_SPLITS, BLOCK_N, WINDOW)
+        if split < active0:
+            _prefetch_keys(pt_ptr + seq * spt_b, kc_ptr + kvh * skc_h, vc_ptr + kvh * svc_h, lo0,
+                           tl.minimum(hi0, ctx0 - 1), skc_p, skc_s, svc_p, svc_s, D, D_V, PAGE_SIZE, BLOCK_N,
+                           K_LINES, V_LINES, K_STEP, V_STEP)
+    pdl_wait_and_release(PDL)  # q / k / v come from the qkv GEMV launched just before
 
     ctx = tl.load(lens_ptr + seq)
-    start = 0
-    if WINDOW:
-        start = tl.maximum(ctx - window, 0)  # position ctx-1 sees keys > ctx-1-window
-    chunk = tl.maximum(tl.cdiv(tl.cdiv(ctx - start, NUM_SPLITS), BLOCK_N) * BLOCK_N, BLOCK_N)
-    active = tl.maximum(tl.cdiv(ctx - start, chunk), 1)  # splits with keys (split 0 always runs)
-    lo = start + split * chunk
-    hi = tl.minimum(lo + chunk, ctx)
+    lo, hi, active = _split_range(ctx, split, window, NUM_SPLITS, BLOCK_N, WINDOW)
     holds_new = (lo <= ctx - 1) & (ctx - 1 < hi)
     writes = holds_new | ((ctx <= 0) & (split == 0))  # ctx 0 (no key at all): split 0 still writes
 
@@ -269,7 +314,23 @@ def decode_rope(
         SOFTCAP=logit_softcap is not None, WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         BLOCK_G=max(16, triton.next_power_of_2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         BLOCK_GP=block_gp, BLOCK_S=block_s, SUB_S=max(1, min(block_s, MERGE_TILE // (block_gp * block_dv))),
-        PRECISION=dot_precision(q.dtype), PDL=pdl_enabled(q.device),
+        PRECISION=dot_precision(q.dtype), PDL=pdl_enabled(q.device), **_kv_prefetch_meta(k_cache, v_cache),
         num_warps=num_warps, num_stages=num_stages, **pdl_launch(q.device),
     )
     return out
+
+
+@functools.lru_cache(maxsize=None)  # per launch at decode, like pdl_enabled
+def kv_prefetch_enabled(device: torch.device) -> bool:
+    """The cached keys' prefetch before the PDL wait: with PDL weight prefetch (compiled, sm_90+) unless
+    AUTODEPLOY_ATTN_PREFETCH=0."""
+    return pdl_prefetch_enabled(device) and os.environ.get("AUTODEPLOY_ATTN_PREFETCH", "1") == "1"
+
+
+def _kv_prefetch_meta(k_cache: Tensor, v_cache: Tensor) -> dict:
+    """KV_PREFETCH and the 128-byte line layout of a cached key / value row (powers of two: tl.arange)."""
+    if not kv_prefetch_enabled(k_cache.device):
+        return {}
+    ks, vs = 128 // k_cache.element_size(), 128 // v_cache.element_size()  # elements a line
+    return dict(KV_PREFETCH=True, K_STEP=ks, V_STEP=vs, K_LINES=triton.next_power_of_2(triton.cdiv(k_cache.shape[-1], ks)),
+                V_LINES=triton.next_power_of_2(triton.cdiv(v_cache.shape[-1], vs)))
