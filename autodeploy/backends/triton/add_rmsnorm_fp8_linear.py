@@ -61,12 +61,13 @@ def _add_rmsnorm_quantize_kernel(
 ):
     """Program m: res_out[m] = x[m] + residual[m]; y = rmsnorm(res_out[m]) in x's dtype;
     xs[m] = max(amax |y| / 448, 1e-12); xq[m] = e4m3(y / xs[m])."""
-    pdl_wait_and_release(PDL)
-    m = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
     mask = cols < K
-    y = rmsnorm.rmsnorm_row(x_ptr + m * stride_x, res_ptr + m * stride_res, norm_w_ptr, res_out_ptr + m * K,
-                            cols, mask, K, eps, True, UNIT_OFFSET)  # [BLOCK_K] fp32, 0 past K
+    w = rmsnorm.norm_weight(norm_w_ptr, cols, mask, UNIT_OFFSET)  # before the wait: a weight
+    pdl_wait_and_release(PDL)
+    m = tl.program_id(0).to(tl.int64)
+    y = rmsnorm.rmsnorm_row(x_ptr + m * stride_x, res_ptr + m * stride_res, w, res_out_ptr + m * K,
+                            cols, mask, K, eps, True)  # [BLOCK_K] fp32, 0 past K
     y = y.to(res_out_ptr.dtype.element_ty).to(tl.float32)  # the norm kernel's stored row, as the quantizer reads it
     scale = tl.maximum(tl.max(tl.abs(y), axis=0) / FP8_MAX, MIN_SCALE)
     tl.store(xq_ptr + m * K + cols, quantize_e4m3(y, scale, EXACT), mask=mask)

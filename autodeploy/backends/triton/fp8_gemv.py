@@ -137,6 +137,12 @@ def _fp8_gemv_kernel(
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
     if PF_LINES > 0:  # weights only, before the wait (_common.py: weight prefetch)
         prefetch_rows(w_ptr + tl.minimum(rn, N - 1).to(tl.int64) * stride_wn + k_start, PF_LINES, PF_STEP)
+    # the weight scales before the wait too (weights: no kernel of the step writes them): loaded after the
+    # main loop they were one more DRAM round trip at the end of every program, after its last tile
+    if PER_TENSOR:
+        w_scale = tl.load(ws_ptr).to(tl.float32)
+    else:
+        w_scale = tl.load(ws_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)  # [BN]
     pdl_wait_and_release(PDL)
     x_rows = x_ptr + rm[:, None] * stride_xm  # [BM, 1]
 
@@ -175,9 +181,9 @@ def _fp8_gemv_kernel(
         x_ptrs += BK
 
     if PER_TENSOR:
-        acc *= tl.load(ws_ptr).to(tl.float32)
+        acc *= w_scale
     else:
-        acc *= tl.load(ws_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        acc *= w_scale[:, None]
     out = tl.trans(acc)  # [BM, BN]
     if X_MODE != 0:
         out *= x_scale[:, None]

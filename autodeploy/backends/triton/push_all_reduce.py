@@ -48,7 +48,7 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton._common import pdl_enabled, pdl_launch, pdl_wait_and_release
-from autodeploy.backends.triton.rmsnorm import num_warps, rmsnorm_values
+from autodeploy.backends.triton.rmsnorm import norm_weight, num_warps, rmsnorm_values
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -145,10 +145,12 @@ def _push_all_reduce_kernel(
     NORM: tl.constexpr, UNIT_OFFSET: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
     PUSHED: tl.constexpr = False,  # x's producer has pushed it already (push_tile): only wait, sum, normalize
 ):
-    pdl_wait_and_release(PDL)
-    row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
+    if NORM:
+        w = norm_weight(w_ptr, cols, mask, UNIT_OFFSET)  # before the wait: a weight
+    pdl_wait_and_release(PDL)
+    row = tl.program_id(0)
     elem = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + row.to(tl.int64) * stride_x + cols, mask=mask, other=0.0)  # [BLOCK]
     epoch, parity = _next_epoch(counter_ptr, row)
@@ -166,7 +168,7 @@ def _push_all_reduce_kernel(
         r = tl.load(res_ptr + row.to(tl.int64) * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
         new_res = (summed.to(tl.float32) + r).to(res_out_ptr.dtype.element_ty)  # rounded like the unfused add
         tl.store(res_out_ptr + row.to(tl.int64) * stride_res_out + cols, new_res, mask=mask)
-        y = rmsnorm_values(new_res.to(tl.float32), w_ptr, cols, mask, n, eps, UNIT_OFFSET)
+        y = rmsnorm_values(new_res.to(tl.float32), w, n, eps)
         tl.store(out_ptr + row.to(tl.int64) * stride_out + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(out_ptr + row.to(tl.int64) * stride_out + cols, summed, mask=mask)

@@ -30,28 +30,37 @@ MAX_HIDDEN = 65536
 
 
 @triton.jit
-def rmsnorm_row(x_row, res_row, w_ptr, res_out_row, cols, mask, h, eps,
-                HAS_RESIDUAL: tl.constexpr, UNIT_OFFSET: tl.constexpr):
-    """rmsnorm of one row in fp32, before its one rounding (pointers at the row's start; cols [BLOCK_H]).
-    HAS_RESIDUAL: the row is x + residual, rounded to res_out's dtype and stored there first. Shared with
-    add_rmsnorm_fp8_linear.py's norm + quantization kernel, so both normalize a row to the same bits."""
+def rmsnorm_row(x_row, res_row, w, res_out_row, cols, mask, h, eps, HAS_RESIDUAL: tl.constexpr):
+    """rmsnorm of one row in fp32, before its one rounding (pointers at the row's start; cols [BLOCK_H];
+    w: norm_weight's values). HAS_RESIDUAL: the row is x + residual, rounded to res_out's dtype and stored
+    there first. Shared with add_rmsnorm_fp8_linear.py's norm + quantization kernel, so both normalize a
+    row to the same bits."""
     x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r = tl.load(res_row + cols, mask=mask, other=0.0).to(tl.float32)
         summed = (x + r).to(res_out_row.dtype.element_ty)  # round like the unfused add does
         tl.store(res_out_row + cols, summed, mask=mask)
         x = summed.to(tl.float32)
-    return rmsnorm_values(x, w_ptr, cols, mask, h, eps, UNIT_OFFSET)
+    return rmsnorm_values(x, w, h, eps)
 
 
 @triton.jit
-def rmsnorm_values(x, w_ptr, cols, mask, h, eps, UNIT_OFFSET: tl.constexpr):
-    """rmsnorm of one row already in registers (fp32 x [BLOCK_H], zeros past h), before its one rounding.
-    Shared with push_all_reduce.py, whose row arrives summed over the ranks rather than from memory."""
-    inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / h + eps)
+def norm_weight(w_ptr, cols, mask, UNIT_OFFSET: tl.constexpr):
+    """The norm weight [BLOCK_H] in fp32 (0 past h), as the norm multiplies by it. A PDL kernel loads it
+    before griddepcontrol.wait (a weight: no kernel of the step writes it), so its DRAM round trip overlaps
+    the previous kernel instead of following the row's loads."""
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if UNIT_OFFSET:  # Gemma stores w - 1
         w = w + 1.0
+    return w
+
+
+@triton.jit
+def rmsnorm_values(x, w, h, eps):
+    """rmsnorm of one row already in registers (fp32 x [BLOCK_H], zeros past h; w from norm_weight), before
+    its one rounding. Shared with push_all_reduce.py, whose row arrives summed over the ranks rather than
+    from memory."""
+    inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / h + eps)
     return x * inv_rms * w
 
 
@@ -62,12 +71,13 @@ def _rmsnorm_kernel(
     h, eps,
     HAS_RESIDUAL: tl.constexpr, UNIT_OFFSET: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    pdl_wait_and_release(PDL)
-    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < h
-    y = rmsnorm_row(x_ptr + row * stride_x, res_ptr + row * stride_res, w_ptr, res_out_ptr + row * stride_res_out,
-                    cols, mask, h, eps, HAS_RESIDUAL, UNIT_OFFSET)
+    w = norm_weight(w_ptr, cols, mask, UNIT_OFFSET)  # before the wait: a weight
+    pdl_wait_and_release(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    y = rmsnorm_row(x_ptr + row * stride_x, res_ptr + row * stride_res, w, res_out_ptr + row * stride_res_out,
+                    cols, mask, h, eps, HAS_RESIDUAL)
     tl.store(out_ptr + row * stride_out + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
