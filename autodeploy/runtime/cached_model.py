@@ -16,6 +16,8 @@ page_table / slot_mapping say it to the graph).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import fx
 
@@ -83,6 +85,26 @@ class CachedModel:
         return self.gm(*info.graph_inputs(), *self.caches).float()
 
     __call__ = forward
+
+
+@functools.lru_cache(maxsize=1)
+def _token_source_kernel():
+    """backends/triton/token_source.py, or None without a usable Triton."""
+    try:
+        from autodeploy.backends.triton import token_source
+    except Exception:  # noqa: BLE001  (triton missing or broken: torch's ops below)
+        return None
+    return token_source
+
+
+def substitute_tokens_(ids: torch.Tensor, prev_tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """In place on ids [T]: every position whose source >= 0 becomes prev_tokens[source]. On CUDA one
+    launch (backends/triton/token_source.py) instead of apply_token_source's five; returns ids."""
+    if ids.is_cuda:
+        kernel = _token_source_kernel()
+        if kernel is not None and kernel.supports(ids, prev_tokens, source):
+            return kernel.substitute_(ids, prev_tokens, source)
+    return ids.copy_(apply_token_source(ids, prev_tokens, source))
 
 
 def apply_token_source(input_ids: torch.Tensor, prev_tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

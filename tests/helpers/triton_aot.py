@@ -103,6 +103,10 @@ def cases():
     yield "argmax (8B vocab: 63 chunks)", argmax._argmax_kernel, dict(x_ptr="fp32", out_ptr="i64", part_max_ptr="fp32",
         part_idx_ptr="i32", part_nan_ptr="i32", ticket_ptr="i32"), \
         dict(CHUNKS=63, BLOCK=argmax.BLOCK, BLOCK_C=64, NO_INDEX=argmax.NO_INDEX), (), 1
+    from autodeploy.backends.triton import token_source
+
+    yield "token_source", token_source._token_source_kernel, dict(ids_ptr="i64", prev_ptr="i64", source_ptr="i64"), \
+        dict(BLOCK=token_source.BLOCK), (), 1
     yield "fp8 quantize_rows", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False), (), 1
     # add + RMSNorm + e4m3 quantization (add_rmsnorm_fp8_linear.py) at 8B's K = 4096 (8 warps, as the norm

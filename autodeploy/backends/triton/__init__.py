@@ -46,7 +46,8 @@ and fused forms that later fusion transforms can target (no canonical op of thei
 
 and one kernel behind a collective rather than an op of its own: push_all_reduce.py, the CUDA path of
 autodeploy::all_reduce / all_reduce_add_rmsnorm for decode rows (distributed/symm_all_reduce.py calls it),
-and argmax.py, the sampler's greedy pick in one launch (runtime/sampler.argmax_rows calls it on CUDA).
+argmax.py, the sampler's greedy pick in one launch (runtime/sampler.argmax_rows calls it on CUDA), and
+token_source.py, the decode graph's placeholder tokens in one launch (runtime/cached_model.substitute_tokens_).
 
 `SUPPORTS[canonical name](*args of that op)` says whether the kernels take a given call (device,
 dtype, sizes). Unsupported calls raise NotImplementedError naming the reason.
@@ -63,7 +64,7 @@ from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_wri
 from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, int4_kmajor_gemm, linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_linear, gated_linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_fp8_linear, gated_act_fp8_linear, push_all_reduce  # noqa: F401
-from autodeploy.backends.triton import argmax  # noqa: F401
+from autodeploy.backends.triton import argmax, token_source  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 

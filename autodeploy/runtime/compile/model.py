@@ -32,7 +32,7 @@ from autodeploy.graph_capture import capture
 from autodeploy.runtime.compile.buckets import bucket_for, is_decode_only, normalize_buckets
 from autodeploy.runtime.compile.fallbacks import register_fallbacks
 from autodeploy.runtime.compile.metadata import MetadataBuffers, PackedStep
-from autodeploy.runtime.cached_model import apply_token_source
+from autodeploy.runtime.cached_model import substitute_tokens_
 from autodeploy.runtime.sequence_info import SequenceInfo
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ class CompiledModel:
             prev, source = token_source
             if source.device.type == "cpu" and self.device.type == "cuda":
                 source = source.pin_memory().to(self.device, non_blocking=True)
-            ids = packed.info.input_ids[: info.num_tokens]
-            ids.copy_(apply_token_source(ids, prev, source))
+            substitute_tokens_(packed.info.input_ids[: info.num_tokens], prev, source)
         return packed
 
     def _packed_for_graph(self, info: SequenceInfo, token_source, B: int) -> PackedStep:
@@ -154,9 +153,7 @@ class CompiledModel:
     def _graph_step(self, packed: PackedStep) -> torch.Tensor:
         """What a decode CUDA graph holds: token t's input id becomes prev_tokens[token_source[t]] where that
         is >= 0 (the overlapped engine's placeholders), then the model."""
-        ids, source = packed.info.input_ids, packed.token_source
-        taken = self.meta.prev_tokens.index_select(0, source.clamp(min=0))  # [T]
-        ids.copy_(torch.where(source >= 0, taken, ids))
+        substitute_tokens_(packed.info.input_ids, self.meta.prev_tokens, packed.token_source)  # one launch on CUDA
         return self._run(packed.info)
 
     @torch.inference_mode()
