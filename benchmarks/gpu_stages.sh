@@ -81,6 +81,11 @@ stage_quant_attnpf_ab() { local i=0 t0=$SECONDS pf; for pf in ${AB_ORDER:-0 1 0 
   AUTODEPLOY_ATTN_PREFETCH=$pf python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_VARIANTS:-bf16,fp8_lm_head}" \
     --input-len 128 --output-len 256 --budget-s $(( $1 - (SECONDS - t0) )) --timeout-s "${QUANT_TIMEOUT:-150}" \
     --json "$OUT/quant_8b_ab${i}_attnpf${pf}.json"; done; }
+# o's x quantized in the GEMV (X_MODE 1) instead of the prologue kernel, alternating with the default (ninth session)
+stage_quant_xprologue_ab() { local i=0 t0=$SECONDS xp; for xp in ${AB_ORDER:-1 0 1 0}; do i=$((i + 1))
+  AUTODEPLOY_FP8_X_PROLOGUE=$xp python3 benchmarks/quant_gpu.py --recipe $R --variants "${QUANT_VARIANTS:-bf16,fp8_lm_head}" \
+    --input-len 128 --output-len 256 --budget-s $(( $1 - (SECONDS - t0) )) --timeout-s "${QUANT_TIMEOUT:-150}" \
+    --json "$OUT/quant_8b_ab${i}_xprologue${xp}.json"; done; }
 # FP8 decode without the in-launch K split of fp8_gemv.launch_config (A/B against stage quant)
 stage_quant_nosplit() { AUTODEPLOY_FP8_SPLITK=0 python3 benchmarks/quant_gpu.py --recipe $R --variants fp8_lm_head \
   --input-len 128 --output-len 256 --budget-s "$1" --timeout-s "${QUANT_TIMEOUT:-150}" --json "$OUT/quant_8b_nosplit.json"; }
@@ -171,6 +176,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_attnpf_ab quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests attn_tests argmax_tests parity parity_pdl parity_nocompile; do
+for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_attnpf_ab quant_xprologue_ab quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests attn_tests argmax_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done

@@ -172,9 +172,9 @@ def pdl_cases():
              WINDOW=False, HAS_SINKS=False, BLOCK_G=16, BLOCK_N=64, BLOCK_D=64, BLOCK_DV=64, BLOCK_GP=4,
              BLOCK_S=4, SUB_S=4, PRECISION="tf32", PDL=True)
     yield "decode_rope pdl", paged_attention_decode_rope._decode_rope_kernel, ptrs, c, ("scale", "softcap"), 2
-    # the cached rows prefetched before the wait, at the 8B's head dim (bf16: two lines a row)
+    # the cached rows (and the RoPE row) prefetched before the wait, at the 8B's head dim (bf16: two lines a row)
     kv = dict(c, D=128, D_V=128, D_ROT=128, BLOCK_D=128, BLOCK_DV=128, BLOCK_N=32, KV_PREFETCH=True, K_LINES=2,
-              V_LINES=2, K_STEP=64, V_STEP=64)
+              V_LINES=2, K_STEP=64, V_STEP=64, R_LINES=1, R_STEP=64)
     yield "decode_rope pdl kv prefetch", paged_attention_decode_rope._decode_rope_kernel, ptrs, kv, \
         ("scale", "softcap"), 2
     from autodeploy.backends.triton import paged_attention_decode

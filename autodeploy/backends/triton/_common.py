@@ -117,9 +117,12 @@ def int4_operands_problem(x: torch.Tensor, k: int, n: int, group_size: int, scal
 # With PDL a kernel is launched while its predecessor still runs; its programs start, signal that
 # their own dependents may launch, then wait (griddepcontrol.wait) until the predecessor's grid
 # has completed and its writes are visible. Every PDL kernel waits before its first load or store of
-# anything a kernel may write (only read-only weights are fetched earlier: weight prefetch below), so
-# the stream's order still holds for everything it reads or writes (a kernel completes only after
-# its wait returned, i.e. after its predecessor completed).
+# anything a kernel of the step may write, so the stream's order still holds for everything it reads or
+# writes (a kernel completes only after its wait returned, i.e. after its predecessor completed). Read
+# before the wait, because nothing in the step writes them: weights (the prefetch below, fp8_gemv's
+# weight scales, the norm weights), and in paged_attention_decode_rope.py the step's metadata (context
+# lengths, page table: copied before the step's first kernel, and the PDL kernels of a step start only
+# after the last non-PDL kernel before them has completed) and the KV-cache rows of earlier steps.
 # On by default on sm_90+ (compiled kernels only): measured on the H100 (BENCHMARKS.md, fourth session)
 # 1B batch 1 +1.5-5%, 8B bf16 +1.5%, 8B FP8 +3%, greedy parity unchanged. AUTODEPLOY_PDL=0 turns it off.
 

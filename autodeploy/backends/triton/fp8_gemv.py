@@ -22,7 +22,8 @@ summation order (cuBLASLt's fast accumulation included). `x_prologue` picks wher
       reads e4m3 x once. Measured on the H100 at M = 1 (quant_gemv_bench.txt, 2026-11-28) the
       prologue wins on all four 8B weights: qkv 14.4 vs 20.0 us, o 12.9 vs 14.0, gate_up 44.3 vs
       45.0, down 30.6 vs 56.7 (its 256 programs each re-reading the 28 KB row cost more than the
-      extra launch); at M = 16 each program would reread 0.46 MB.
+      extra launch); at M = 16 each program would reread 0.46 MB. AUTODEPLOY_FP8_X_PROLOGUE=0 quantizes
+      in the kernel wherever a config says prologue (for in-graph A/B runs: the tuner times ops alone).
 `launch_quantized` runs the GEMV alone on rows quantized elsewhere (e4m3 x and s_x as the prologue
 kernel writes them): add_rmsnorm_fp8_linear.py's norm kernel writes them instead of the normed row.
 `launch_block_scaled` (X_MODE 3) quantizes x in the GEMV like X_MODE 1, but takes each row's amax from
@@ -301,7 +302,7 @@ def launch(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tenso
         if x2.element_size() == 4 and not config:  # fp32 tl.dot: the weight tile is staged as fp32 (4x its
             cfg = normalized(dict(cfg, bk=min(cfg["bk"], 128)), m, n, k)  # bytes); BK 512 needed 256 KB of smem
         out = _gemv(x2, x2, 0, weight, weight_scale, bias, x.dtype, cfg, config is not None)
-    elif cfg["x_prologue"]:
+    elif cfg["x_prologue"] and os.environ.get("AUTODEPLOY_FP8_X_PROLOGUE", "1") == "1":  # =0: in the GEMV (A/B)
         xq, xs = quantize_rows(x2)  # [M, K] e4m3, [M] fp32
         out = _gemv(xq, xs, 2, weight, weight_scale, bias, x.dtype, cfg, config is not None)
     else:

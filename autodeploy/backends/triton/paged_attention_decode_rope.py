@@ -36,8 +36,8 @@ through. Rotation in fp32, rounded once to the input dtype as triton_rope does.
 KV prefetch (PDL with weight prefetch on; AUTODEPLOY_ATTN_PREFETCH=0 turns it off): at batch-1 decode
 this launch is a chain of dependent DRAM round trips (context length, page table, keys, values, then
 the merge), ~7 us on the 8B. Before its griddepcontrol.wait, i.e. while the qkv GEMV still runs, each
-program asks L2 for the cached key and value rows of its split (prefetch.global.L2, no registers), so
-its loads after the wait hit L2. What it reads there was written before this step's first kernel: the
+program asks L2 for the cached key and value rows of its split and for its token's RoPE row
+(prefetch.global.L2, no registers), so its loads after the wait hit L2. What it reads there was written before this step's first kernel: the
 context lengths and page table by the step's metadata copy (stream-ordered before every kernel of the
 step: the kernels after it that are not PDL ones start only when it is done), the cached rows below
 ctx - 1 by earlier steps; the new key at ctx - 1, written by this launch, is never prefetched.
@@ -132,6 +132,7 @@ def _decode_rope_kernel(
     BLOCK_DV: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr = False, KV_PREFETCH: tl.constexpr = False,
     K_LINES: tl.constexpr = 1, V_LINES: tl.constexpr = 1, K_STEP: tl.constexpr = 1, V_STEP: tl.constexpr = 1,
+    R_LINES: tl.constexpr = 1, R_STEP: tl.constexpr = 1,
 ):
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
@@ -139,6 +140,11 @@ def _decode_rope_kernel(
     n_kv = tl.num_programs(1)
     n_heads = n_kv * G
     if KV_PREFETCH:  # before the wait: the cached rows this split reads (module docstring, "KV prefetch")
+        # and the token's RoPE row (computed at the step's start: a line of each table; a hint, so safe
+        # whoever writes it); after the wait it is read beside q, which the qkv GEMV just left in L2
+        half = tl.minimum(tl.arange(0, R_LINES) * R_STEP, D_ROT // 2 - 1)  # the angles _rope_rows reads
+        prefetch_l2(cos_ptr + seq * sc_t + half)
+        prefetch_l2(sin_ptr + seq * ss_t + half)
         ctx0 = tl.load(lens_ptr + seq)
         lo0, hi0, active0 = _split_range(ctx0, split, window, NUM_SPLITS, BLOCK_N, WINDOW)
         if split < active0:
@@ -314,7 +320,7 @@ def decode_rope(
         SOFTCAP=logit_softcap is not None, WINDOW=sliding_window is not None, HAS_SINKS=sinks is not None,
         BLOCK_G=max(16, triton.next_power_of_2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         BLOCK_GP=block_gp, BLOCK_S=block_s, SUB_S=max(1, min(block_s, MERGE_TILE // (block_gp * block_dv))),
-        PRECISION=dot_precision(q.dtype), PDL=pdl_enabled(q.device), **_kv_prefetch_meta(k_cache, v_cache),
+        PRECISION=dot_precision(q.dtype), PDL=pdl_enabled(q.device), **_kv_prefetch_meta(k_cache, v_cache, cos),
         num_warps=num_warps, num_stages=num_stages, **pdl_launch(q.device),
     )
     return out
@@ -327,10 +333,15 @@ def kv_prefetch_enabled(device: torch.device) -> bool:
     return pdl_prefetch_enabled(device) and os.environ.get("AUTODEPLOY_ATTN_PREFETCH", "1") == "1"
 
 
-def _kv_prefetch_meta(k_cache: Tensor, v_cache: Tensor) -> dict:
-    """KV_PREFETCH and the 128-byte line layout of a cached key / value row (powers of two: tl.arange)."""
+def _kv_prefetch_meta(k_cache: Tensor, v_cache: Tensor, cos: Tensor) -> dict:
+    """KV_PREFETCH and the 128-byte line layout of a cached key / value row and of a RoPE row's first half
+    (line counts: powers of two, for tl.arange)."""
     if not kv_prefetch_enabled(k_cache.device):
         return {}
-    ks, vs = 128 // k_cache.element_size(), 128 // v_cache.element_size()  # elements a line
-    return dict(KV_PREFETCH=True, K_STEP=ks, V_STEP=vs, K_LINES=triton.next_power_of_2(triton.cdiv(k_cache.shape[-1], ks)),
-                V_LINES=triton.next_power_of_2(triton.cdiv(v_cache.shape[-1], vs)))
+    ks, vs, rs = (128 // t.element_size() for t in (k_cache, v_cache, cos))  # elements a line
+
+    def lines(n: int, step: int) -> int:
+        return triton.next_power_of_2(triton.cdiv(max(n, 1), step))
+
+    return dict(KV_PREFETCH=True, K_STEP=ks, V_STEP=vs, R_STEP=rs, K_LINES=lines(k_cache.shape[-1], ks),
+                V_LINES=lines(v_cache.shape[-1], vs), R_LINES=lines(cos.shape[-1] // 2, rs))
