@@ -16,11 +16,11 @@ page_table / slot_mapping say it to the graph).
 
 from __future__ import annotations
 
-import functools
 
 import torch
 from torch import fx
 
+from autodeploy.backends import triton_kernel
 from autodeploy.errors import UnsupportedModelError
 from autodeploy.runtime.kv_cache import LayerCacheSpec, allocate_kv_caches, bytes_per_page, pages_for_budget
 from autodeploy.runtime.sequence_info import SequenceInfo
@@ -87,14 +87,9 @@ class CachedModel:
     __call__ = forward
 
 
-@functools.lru_cache(maxsize=1)
 def _token_source_kernel():
     """backends/triton/token_source.py, or None without a usable Triton."""
-    try:
-        from autodeploy.backends.triton import token_source
-    except Exception:  # noqa: BLE001  (triton missing or broken: torch's ops below)
-        return None
-    return token_source
+    return triton_kernel("token_source")
 
 
 def substitute_tokens_(ids: torch.Tensor, prev_tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

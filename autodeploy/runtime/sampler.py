@@ -12,12 +12,12 @@ step, and a recomputed (preempted) request draws nothing twice.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from autodeploy.backends import triton_kernel
 from autodeploy.runtime.request import Request
 from autodeploy.runtime.sampling import SamplingParams
 
@@ -26,14 +26,9 @@ MIN_CHUNK = 512  # argmax_rows: vocab entries per chunk, at least
 MAX_CHUNKS = 256
 
 
-@functools.lru_cache(maxsize=1)
 def _argmax_kernel():
     """backends/triton/argmax.py, or None without a usable Triton."""
-    try:
-        from autodeploy.backends.triton import argmax
-    except Exception:  # noqa: BLE001  (triton missing or broken: torch's argmax below)
-        return None
-    return argmax
+    return triton_kernel("argmax")
 
 
 def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
