@@ -37,10 +37,11 @@ KV prefetch (PDL with weight prefetch on; AUTODEPLOY_ATTN_PREFETCH=0 turns it of
 this launch is a chain of dependent DRAM round trips (context length, page table, keys, values, then
 the merge), ~7 us on the 8B. Before its griddepcontrol.wait, i.e. while the qkv GEMV still runs, each
 program asks L2 for the cached key and value rows of its split and for its token's RoPE row
-(prefetch.global.L2, no registers), so its loads after the wait hit L2. What it reads there was written before this step's first kernel: the
-context lengths and page table by the step's metadata copy (stream-ordered before every kernel of the
-step: the kernels after it that are not PDL ones start only when it is done), the cached rows below
-ctx - 1 by earlier steps; the new key at ctx - 1, written by this launch, is never prefetched.
+(prefetch.global.L2, no registers), so its loads after the wait hit L2. What it loads before the wait
+was written before the step's first PDL kernel: the context lengths and page table by the step's
+metadata copy (the PDL kernels of a step start only after the last non-PDL work before them is done),
+the cached rows below ctx - 1 by earlier steps; the new key at ctx - 1, written by this launch, is never
+prefetched (8B batch 1 on an H200: FP8 -17 us a step; BENCHMARKS.md, ninth session).
 """
 
 from __future__ import annotations
