@@ -97,11 +97,21 @@ def _replace_attention(gm: fx.GraphModule, node: fx.Node, caches: tuple[fx.Node,
     return LayerCacheSpec(n_kv=n_kv, head_dim=d, v_head_dim=d_v, dtype=k.dtype, sliding_window=a["sliding_window"])
 
 
+# Linear ops an lm_head may be by the time Stage.CACHE runs: aten.linear, the quantized linears
+# (Stage.QUANTIZE) and the Triton twins select_backends (Stage.FUSE) may have put in their place. Each
+# takes x [.., K] first and maps each row alone, so gathering x's rows gathers the logits' rows. Names,
+# not ops: the Triton twins exist only once the Triton backends are imported.
+_LINEAR_OP_NAMES = ("triton_linear", "fp8_linear", "triton_fp8_linear", "int8_wo_linear", "int4_wo_linear",
+                    "int4_wo_linear_kmajor", "triton_int4_wo_linear", "triton_int4_wo_linear_dot",
+                    "triton_int4_wo_linear_kmajor")
+
+
 def _is_linear(node: fx.Node) -> bool:
-    """aten.linear, or autodeploy::triton_linear that select_backends (Stage.FUSE) may have put in its
-    place; that op exists only once the Triton backends are imported, hence the lookup."""
-    twin = getattr(torch.ops.autodeploy, "triton_linear", None)
-    return is_op(node, aten.linear) or (twin is not None and is_op(node, twin))
+    """A linear (plain, quantized or a Triton twin: _LINEAR_OP_NAMES) whose only per-token input is x."""
+    if is_op(node, aten.linear):
+        return True
+    ops = [getattr(torch.ops.autodeploy, n).default for n in _LINEAR_OP_NAMES if hasattr(torch.ops.autodeploy, n)]
+    return is_op(node, tuple(ops))
 
 
 def _lm_head(gm: fx.GraphModule) -> fx.Node | None:

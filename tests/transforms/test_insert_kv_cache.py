@@ -191,3 +191,34 @@ def test_not_canonical_left_unchanged():
     assert gm.code == code and not has_kv_cache(gm)
     ids = torch.randint(VOCAB, (2, 5))
     torch.testing.assert_close(gm(ids, torch.arange(5).expand(2, 5)), model(ids, None).logits)
+
+
+QUANTIZERS = {"fp8": torch.ops.autodeploy.fp8_linear.default, "int8": torch.ops.autodeploy.int8_wo_linear.default,
+              "int4": torch.ops.autodeploy.int4_wo_linear.default}
+
+
+@pytest.mark.parametrize("method", list(QUANTIZERS))
+def test_quantized_lm_head_runs_on_the_gathered_rows(method):
+    """A quantized lm_head (Stage.QUANTIZE runs first) is still found: the gather moves in front of it, so a
+    step computes b rows of logits, not T (a prefill of 128 tokens: 128 rows of a 128k vocabulary)."""
+    from autodeploy.models.weights import load_weights
+    from tests.quantization.models import model_state, quant_recipe
+
+    name = {"fp8": "quantize_fp8", "int8": "quantize_int8_weight_only", "int4": "quantize_int4_weight_only"}[method]
+    cfg = {"exclude": []} if method != "int4" else {"exclude": [], "group_size": 32}
+    model = VARIANTS["gqa"]().eval()
+    gm = export_model(model, max_batch_size=4, max_seq_len=64)
+    infos = run_transforms(gm, [name, "insert_kv_cache"], recipe=quant_recipe(**{name: cfg}))
+    info = infos["insert_kv_cache"]
+    assert info.warning is None and info.details["gather_before_lm_head"]
+    (lm_head,) = [n for n in nodes_of(gm, QUANTIZERS[method]) if n.meta["val"].shape[-1] == VOCAB]
+    assert lm_head.args[0].target is aten.index_select.default  # [1, b, H]: the gathered last tokens
+    load_weights(gm, model_state(model), torch.device("cpu"))
+    cm = CachedModel(gm, num_pages=8, page_size=4)
+    ids = torch.randint(VOCAB, (9,), generator=torch.Generator().manual_seed(1)).tolist()
+    whole = cm(SequenceInfo.build([(ids, 0, [0, 1, 2])], 4))  # one prefill step: one row of logits
+    assert whole.shape == (1, VOCAB)
+    cm2 = CachedModel(gm, num_pages=8, page_size=4)  # the same tokens as a prefill, then one decode
+    cm2(SequenceInfo.build([(ids[:8], 0, [0, 1, 2])], 4))
+    stepped = cm2(SequenceInfo.build([(ids[8:], 8, [0, 1, 2])], 4))
+    assert_close_relative(stepped[0], whole[0])
