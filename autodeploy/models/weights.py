@@ -7,6 +7,11 @@ builds every parameter once, on the target device:
 
     plan.set("fused.qkv_weight", lambda fetch: torch.cat([fetch(q), fetch(k), fetch(v)]))
 
+A buffer that no checkpoint holds but the graph can compute (transforms/fold_position_tables.py's tables) is
+derived instead, on the device the weights load to:
+
+    plan.derive("position_table_0", lambda device: table_on(device))
+
 `fetch(name)` returns a checkpoint tensor by its HF name and drops it from the pool once used, so
 a fused weight replaces its parts instead of living next to them. `fetch(name, index=…)` returns
 only a part (a tuple of slices), read lazily where the pool can (`pool.read_part`, a safetensors
@@ -24,6 +29,7 @@ from autodeploy.errors import SourceError
 
 Fetch = Callable[..., torch.Tensor]  # fetch(name) or fetch(name, index=(slice, ...))
 Producer = Callable[[Fetch], torch.Tensor]
+Derive = Callable[[torch.device], torch.Tensor]  # a buffer computed on the load device, read from no checkpoint
 # Runs before any parameter is produced (calibration): (fetch, peek, device). `peek` reads a
 # checkpoint tensor without taking it, so it stays for its own producer.
 BeforeLoad = Callable[[Fetch, Fetch, torch.device], None]
@@ -43,6 +49,10 @@ class WeightPlan:
         self.rules: dict[str, Producer] = {}
         self.consumed: set[str] = set()  # checkpoint names only used through rules
         self.before_load: list[BeforeLoad] = []
+        self.derived: dict[str, Derive] = {}  # graph buffer name -> how to compute it on a device
+
+    def derive(self, graph_name: str, fn: Derive) -> None:
+        self.derived[graph_name] = fn
 
     def set(self, graph_name: str, producer: Producer, consumes: list[str] | None = None) -> None:
         self.rules[graph_name] = producer
@@ -122,6 +132,9 @@ def load_weights(gm: fx.GraphModule, state: dict[str, torch.Tensor], device: tor
     for name in params:
         _set_tensor(gm, name, plan.produce(name, fetch), is_param=True)
     for name, buf in list(gm.named_buffers(remove_duplicate=False)):
+        if name in plan.derived:
+            _set_tensor(gm, name, plan.derived[name](device), is_param=False)
+            continue
         key = checkpoint_name(name)
         src = pool.get(key, produced.get(key))
         if src is None:

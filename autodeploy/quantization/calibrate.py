@@ -79,6 +79,8 @@ class Calibrator:
     def __init__(self, gm: fx.GraphModule, chosen: list[tuple[LinearSite, Int4WeightOnlyConfig | Fp8Config]], tokens: torch.Tensor):
         self.snap, val_map = snapshot(gm)
         self.rules = dict(weight_plan(gm).rules)  # parameters produced by earlier transforms
+        self.derived = dict(weight_plan(gm).derived)  # buffers computed, not read (position tables)
+        self.device: torch.device | None = None  # the device of the calibration pass (run())
         self.tokens = fit_batch(tokens, gm.meta.get("dynamic_dims"))  # [b, s] within the exported limits
         self.layers: dict[fx.Node, _Layer] = {}
         for site, cfg in chosen:
@@ -128,6 +130,7 @@ class Calibrator:
         from autodeploy.export.device import retarget_device
 
         retarget_device(self.snap, device)  # factory ops traced on meta (arange, full) name the real device
+        self.device = torch.device(device)
         tokens = self.tokens.to(device)
         pos = torch.arange(tokens.shape[1], device=device).expand_as(tokens)
         with torch.no_grad():
@@ -191,6 +194,8 @@ class Calibrator:
             parts["scales"] = (parts["scales"].float() / s.unsqueeze(-1)).to(parts["scales"].dtype)
 
     def _tensor(self, target: str, peek: Fetch) -> torch.Tensor:
+        if target in self.derived:
+            return self.derived[target](self.device)
         rule = self.rules.get(target)
         return rule(peek) if rule is not None else peek(checkpoint_name(target))
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from autodeploy.models.weights import checkpoint_name
+from autodeploy.models.weights import checkpoint_name, weight_plan
 from autodeploy.quantization.calibrate import snapshot
 from autodeploy.quantization.metrics import noise_ratio
 from autodeploy.quantization.registry import method_for
@@ -67,10 +67,13 @@ def materialize(gm: fx.GraphModule, tensor_for: Callable[[str], torch.Tensor], d
     from autodeploy.export.device import retarget_device
 
     copy, val_map = snapshot(gm)
+    derived = weight_plan(gm).derived  # buffers computed on the device, read from no checkpoint
     for node in copy.graph.nodes:
         if node.op == "get_attr":
             cur = _held(copy, node.target)
-            if isinstance(cur, torch.Tensor):
+            if node.target in derived:
+                _set(copy, node.target, derived[node.target](device))
+            elif isinstance(cur, torch.Tensor):
                 _set(copy, node.target, (tensor_for(node.target) if cur.is_meta else cur).to(device))
     switch = _Switch()
     copy.add_module("quant_switch", switch)

@@ -107,6 +107,11 @@ def cases():
 
     yield "token_source", token_source._token_source_kernel, dict(ids_ptr="i64", prev_ptr="i64", source_ptr="i64"), \
         dict(BLOCK=token_source.BLOCK), (), 1
+    from autodeploy.backends.triton import position_table
+
+    # RoPE's cos / sin of an 8B (2 tables, d_rot 128) with PDL, as the decode graph launches it
+    yield "position_table", position_table._position_table_kernel, dict(table_ptr=bf, pos_ptr="i64", out_ptr=bf), \
+        dict(N=2, R=128, BLOCK_T=position_table.BLOCK_T, BLOCK_R=128, PDL=True), (), 1
     yield "fp8 quantize_rows", fp8_gemv._quantize_rows_kernel, dict(x_ptr=bf, xq_ptr="fp8e4nv", xs_ptr="fp32"), \
         dict(BLOCK=4096, EXACT=False), (), 1
     # add + RMSNorm + e4m3 quantization (add_rmsnorm_fp8_linear.py) at 8B's K = 4096 (8 warps, as the norm

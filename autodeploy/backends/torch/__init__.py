@@ -12,3 +12,4 @@ from autodeploy.backends.torch import cached_attention_rope  # noqa: F401
 from autodeploy.backends.torch import add_rmsnorm_linear  # noqa: F401
 from autodeploy.backends.torch import add_rmsnorm_fp8_linear  # noqa: F401
 from autodeploy.backends.torch import gated_act_fp8_linear  # noqa: F401
+from autodeploy.backends.torch import position_table  # noqa: F401

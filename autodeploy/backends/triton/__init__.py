@@ -6,6 +6,8 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
     autodeploy::rmsnorm           -> autodeploy::triton_rmsnorm               rmsnorm.py
     autodeploy::rope              -> autodeploy::triton_rope                  rope.py
     autodeploy::gated_mlp_act     -> autodeploy::triton_gated_mlp_act         gated_mlp.py
+    autodeploy::position_table    -> autodeploy::triton_position_table        position_table.py
+                                     (the op comes from transforms/fold_position_tables.py)
     autodeploy::cached_attention  -> autodeploy::triton_cached_attention      cached_attention.py
                                      (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
     autodeploy::cached_attention_rope -> autodeploy::triton_cached_attention_rope  cached_attention_rope.py
@@ -64,7 +66,7 @@ from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_wri
 from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, int4_kmajor_gemm, linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_linear, gated_linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_fp8_linear, gated_act_fp8_linear, push_all_reduce  # noqa: F401
-from autodeploy.backends.triton import argmax, token_source  # noqa: F401
+from autodeploy.backends.triton import argmax, position_table, token_source  # noqa: F401
 from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: F401
 
 
@@ -73,6 +75,7 @@ from autodeploy.backends.triton._common import can_run_on, interpreted  # noqa: 
 # with a margin. (Prefill rows of fp8_linear / int4_wo_linear_kmajor take other paths; there the margin is ~10% of
 # a much longer time, and the candidates it compares are seldom that close.)
 PDL_OPS = frozenset({"linear", "gated_linear", "rmsnorm", "fused_add_rmsnorm", "gated_mlp_act", "fp8_linear",
+                     "position_table",
                      "add_rmsnorm_linear", "add_rmsnorm_gated_linear", "add_rmsnorm_fp8_linear", "gated_act_fp8_linear",
                      "int4_wo_linear_kmajor"})
 
@@ -109,6 +112,7 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "rmsnorm": lambda x, weight, *a, **kw: rmsnorm.supports(x, weight),
     "fused_add_rmsnorm": lambda x, residual, weight, *a, **kw: rmsnorm.supports(x, weight, residual),
     "rope": lambda q, k, cos, sin, *a, **kw: rope.supports(q, k, cos, sin),
+    "position_table": lambda table, position_ids, *a, **kw: position_table.supports(table, position_ids),
     "gated_mlp_act": lambda gate, up, act, *a, **kw: gated_mlp.supports(gate, up, act),
     "cached_attention": _cached_attention_supports,
     "cached_attention_rope": _cached_attention_rope_supports,
