@@ -19,9 +19,10 @@
 # come back from a device call), a summary last.
 set -u
 OUT=${OUT:-$PWD/out}; L=$OUT/logs; mkdir -p "$L"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+SITE=${SITE:-/tmp/site}  # another SITE for a second gpu_stages.sh running at once (ab_commits.sh beside tests)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
   > "$L/pip.log" 2>&1 || echo "wheel install failed"
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 export TORCHINDUCTOR_CACHE_DIR=/tmp/adc/i TRITON_CACHE_DIR=/tmp/adc/t
 nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader | tee "$L/env.txt"
 T=${BUDGET_S:-585}
@@ -147,6 +148,9 @@ stage_gpu_tests() { python3 -m pytest -q --maxfail=15 tests/gpu --ignore=tests/g
 # the fused decode attention (with its prefetch programs): compiled kernel tests and the GPU file
 stage_attn_tests() { timeout -s ABRT $(( $1 - 10 )) python3 -X faulthandler -m pytest -q -rf \
   tests/backends/triton/test_cached_attention_rope.py tests/gpu/test_triton_cached_attention_rope.py; }
+# the tenth session's new kernels and transforms, compiled on the GPU (position tables, quantized lm_head gather)
+stage_new_tests() { python3 -m pytest -q -rf tests/gpu/test_position_table.py tests/backends/triton/test_position_table.py \
+  tests/transforms/test_insert_kv_cache.py; }
 stage_argmax_tests() { python3 -m pytest -q -rf tests/backends/triton/test_argmax.py tests/gpu/test_sampler_argmax.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 
@@ -177,6 +181,6 @@ done
 for f in /tmp/adc0/autotune.json /tmp/adc1/autotune.json; do [[ -f $f ]] && cp "$f" "$L/$(basename "$(dirname "$f")")_autotune.json"; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
 python3 benchmarks/summarize.py "$OUT" 2>&1 | tail -25
-for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_attnpf_ab quant_xprologue_ab quant_nosplit fp8_tests fp8_kernel_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests attn_tests argmax_tests parity parity_pdl parity_nocompile; do
+for t in fp8_sweep linear_sweep oneshot tp_tests tp_tests_moe tp2 tp2_notune tp2_oneshot tp2_nccl tp1 quant quant_nopf quant_attnpf_ab quant_xprologue_ab quant_nosplit fp8_tests fp8_kernel_tests new_tests quant_kmajor gemv gemv_kmajor kmajor_tests gpu_tests attn_tests argmax_tests parity parity_pdl parity_nocompile; do
   tar xzf "$OUT/logs.tgz" -O "logs/$t.log" 2>/dev/null | grep -E "passed|failed|rror|tok/s|x bf16|TOTAL|step|match" | tail -12
 done
