@@ -30,6 +30,7 @@ graph computed. Positions are clamped into [0, max_seq_len - 1] (the engine neve
 
 from __future__ import annotations
 
+import copy
 import operator
 from typing import Any
 
@@ -159,12 +160,19 @@ def _evaluate(sub: fx.GraphModule, positions: torch.Tensor) -> list[torch.Tensor
         return list(sub(positions))
 
 
-def _table(sub: fx.GraphModule, pos_shape: tuple, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[n, L, *row]: the subgraph's outputs at every position 0 .. L-1, on `device`."""
+def _on_device(sub: fx.GraphModule, device: torch.device) -> fx.GraphModule:
+    """A copy of the subgraph with its buffers on `device` and its traced devices (meta) naming it. A copy: the
+    one kept for WeightPlan.derive must still say meta when the weights load elsewhere later."""
     from autodeploy.export.device import retarget_device
 
-    sub = sub.to(device)
-    retarget_device(sub, device)
+    out = copy.deepcopy(sub).to(device)
+    retarget_device(out, device)
+    return out
+
+
+def _table(sub: fx.GraphModule, pos_shape: tuple, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[n, L, *row]: the subgraph's outputs at every position 0 .. L-1, on `device`."""
+    sub = _on_device(sub, device)
     ids = torch.arange(length, dtype=dtype, device=device).view(*([1] * (len(pos_shape) - 1)), length)
     rows = [o.reshape(length, *o.shape[len(pos_shape):]) for o in _evaluate(sub, ids)]
     return torch.stack(rows).contiguous()
@@ -177,6 +185,7 @@ def _buffer_device(sub: fx.GraphModule) -> torch.device:
 
 def _exact(sub: fx.GraphModule, table: torch.Tensor, pos_shape: tuple, dtype: torch.dtype) -> list[bool]:
     """Per output: the subgraph at scattered positions (a longer and a shorter step) equals the table's rows."""
+    sub = _on_device(sub, table.device)
     gen = torch.Generator().manual_seed(0)
     lead = [1] * (len(pos_shape) - 1)
     ok = [True] * table.shape[0]

@@ -124,3 +124,16 @@ def test_positions_past_the_table_are_clamped():
     out = torch.ops.autodeploy.position_table(table, torch.tensor([[0, 3, 9, -2]]))
     assert out.shape == (2, 1, 4, 3)
     assert torch.equal(out[:, 0], table[:, [0, 3, 3, 0]])
+
+
+def test_derived_on_another_device_than_at_transform_time():
+    """The table is built on the CPU at transform time, then derived where the weights load: the subgraph kept
+    for that must still name the traced (meta) device, not the CPU it ran on first (GPU runs failed so:
+    inv_freq stayed on the CPU beside CUDA positions). The meta device stands in for the GPU here."""
+    from autodeploy.models.weights import weight_plan
+
+    gm, info, recipe = folded("llama")
+    (derive,) = weight_plan(gm).derived.values()
+    table = derive(torch.device("meta"))
+    assert table.is_meta and table.shape[:2] == (2, recipe.runtime.max_seq_len)
+    assert torch.equal(derive(torch.device("cpu")), derive(torch.device("cpu")))
