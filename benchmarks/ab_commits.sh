@@ -7,6 +7,9 @@
 #   bash benchmarks/ab_commits.sh prepare cfed91e          # here
 #   RECIPE=h200 QUANT_VARIANTS=bf16,fp8_lm_head bash benchmarks/ab_commits.sh run "quant@0:140" [base new base new]
 #
+# A side named otherwise runs the working tree with the environment in AB_<side> ("VAR=value ..."), e.g.
+#   AB_nofold="QUANT_SET=transforms.fuse_attention_into_fp8_gemv.enabled=false" ... run "quant@0:140" base new nofold
+#
 # Results: $OUT/<side><n>/ (each gpu_stages.sh run's JSON and logs.tgz), a summary of every quant row last.
 set -u
 cmd=${1:?prepare REV | run GROUP [ORDER...]}
@@ -22,6 +25,7 @@ B=${OUT:-$PWD/out}; declare -A n
 for side in "${order[@]}"; do
   n[$side]=$(( ${n[$side]:-0} + 1 )); dir=$B/$side${n[$side]}
   if [[ $side == base ]]; then (cd bench_base && OUT=$dir bash benchmarks/gpu_stages.sh "$group" > "$dir.txt" 2>&1)
-  else OUT=$dir bash benchmarks/gpu_stages.sh "$group" > "$dir.txt" 2>&1; fi
+  elif [[ $side == new ]]; then OUT=$dir bash benchmarks/gpu_stages.sh "$group" > "$dir.txt" 2>&1
+  else var=AB_$side; env ${!var:-} OUT=$dir bash benchmarks/gpu_stages.sh "$group" > "$dir.txt" 2>&1; fi
   echo "== $side${n[$side]} (base $(cat bench_base/.ab_rev))"; grep -E "rc=|x bf16|^ *(bf16|fp8|int4)" "$dir.txt" | tail -6
 done
