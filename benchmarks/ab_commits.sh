@@ -8,7 +8,7 @@
 #   RECIPE=h200 QUANT_VARIANTS=bf16,fp8_lm_head bash benchmarks/ab_commits.sh run "quant@0:140" [base new base new]
 #
 # A side named otherwise runs the working tree with the environment in AB_<side> ("VAR=value ..."), e.g.
-#   AB_nofold="QUANT_SET=transforms.fuse_attention_into_fp8_gemv.enabled=false" ... run "quant@0:140" base new nofold
+#   AB_nopf="AUTODEPLOY_ATTN_PREFETCH=0" ... run "quant@0:140" base new nopf
 #
 # Results: $OUT/<side><n>/ (each gpu_stages.sh run's JSON and logs.tgz), a summary of every quant row last.
 set -u

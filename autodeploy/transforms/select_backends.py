@@ -254,8 +254,8 @@ def _select_linear(node: fx.Node, device: torch.device, cfg: SelectBackendsConfi
     return True
 
 
-# ops of Stage.CACHE: insert_kv_cache's, fuse_rope_cached_attention's in its place, fuse_attention_into_fp8_gemv's
-CACHE_OPS = ("cached_attention", "cached_attention_rope", "cached_attention_rope_fp8_linear")
+# ops of Stage.CACHE: insert_kv_cache's, and fuse_rope_cached_attention's in its place
+CACHE_OPS = ("cached_attention", "cached_attention_rope")
 
 
 def select_cache_op_backends(gm: fx.GraphModule, device: torch.device | str) -> int:

@@ -172,8 +172,7 @@ def pdl_cases():
             dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, res_out_ptr=bf), \
             dict(HAS_RESIDUAL=residual, UNIT_OFFSET=False, BLOCK_H=2048, PDL=True), ("eps",), 1
     ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, cos_ptr=bf, sin_ptr=bf, kc_ptr=bf, vc_ptr=bf, slot_ptr="i64",
-                pt_ptr="i32", lens_ptr="i32", sinks_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32",
-                amax_ptr="fp32")
+                pt_ptr="i32", lens_ptr="i32", sinks_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32")
     c = dict(G=4, D=64, D_V=64, D_ROT=64, INTERLEAVED=False, PAGE_SIZE=64, NUM_SPLITS=4, SOFTCAP=False,
              WINDOW=False, HAS_SINKS=False, BLOCK_G=16, BLOCK_N=64, BLOCK_D=64, BLOCK_DV=64, BLOCK_GP=4,
              BLOCK_S=4, SUB_S=4, PRECISION="tf32", PDL=True)
@@ -183,9 +182,6 @@ def pdl_cases():
               V_LINES=2, K_STEP=64, V_STEP=64, R_LINES=1, R_STEP=64)
     yield "decode_rope pdl kv prefetch", paged_attention_decode_rope._decode_rope_kernel, ptrs, kv, \
         ("scale", "softcap"), 2
-    # + the block amaxes of its output for the o projection's FP8 GEMV (cached_attention_rope_fp8_linear.py)
-    yield "decode_rope pdl kv prefetch amax", paged_attention_decode_rope._decode_rope_kernel, ptrs, \
-        dict(kv, AMAX=True), ("scale", "softcap"), 2
     from autodeploy.backends.triton import paged_attention_decode
 
     ptrs = dict(q_ptr=bf, kc_ptr=bf, vc_ptr=bf, pt_ptr="i32", lens_ptr="i32", sinks_ptr=bf, out_ptr=bf, part_ptr="fp32")

@@ -13,4 +13,3 @@ from autodeploy.backends.torch import add_rmsnorm_linear  # noqa: F401
 from autodeploy.backends.torch import add_rmsnorm_fp8_linear  # noqa: F401
 from autodeploy.backends.torch import gated_act_fp8_linear  # noqa: F401
 from autodeploy.backends.torch import position_table  # noqa: F401
-from autodeploy.backends.torch import cached_attention_rope_fp8_linear  # noqa: F401

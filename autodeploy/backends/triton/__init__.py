@@ -12,9 +12,6 @@ via profiler/candidates.py) swaps a node's target and keeps its arguments:
                                      (kv_cache_write.py + paged_attention_decode.py / _prefill.py)
     autodeploy::cached_attention_rope -> autodeploy::triton_cached_attention_rope  cached_attention_rope.py
                                      (decode: paged_attention_decode_rope.py, one launch per layer)
-    autodeploy::cached_attention_rope_fp8_linear -> autodeploy::triton_cached_attention_rope_fp8_linear
-                                     (decode: the attention writing block amaxes, then the FP8 GEMV quantizing
-                                     x itself; the op comes from transforms/fuse_attention_into_fp8_gemv.py)
     autodeploy::int4_wo_linear    -> autodeploy::triton_int4_wo_linear        int4_gemm.py
                                      (rows <= 4: the FMA GEMV of int4_gemv_fma.py, <= 16: the
                                      tl.dot GEMV of int4_gemv.py; backend "triton-dot",
@@ -67,7 +64,6 @@ from typing import Any, Callable
 
 from autodeploy.backends.triton import cached_attention, gated_mlp, kv_cache_write, rmsnorm, rope  # noqa: F401
 from autodeploy.backends.triton import cached_attention_rope, fp8_gemv, int4_gemm, int4_kmajor_gemm, linear  # noqa: F401
-from autodeploy.backends.triton import cached_attention_rope_fp8_linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_linear, gated_linear  # noqa: F401
 from autodeploy.backends.triton import add_rmsnorm_fp8_linear, gated_act_fp8_linear, push_all_reduce  # noqa: F401
 from autodeploy.backends.triton import argmax, position_table, token_source  # noqa: F401
@@ -95,18 +91,6 @@ def _cached_attention_rope_supports(q, k, v, k_cache, v_cache, *meta, sinks=None
     return cached_attention_rope.supports(q, k, v, k_cache, v_cache, cos, sin, sinks)
 
 
-def _cached_attention_rope_fp8_linear_supports(q, k, v, k_cache, v_cache, *meta, **kw: Any) -> bool:
-    # positional: seq_lens .. slot_mapping (6), cos, sin, interleaved, sinks, scale, window, softcap, weight,
-    # weight_scale, bias, quantize_input
-    names = ("seq_lens", "cu_seqlens", "input_pos", "cache_lens", "page_table", "slot_mapping", "cos", "sin",
-             "interleaved", "sinks", "scale", "sliding_window", "logit_softcap", "weight", "weight_scale", "bias",
-             "quantize_input")
-    a = {**dict(zip(names, meta)), **kw}
-    return cached_attention_rope_fp8_linear.supports(q, k, v, k_cache, v_cache, a["cos"], a["sin"], a["weight"],
-                                                     a["weight_scale"], a.get("sinks"), a.get("bias"),
-                                                     a.get("quantize_input", True))
-
-
 def _register_second_candidates() -> None:
     """Backends the autotuner times beside the "triton" one (profiler/candidates.py register_backend)."""
     import torch
@@ -132,8 +116,6 @@ SUPPORTS: dict[str, Callable[..., bool]] = {
     "gated_mlp_act": lambda gate, up, act, *a, **kw: gated_mlp.supports(gate, up, act),
     "cached_attention": _cached_attention_supports,
     "cached_attention_rope": _cached_attention_rope_supports,
-    "cached_attention_rope_fp8_linear": lambda q, k, v, k_cache, v_cache, *meta, **kw:
-        _cached_attention_rope_fp8_linear_supports(q, k, v, k_cache, v_cache, *meta, **kw),
     "int4_wo_linear": lambda x, qweight, scales, zeros, bias=None, group_size=128, *a, **kw: int4_gemm.supports(
         x, qweight, scales, zeros, bias, group_size),
     "int4_wo_linear_kmajor": lambda x, qweight_t, scales_t, zeros_t, bias=None, group_size=128, *a, **kw:

@@ -123,7 +123,7 @@ def _prefetch_keys(pt_row, k_base, v_base, lo, hi, skc_p, skc_s, svc_p, svc_s, D
 @triton.jit
 def _decode_rope_kernel(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr, pt_ptr, lens_ptr, sinks_ptr,
-    out_ptr, part_ptr, ticket_ptr, amax_ptr,
+    out_ptr, part_ptr, ticket_ptr,
     sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sc_t, ss_t,
     skc_p, skc_s, skc_h, svc_p, svc_s, svc_h, spt_b, so_t, so_h,
     scale, softcap, window,
@@ -133,7 +133,7 @@ def _decode_rope_kernel(
     BLOCK_DV: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr = False, KV_PREFETCH: tl.constexpr = False,
     K_LINES: tl.constexpr = 1, V_LINES: tl.constexpr = 1, K_STEP: tl.constexpr = 1, V_STEP: tl.constexpr = 1,
-    R_LINES: tl.constexpr = 1, R_STEP: tl.constexpr = 1, AMAX: tl.constexpr = False,
+    R_LINES: tl.constexpr = 1, R_STEP: tl.constexpr = 1,
 ):
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
@@ -207,11 +207,10 @@ def _decode_rope_kernel(
                 m_i = m_new
 
         out_rows = out_ptr + seq * so_t + heads * so_h  # [BLOCK_G]
-        amax_at = amax_ptr + seq * n_kv + kvh  # AMAX: this KV head's block of the token's output row
         if NUM_SPLITS == 1:  # static: no partials or counters exist (their pointers are placeholders)
-            _finish(acc, m_i, l_i, out_rows, sinks_ptr + heads, g_ok, amax_at, D_V, HAS_SINKS, BLOCK_DV, AMAX)
+            _finish(acc, m_i, l_i, out_rows, sinks_ptr + heads, g_ok, D_V, HAS_SINKS, BLOCK_DV)
         elif active == 1:
-            _finish(acc, m_i, l_i, out_rows, sinks_ptr + heads, g_ok, amax_at, D_V, HAS_SINKS, BLOCK_DV, AMAX)
+            _finish(acc, m_i, l_i, out_rows, sinks_ptr + heads, g_ok, D_V, HAS_SINKS, BLOCK_DV)
         else:
             row = ((seq * n_heads + heads) * NUM_SPLITS + split) * (D_V + 2)  # partials [B, n, S, d_v + 2]
             tl.store(part_ptr + row[:, None] + dv[None, :], acc, mask=g_ok[:, None] & (dv < D_V)[None, :])
@@ -222,24 +221,13 @@ def _decode_rope_kernel(
             if ticket == active - 1:  # the last split of this (sequence, KV head) to finish merges
                 tl.debug_barrier()
                 _merge_splits(part_ptr, sinks_ptr, out_ptr + seq * so_t, so_h, (seq * n_heads + kvh * G) * NUM_SPLITS,
-                              kvh * G, active, amax_at, G, D_V, NUM_SPLITS, HAS_SINKS, BLOCK_GP, BLOCK_S, SUB_S,
-                              BLOCK_DV, AMAX)
+                              kvh * G, active, G, D_V, NUM_SPLITS, HAS_SINKS, BLOCK_GP, BLOCK_S, SUB_S, BLOCK_DV)
                 tl.store(ticket_ptr + seq * n_kv + kvh, 0)  # every split has arrived: reset for the next launch
 
 
 @triton.jit
-def _store_out(out_ptrs, o, mask, amax_at, AMAX: tl.constexpr):
-    """Store the normalized rows o (fp32) in the output's dtype; AMAX: and max |stored value| at amax_at (the
-    block amax an FP8 GEMV quantizing this output reads: cached_attention_rope_fp8_linear.py)."""
-    o = o.to(out_ptrs.dtype.element_ty)
-    tl.store(out_ptrs, o, mask=mask)
-    if AMAX:  # of the rounded values, as a quantization kernel reading the row back would see them
-        tl.store(amax_at, tl.max(tl.max(tl.where(mask, tl.abs(o.to(tl.float32)), 0.0), axis=1), axis=0))
-
-
-@triton.jit
-def _finish(acc, m_i, l_i, out_rows, sink_ptrs, g_ok, amax_at, D_V: tl.constexpr, HAS_SINKS: tl.constexpr,
-            BLOCK_DV: tl.constexpr, AMAX: tl.constexpr):
+def _finish(acc, m_i, l_i, out_rows, sink_ptrs, g_ok, D_V: tl.constexpr, HAS_SINKS: tl.constexpr,
+            BLOCK_DV: tl.constexpr):
     """One split held every key: add the sinks to the denominator, normalize, store [BLOCK_G, d_v]."""
     if HAS_SINKS:
         sink = tl.load(sink_ptrs, mask=g_ok, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -249,15 +237,14 @@ def _finish(acc, m_i, l_i, out_rows, sink_ptrs, g_ok, amax_at, D_V: tl.constexpr
         acc = acc * alpha[:, None]
     l_i = tl.where(l_i > 0, l_i, 1.0)  # no key at all (cache_len 0) gives zeros
     dv = tl.arange(0, BLOCK_DV)
-    _store_out(out_rows[:, None] + dv[None, :], acc / l_i[:, None], g_ok[:, None] & (dv < D_V)[None, :], amax_at,
-               AMAX)
+    tl.store(out_rows[:, None] + dv[None, :], (acc / l_i[:, None]).to(out_rows.dtype.element_ty),
+             mask=g_ok[:, None] & (dv < D_V)[None, :])
 
 
 @triton.jit
-def _merge_splits(part_ptr, sinks_ptr, out_row, so_h, first_row, head0, active, amax_at,
+def _merge_splits(part_ptr, sinks_ptr, out_row, so_h, first_row, head0, active,
                   G: tl.constexpr, D_V: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_SINKS: tl.constexpr,
-                  BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr, BLOCK_DV: tl.constexpr,
-                  AMAX: tl.constexpr):
+                  BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Log-sum-exp merge of the first `active` split partials of G heads, all heads at once: a single
     program does it, so its L2 round trips are serial latency (one for m / l, then one per SUB_S
     splits of acc, issued together), not G of each."""
@@ -290,8 +277,9 @@ def _merge_splits(part_ptr, sinks_ptr, out_row, so_h, first_row, head0, active, 
                         mask=ok_s[:, :, None] & (dv < D_V)[None, None, :], other=0.0,
                         cache_modifier=".cg")  # [BLOCK_GP, SUB_S, BLOCK_DV]
             o += tl.sum(a * w[:, :, None], axis=1)
-    _store_out(out_row + (head0 + gg)[:, None] * so_h + dv[None, :], o / l_tot[:, None],
-               g_ok[:, None] & (dv < D_V)[None, :], amax_at, AMAX)
+    o = o / l_tot[:, None]
+    tl.store(out_row + (head0 + gg)[:, None] * so_h + dv[None, :], o.to(out_row.dtype.element_ty),
+             mask=g_ok[:, None] & (dv < D_V)[None, :])
 
 
 def decode_rope(
@@ -300,11 +288,8 @@ def decode_rope(
     scale: float, sliding_window: Optional[int] = None, logit_softcap: Optional[float] = None,
     sinks: Optional[Tensor] = None, out: Optional[Tensor] = None,
     num_splits: Optional[int] = None, block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 2,
-    block_amax: Optional[Tensor] = None,
 ) -> Tensor:
-    """See the module docstring. q / k / v need only a contiguous head dim (views of a fused qkv).
-    block_amax fp32 [B, n_kv] (contiguous), when given: also max |out[b, heads of KV head j]| at [b, j], of the
-    values as stored (an FP8 GEMV's per-token scale: cached_attention_rope_fp8_linear.py)."""
+    """See the module docstring. q / k / v need only a contiguous head dim (views of a fused qkv)."""
     bsz, n, d = q.shape
     n_kv, d_v, page_size = k_cache.shape[2], v_cache.shape[3], k_cache.shape[1]
     g = n // n_kv
@@ -328,7 +313,6 @@ def decode_rope(
     sinks_arg = sinks if sinks is not None else q
     _decode_rope_kernel[(bsz, n_kv, num_splits)](
         q, k, v, cos, sin, k_cache, v_cache, slot_mapping, page_table, cache_lens, sinks_arg, out, part, counters,
-        block_amax if block_amax is not None else out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0), sin.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), page_table.stride(0), out.stride(0), out.stride(1),
@@ -338,7 +322,7 @@ def decode_rope(
         BLOCK_G=max(16, triton.next_power_of_2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         BLOCK_GP=block_gp, BLOCK_S=block_s, SUB_S=max(1, min(block_s, MERGE_TILE // (block_gp * block_dv))),
         PRECISION=dot_precision(q.dtype), PDL=pdl_enabled(q.device), **_kv_prefetch_meta(k_cache, v_cache, cos),
-        AMAX=block_amax is not None, num_warps=num_warps, num_stages=num_stages, **pdl_launch(q.device),
+        num_warps=num_warps, num_stages=num_stages, **pdl_launch(q.device),
     )
     return out
 

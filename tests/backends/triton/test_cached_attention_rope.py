@@ -64,20 +64,6 @@ def test_heads_splits_layouts(n, n_kv, interleaved, num_splits):
     check(step, cos, sin, interleaved, num_splits)
 
 
-@pytest.mark.parametrize("num_splits", [1, 3, 8], ids=lambda s: f"splits{s}")
-def test_block_amax_of_the_stored_output(num_splits):
-    """block_amax [B, n_kv]: max |out| over each KV head's query heads, of the values as stored; one split, one
-    split active (ctx 1) and merged splits (ctx 70) all write theirs."""
-    step = make_step(DECODES, n=6, n_kv=2)
-    cos, sin = tables(step, 16)
-    amax = torch.full((len(DECODES), 2), -1.0, device=DEVICE)
-    out = cached_attention_rope.launch(*step.args(), cos, sin, False, None, None, None, None, num_splits=num_splits,
-                                       block_n=16, block_amax=amax)
-    assert torch.equal(amax, out.float().view(len(DECODES), 2, -1).abs().amax(-1))
-    plain, _, _ = run(step, cos, sin, num_splits=num_splits)
-    assert torch.equal(out, plain)
-
-
 @pytest.mark.parametrize("interleaved", [False, True], ids=["rotate_half", "interleaved"])
 def test_partial_rotary(interleaved):
     step = make_step(DECODES, n=4, n_kv=2, d=32)
