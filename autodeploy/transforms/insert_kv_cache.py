@@ -98,19 +98,23 @@ def _replace_attention(gm: fx.GraphModule, node: fx.Node, caches: tuple[fx.Node,
 
 
 # Linear ops an lm_head may be by the time Stage.CACHE runs: aten.linear, the quantized linears
-# (Stage.QUANTIZE) and the Triton twins select_backends (Stage.FUSE) may have put in their place. Each
-# takes x [.., K] first and maps each row alone, so gathering x's rows gathers the logits' rows. Names,
-# not ops: the Triton twins exist only once the Triton backends are imported.
+# (Stage.QUANTIZE) and what select_backends (Stage.FUSE) may have put in their place: a Triton twin, or a
+# canonical op's `_tuned` / `_compiled` variant (profiler/variants.py: the same schema). Each takes x [.., K]
+# first and maps each row alone, so gathering x's rows gathers the logits' rows. Names, not ops: the twins
+# and variants exist only once the Triton backends are imported or select_backends derived them.
 _LINEAR_OP_NAMES = ("triton_linear", "fp8_linear", "triton_fp8_linear", "int8_wo_linear", "int4_wo_linear",
                     "int4_wo_linear_kmajor", "triton_int4_wo_linear", "triton_int4_wo_linear_dot",
                     "triton_int4_wo_linear_kmajor")
+_VARIANTS = ("", "_tuned", "_compiled")
 
 
 def _is_linear(node: fx.Node) -> bool:
-    """A linear (plain, quantized or a Triton twin: _LINEAR_OP_NAMES) whose only per-token input is x."""
+    """A linear (plain, quantized, a Triton twin or a tuned variant: _LINEAR_OP_NAMES) whose only per-token
+    input is x."""
     if is_op(node, aten.linear):
         return True
-    ops = [getattr(torch.ops.autodeploy, n).default for n in _LINEAR_OP_NAMES if hasattr(torch.ops.autodeploy, n)]
+    ops = [getattr(torch.ops.autodeploy, n + v).default for n in _LINEAR_OP_NAMES for v in _VARIANTS
+           if hasattr(torch.ops.autodeploy, n + v)]
     return is_op(node, tuple(ops))
 
 

@@ -222,3 +222,20 @@ def test_quantized_lm_head_runs_on_the_gathered_rows(method):
     cm2(SequenceInfo.build([(ids[:8], 0, [0, 1, 2])], 4))
     stepped = cm2(SequenceInfo.build([(ids[8:], 8, [0, 1, 2])], 4))
     assert_close_relative(stepped[0], whole[0])
+
+
+def test_tuned_quantized_lm_head_is_found():
+    """select_backends (Stage.FUSE) puts `<op>_tuned` where buckets disagree (decode: the GEMV, prefill: the
+    reference): that lm_head is found too (the 8B FP8 graph on an H200 gathered its logits after it)."""
+    from autodeploy.profiler.variants import tuned_variant
+    from tests.quantization.models import quant_recipe
+
+    fp8_linear = QUANTIZERS["fp8"]
+    model = VARIANTS["gqa"]().eval()
+    gm = export_model(model, max_batch_size=4, max_seq_len=64)
+    run_transforms(gm, ["quantize_fp8"], recipe=quant_recipe(quantize_fp8={"exclude": []}))
+    (head,) = [n for n in nodes_of(gm, fp8_linear) if n.meta["val"].shape[-1] == VOCAB]
+    head.target = tuned_variant(fp8_linear, ("lm_head test",), [(1, fp8_linear)])
+    info = run_transforms(gm, ["insert_kv_cache"])["insert_kv_cache"]
+    assert info.warning is None and info.details["gather_before_lm_head"]
+    assert head.args[0].target is aten.index_select.default
