@@ -75,6 +75,9 @@ def child(args) -> dict:
            "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__}
     quantize = [i for i in rt.report if i.name.startswith("quantize_") and not i.skipped]
     out["quantized_layers"] = sum(i.matches for i in quantize)
+    # what a transform warned of (insert_kv_cache not finding the lm_head, a pattern not matching): the progress
+    # log prints these without "WARNING", so the stderr filter of run_variant never saw them
+    out["transform_warnings"] = {i.name: i.warning for i in rt.report if i.warning}
     sel = next((i.details for i in rt.report if i.name == "select_backends" and not i.skipped), {}) or {}
     out["backend_choices"] = {op: sorted(set(c.values())) for op, c in (sel.get("choices") or {}).items()
                               if "linear" in op}
