@@ -83,7 +83,8 @@ def _foldable_op(node: fx.Node) -> bool:
         return False
     if torch.Tag.nondeterministic_seeded in target.tags or target._schema.is_mutable:
         return False
-    return True
+    # uninitialized memory (empty, new_empty, empty_like, empty_strided): no value a table could hold
+    return "empty" not in target._schema.name
 
 
 def _dependent_set(gm: fx.GraphModule, pos: fx.Node) -> set[fx.Node]:
@@ -254,7 +255,8 @@ def _fold(gm: fx.GraphModule, pos: fx.Node, outputs: list[fx.Node], sub: fx.Grap
     name = f"{TABLE_PREFIX}{index}"
     weights = next(gm.parameters(), None)
     # beside the weights: on meta until they load (shape propagation must not meet a real tensor among fakes)
-    gm.register_buffer(name, table.to("meta") if weights is not None and weights.is_meta else table)
+    gm.register_buffer(name, table.to("meta") if weights is not None and weights.is_meta else table,
+                       persistent=False)  # derived, never a checkpoint tensor
 
     weight_plan(gm).derive(name, lambda device: _table(sub, pos_shape, length, pos_dtype, torch.device(device)))
     g = gm.graph
