@@ -31,8 +31,8 @@ graph computed. Positions are clamped into [0, max_seq_len - 1] (the engine neve
 from __future__ import annotations
 
 import copy
+import math
 import operator
-from typing import Any
 
 import torch
 from pydantic import Field
@@ -62,17 +62,9 @@ def _real_attr(gm: fx.GraphModule, node: fx.Node) -> bool:
     """A get_attr of a buffer that has values now (computed at build, as HF's inv_freq). Never a parameter:
     weights are replaced when they load, and the table would keep the old ones."""
     try:
-        t = _attr(gm, node.target)
-    except AttributeError:
+        return not gm.get_buffer(node.target).is_meta
+    except AttributeError:  # a parameter, a submodule or a constant: not a buffer
         return False
-    return isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter) and not t.is_meta
-
-
-def _attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _foldable_op(node: fx.Node) -> bool:
@@ -223,7 +215,7 @@ def apply(gm: fx.GraphModule, ctx, cfg: FoldPositionTablesConfig) -> TransformIn
     length = int(ctx.recipe.runtime.max_seq_len)
     info = TransformInfo(details={"tables": 0, "values": 0, "positions": length, "skipped": []})
     for (row, dtype), outputs in groups.items():
-        n_bytes = len(outputs) * length * max(1, int(torch.tensor(row).prod())) * dtype.itemsize
+        n_bytes = len(outputs) * length * math.prod(row) * dtype.itemsize
         names = [o.name for o in outputs]
         if n_bytes > cfg.max_table_mb * 2**20:
             info.details["skipped"].append(f"{names}: table of {n_bytes / 2**20:.0f} MiB > max_table_mb")
