@@ -97,8 +97,8 @@ stage_fp8_tests() { python3 -m pytest -q -rf tests/gpu/test_quant_gemv.py tests/
 stage_linear_sweep() { python3 benchmarks/triton_linear_sweep.py --rows 1 --models 8b --tp 1 2 --kinds dot_t \
   --json "$OUT/linear_sweep.json"; }
 stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1 - 30 )) --json "$L/gemv.json"; }
-# the K-major INT4 GEMV's default and neighbours on the 8B weights, beside cuBLAS bf16 and the half-split FMA GEMV
-stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 "int4 fma" "int4 kmaj" \
+# the K-major INT4 GEMV's default (bf16x2), its fp32-math kernel and neighbours on the 8B weights, beside cuBLAS bf16
+stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 "int4 kmaj" \
   --budget-s $(( $1 - 20 )) --json "$OUT/gemv_kmajor.json"; }
 stage_kmajor_tests() { python3 -m pytest -q -x tests/gpu/test_int4_kmajor.py tests/backends/triton/test_int4_kmajor_gemv.py \
   tests/backends/triton/test_int4_kmajor_gemm.py; }
@@ -149,8 +149,9 @@ stage_gpu_tests() { python3 -m pytest -q --maxfail=15 tests/gpu --ignore=tests/g
 stage_attn_tests() { timeout -s ABRT $(( $1 - 10 )) python3 -X faulthandler -m pytest -q -rf \
   tests/backends/triton/test_cached_attention_rope.py tests/gpu/test_triton_cached_attention_rope.py; }
 # the tenth session's new kernels and transforms, compiled on the GPU (position tables, quantized lm_head gather)
-stage_new_tests() { python3 -m pytest -q -rf tests/gpu/test_position_table.py tests/backends/triton/test_position_table.py \
-  tests/transforms/test_insert_kv_cache.py tests/gpu/test_quant_gpu.py; }
+# the eleventh session's new kernel (the bf16x2 INT4 GEMV) and the tests it changes, compiled on the GPU
+stage_new_tests() { python3 -m pytest -q -rf tests/gpu/test_int4_kmajor.py tests/backends/triton/test_int4_kmajor_gemv.py \
+  tests/backends/triton/test_int4_kmajor_gemm.py tests/gpu/test_quant_gpu.py; }
 stage_argmax_tests() { python3 -m pytest -q -rf tests/backends/triton/test_argmax.py tests/gpu/test_sampler_argmax.py; }
 stage_parity() { python3 benchmarks/greedy_parity.py --recipe $R --archs llama,qwen3,gemma2 --tokens 32 --json "$L/parity.json"; }
 

@@ -15,7 +15,8 @@ lm_head [128256, 4096]) and row count, each backend:
   int4 fma    backends/triton/int4_gemv_fma.py (no tl.dot; rows <= 4): the default, x gathered instead
               of x_planes(), then neighbours (tiles, warps, a K split)
   int4 kmaj   backends/triton/int4_kmajor_gemv.py on the K-major layout (rows <= 4; the weight copies
-              repacked by quantization/int4_kmajor.py first): the default, then neighbours (BN, words
+              repacked by quantization/int4_kmajor.py first): the default (bf16x2 math,
+              int4_kmajor_gemv_bf16x2.py), the default with fp32 math, then neighbours (BN, words
               per step BW, warps, the K split x 1/2 and x 2)
 --backends picks a subset (e.g. `--rows 1 --backends bf16 "int4 fma" "int4 kmaj"`: the K-major sweep
 over the 8B weights with its baselines, ~100 s on an H100).
@@ -76,7 +77,7 @@ INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4
 # shuffles in the loop (tiles of <= 16 words per thread, <= 2 group chunks per step)
 # int4 kmaj: (BN, BW words per step, num_warps, K split as a multiple of the default rule's); columns per
 # thread = BN / (32 num_warps): 4 (16-byte loads) or 8
-KMAJ_TILES = [(256, 4, 2, 1), (256, 16, 2, 1), (512, 4, 2, 1), (512, 8, 4, 1), (128, 8, 1, 1), (1024, 8, 8, 1),
+KMAJ_TILES = [(256, 4, 2, 1), (256, 16, 2, 1), (512, 4, 2, 1), (512, 8, 2, 1), (512, 8, 4, 1), (128, 8, 1, 1), (1024, 8, 8, 1),
               (256, 8, 2, 0.5), (256, 8, 2, 2)]
 FMA_TILES = [(8, 256, 4, 1), (16, 256, 4, 1), (16, 128, 4, 1), (32, 256, 4, 1), (32, 128, 4, 1), (64, 128, 4, 1),
              (16, 256, 8, 1), (8, 128, 2, 1), (16, 256, 4, 2), (32, 256, 4, 2)]
@@ -238,7 +239,8 @@ def _int4_variants(case: Case, x, w, sms: int) -> None:
         kmaj = [int4_kmajor.from_half_split(q, s4, z4, GROUP) for q in qws]  # [(words [K/8, N], s_t, z_t)]
         del qws
         default = dict(int4_kmajor_gemv.launch_config(m, n, k, GROUP, sms))
-        variants = [("default " + _kmaj_label(default), default, False)]
+        variants = [("default " + _kmaj_label(default), default, False),
+                    ("default, fp32 math", dict(default, packed=False), False)]  # the bf16x2 kernel's predecessor
         for bn, bw, warps, factor in KMAJ_TILES:
             split = max(1, round(factor * math.ceil(4 * sms / math.ceil(n / bn))))
             cfg = int4_kmajor_gemv.normalized(dict(kind="gemv", bn=bn, bw=bw, split=split, num_warps=warps,
@@ -310,7 +312,7 @@ def _int4_label(c: dict) -> str:
 
 
 def _kmaj_label(c: dict) -> str:
-    return f"bn={c['bn']} bw={c['bw']} w={c['num_warps']} split={c['split']}"
+    return f"bn={c['bn']} bw={c['bw']} w={c['num_warps']} split={c['split']}" + ("" if c.get("packed", True) else " fp32")
 
 
 def _fma_label(c: dict) -> str:

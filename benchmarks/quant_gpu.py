@@ -42,6 +42,9 @@ VARIANTS: dict[str, list[str]] = {
     # the K-major layout for the decode GEMV (transforms/repack_int4_kmajor.py; recipes/h100-int4.yaml has it on)
     "int4_kmajor": ["transforms.quantize_int4_weight_only.enabled=true", "transforms.quantize_int4_weight_only.group_size=128",
                     "transforms.repack_int4_kmajor.enabled=true"],
+    "int4_kmajor_lm_head": ["transforms.quantize_int4_weight_only.enabled=true",
+                            "transforms.quantize_int4_weight_only.group_size=128",
+                            "transforms.quantize_int4_weight_only.exclude=[]", "transforms.repack_int4_kmajor.enabled=true"],
     "int4_lm_head": ["transforms.quantize_int4_weight_only.enabled=true",
                      "transforms.quantize_int4_weight_only.group_size=128",
                      "transforms.quantize_int4_weight_only.exclude=[]"],

@@ -1,4 +1,5 @@
-"""The K-major INT4 kernels on the GPU at Llama-3.1-8B shapes: the GEMV (int4_kmajor_gemv.py, rows 1..4) and
+"""The K-major INT4 kernels on the GPU at Llama-3.1-8B shapes: the GEMV (int4_kmajor_gemv.py, rows 1..4; bf16 x
+runs its bf16x2 twin int4_kmajor_gemv_bf16x2.py, which only a GPU can run: inline PTX) and
 the tl.dot GEMM (int4_kmajor_gemm.py) against fp32 truths and the reference op, every benchmarked tile,
 the repack on the GPU, and split-K launches inside a CUDA graph (tickets reset on every replay).
 
@@ -15,7 +16,7 @@ if not torch.cuda.is_available():  # also keeps the compiled kernels from being 
 
 import autodeploy.backends.triton  # noqa: E402,F401
 import autodeploy.ops  # noqa: E402,F401
-from autodeploy.backends.triton import int4_kmajor_gemm, int4_kmajor_gemv  # noqa: E402
+from autodeploy.backends.triton import int4_kmajor_gemm, int4_kmajor_gemv, int4_kmajor_gemv_bf16x2  # noqa: E402
 from autodeploy.backends.triton._common import tickets  # noqa: E402
 from autodeploy.quantization import int4, int4_kmajor  # noqa: E402
 from autodeploy.quantization.metrics import sqnr  # noqa: E402
@@ -111,3 +112,53 @@ def test_cuda_graph_capture_and_replay(shape):
         torch.cuda.synchronize()
         assert sqnr(out, _truth(x, half_split, 128) + b.float()) >= 40.0
         assert not tickets(torch.device("cuda"), 1024)[:1024].any()
+
+
+def _gemv_config(m, n, k, g, **overrides):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return int4_kmajor_gemv.normalized(dict(int4_kmajor_gemv.launch_config(m, n, k, g, sms), **overrides), m, n, k, g)
+
+
+@pytest.mark.parametrize("g", [32, 64, 128])
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+def test_bf16x2_kernel_against_truth_and_the_fp32_kernel(m, g):
+    """bf16 x takes the bf16x2 kernel; its products and 8-long chains are bf16 (~49 dB emulated), the fp32
+    kernel's fp32: both against the fp32 truth, and against each other. Bias, split K and every row count."""
+    n, k = 4096, 4096
+    half_split, kmajor = _kmajor(n, k, g)
+    x = _x(m, k)
+    b = torch.randn(n, device="cuda").to(BF16)
+    packed, fp32 = _gemv_config(m, n, k, g), _gemv_config(m, n, k, g, packed=False)
+    assert int4_kmajor_gemv_bf16x2.usable(x, packed) and not int4_kmajor_gemv_bf16x2.usable(x, fp32)
+    assert packed["split"] > 1
+    truth = _truth(x, half_split, g) + b.float()
+    got = int4_kmajor_gemm.launch(x, *kmajor, b, g, packed)
+    want = int4_kmajor_gemm.launch(x, *kmajor, b, g, fp32)
+    assert torch.isfinite(got).all()
+    assert sqnr(got, truth) >= 40.0 and sqnr(want, truth) >= 40.0
+    assert sqnr(got, want) >= 40.0
+    assert_close(got, want)
+
+
+@pytest.mark.parametrize("bw", [2, 4, 16])
+def test_bf16x2_kernel_every_words_per_step(bw):
+    """BW word rows a step = BW / 2 even and BW / 2 odd rows: 2 (one of each) to a whole g = 128 group."""
+    half_split, kmajor = _kmajor(1024, 4096)
+    x = _x(1, 4096)
+    cfg = _gemv_config(1, 1024, 4096, 128, bw=bw)
+    assert cfg["bw"] == bw and int4_kmajor_gemv_bf16x2.usable(x, cfg)
+    assert sqnr(int4_kmajor_gemm.launch(x, *kmajor, None, 128, cfg), _truth(x, half_split, 128)) >= 40.0
+
+
+def test_bf16x2_kernel_declines_x_it_cannot_read_as_pairs():
+    """x read as bf16 pairs: a row starting off a 4-byte boundary (a view at an odd offset, or an odd row
+    stride) and one-word steps go to the fp32 kernel, with the same result."""
+    half_split, kmajor = _kmajor(1024, 4096)
+    base = _x(3, 4097)
+    odd_offset = base[:1, 1:]  # data_ptr 2 bytes past a 4-byte boundary
+    odd_stride = base[:, :4096]  # rows 4097 elements apart
+    for x in (odd_offset, odd_stride):
+        cfg = _gemv_config(x.shape[0], 1024, 4096, 128)
+        assert not int4_kmajor_gemv_bf16x2.usable(x, cfg)
+        assert sqnr(int4_kmajor_gemm.launch(x, *kmajor, None, 128, cfg), _truth(x, half_split, 128)) >= 40.0
+    assert not int4_kmajor_gemv_bf16x2.usable(_x(1, 4096), _gemv_config(1, 1024, 4096, 128, bw=1))

@@ -50,7 +50,7 @@ def compile_case(kernel, ptrs: dict, consts: dict, floats=(), warps=4, stages=3,
 
 def cases():
     from autodeploy.backends.triton import fp8_gemv, gated_linear, int4_gemv, int4_gemv_fma, int4_kmajor_gemm, linear
-    from autodeploy.backends.triton import int4_kmajor_gemv
+    from autodeploy.backends.triton import int4_kmajor_gemv, int4_kmajor_gemv_bf16x2
 
     bf = "bf16"
     lin = dict(x_ptr=bf, w_ptr=bf, bias_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32", peers_ptr="i64",
@@ -146,6 +146,9 @@ def cases():
         c = dict(ROWS=rows, GW=gw, BN=bn, BW=bw, SPLIT=split, HAS_BIAS=bias)
         yield f"int4_kmajor_gemv rows={rows} gw={gw} bn={bn} bw={bw} split={split}", \
             int4_kmajor_gemv._int4_kmajor_gemv_kernel, km, c, (), 1
+        # its bf16x2 twin (inline PTX: only the compiler checks it on a CPU machine)
+        yield f"int4_kmajor_gemv_bf16x2 rows={rows} gw={gw} bn={bn} bw={bw} split={split}", \
+            int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, km, c, (), 1
     for bm, bn, bw, gw in ((16, 64, 16, 16), (64, 128, 8, 16), (32, 64, 4, 4)):
         c = dict(GW=gw, BM=bm, BN=bn, BW=bw, HAS_BIAS=True, PRECISION="tf32")
         yield f"int4_kmajor_gemm bm={bm} bn={bn} bw={bw} gw={gw}", int4_kmajor_gemm._int4_kmajor_gemm_kernel, \
@@ -160,12 +163,14 @@ def pdl_cases():
     bf = "bf16"
     yield "gated_act pdl", gated_mlp._gated_act_kernel, dict(gate_ptr=bf, up_ptr=bf, out_ptr=bf), \
         dict(ACT=0, BLOCK=1024, PDL=True), (), 1
-    from autodeploy.backends.triton import int4_kmajor_gemv
+    from autodeploy.backends.triton import int4_kmajor_gemv, int4_kmajor_gemv_bf16x2
 
     km = dict(x_ptr=bf, qw_ptr="i32", s_ptr=bf, z_ptr=bf, bias_ptr=bf, out_ptr=bf, part_ptr="fp32", ticket_ptr="i32")
     yield "int4_kmajor_gemv pdl", int4_kmajor_gemv._int4_kmajor_gemv_kernel, km, \
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True), (), 1
     yield "int4_kmajor_gemv pdl prefetch", int4_kmajor_gemv._int4_kmajor_gemv_kernel, km, \
+        dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
+    yield "int4_kmajor_gemv_bf16x2 pdl prefetch", int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, km, \
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
     for residual in (False, True):
         yield f"rmsnorm pdl residual={residual}", rmsnorm._rmsnorm_kernel, \

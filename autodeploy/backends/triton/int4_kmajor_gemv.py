@@ -58,7 +58,9 @@ from torch import Tensor
 
 from autodeploy.backends.triton._common import (pdl_enabled, pdl_launch, pdl_prefetch_enabled, pdl_wait_and_release,
                                                 tickets, unsupported_device_or_dtype)
+from autodeploy.backends.triton import int4_kmajor_gemv_bf16x2
 from autodeploy.backends.triton.int4_gemv_fma import MAGIC_BITS, _codes
+from autodeploy.backends.triton.int4_kmajor_split import _finish_row, _merge_row
 
 MAX_ROWS = 4  # one FFMA per weight and row: beyond ~4 rows the tl.dot GEMM (int4_kmajor_gemm.py) wins
 
@@ -80,31 +82,6 @@ def _row_products(d, word, upper, magic, zm0, zm4, zm8, zm12, zm16, xp, GW: tl.c
     d += _codes(upper, 12, magic, zm12) * tl.load(xp + 6 * GW).to(tl.float32)[:, None]
     d += _codes(upper, 16, magic, zm16) * tl.load(xp + 7 * GW).to(tl.float32)[:, None]
     return d
-
-
-@triton.jit
-def _finish_row(acc, row, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k,
-                SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """One split: bias and store row `row` [BN]. Several: store it as partial [pid_k, row, cols]."""
-    if SPLIT == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row * stride_om + rn, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
-    else:
-        tl.store(part_ptr + (pid_k * M + row) * N + rn, acc, mask=mask_n)
-
-
-@triton.jit
-def _merge_row(row, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om,
-               BN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """The last program of an n tile: out[row, cols] = sum of the SPLIT partials (+ bias). .cg: from L2,
-    never a stale L1 line of another SM's partial."""
-    total = tl.zeros((BN,), dtype=tl.float32)
-    for s in range(SPLIT):
-        total += tl.load(part_ptr + (s * M + row) * N + rn, mask=mask_n, other=0.0, cache_modifier=".cg")
-    if HAS_BIAS:
-        total += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * stride_om + rn, total.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
@@ -237,12 +214,15 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
         counters = tickets(x2.device, tiles)
     else:
         part = counters = out  # unused
-    _int4_kmajor_gemv_kernel[(tiles, split)](
-        x2, qweight_t, scales_t, zeros_t, bias if bias is not None else scales_t, out, part, counters,
-        m, n, cfg["groups_per_split"], k // group_size, MAGIC_BITS,
-        x2.stride(0), qweight_t.stride(0), scales_t.stride(0), zeros_t.stride(0), out.stride(0),
-        ROWS=m, GW=group_size // 8, BN=cfg["bn"], BW=cfg["bw"], SPLIT=split, HAS_BIAS=bias is not None,
-        PDL=pdl_enabled(x2.device), PREFETCH=pdl_prefetch_enabled(x2.device), num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"], **pdl_launch(x2.device),
-    )
+    ptrs = (x2, qweight_t, scales_t, zeros_t, bias if bias is not None else scales_t, out, part, counters)
+    strides = (x2.stride(0), qweight_t.stride(0), scales_t.stride(0), zeros_t.stride(0), out.stride(0))
+    meta = dict(ROWS=m, GW=group_size // 8, BN=cfg["bn"], BW=cfg["bw"], SPLIT=split, HAS_BIAS=bias is not None,
+                PDL=pdl_enabled(x2.device), PREFETCH=pdl_prefetch_enabled(x2.device), num_warps=cfg["num_warps"],
+                num_stages=cfg["num_stages"], **pdl_launch(x2.device))
+    if int4_kmajor_gemv_bf16x2.usable(x2, cfg):  # bf16 x on a GPU: two weights an instruction
+        int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel[(tiles, split)](
+            *ptrs, m, n, cfg["groups_per_split"], k // group_size, *strides, **meta)
+    else:
+        _int4_kmajor_gemv_kernel[(tiles, split)](
+            *ptrs, m, n, cfg["groups_per_split"], k // group_size, MAGIC_BITS, *strides, **meta)
     return out

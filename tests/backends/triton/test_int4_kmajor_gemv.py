@@ -82,3 +82,16 @@ def test_rows_pick_the_kernel():
     assert int4_kmajor_gemm.kernel_for(1, dict(bm=16, bn=64, bw=16)) == "gemm"
     assert int4_kmajor_gemm.kernel_for(9, _gemv()) == "gemv"
     assert int4_kmajor_gemv.unsupported_reason(randn(9, 64), torch.zeros(8, 4, dtype=torch.int32), 64)
+
+
+def test_bf16x2_kernel_only_where_it_can_run():
+    """The bf16x2 twin (inline PTX) runs compiled on sm_80+ for bf16 x; interpreted, on a CPU, or for fp16 /
+    fp32 x, the fp32 kernel above does (tests/gpu/test_int4_kmajor.py checks the twin)."""
+    from autodeploy.backends.triton import int4_kmajor_gemv_bf16x2
+    from autodeploy.backends.triton._common import interpreted
+
+    x = randn(1, 384, dtype=torch.bfloat16)
+    compiled_gpu = x.is_cuda and not interpreted() and torch.cuda.get_device_capability() >= (8, 0)
+    assert int4_kmajor_gemv_bf16x2.usable(x, _gemv()) == compiled_gpu
+    assert not int4_kmajor_gemv_bf16x2.usable(x, dict(_gemv(), packed=False))
+    assert not int4_kmajor_gemv_bf16x2.usable(x.half(), _gemv())

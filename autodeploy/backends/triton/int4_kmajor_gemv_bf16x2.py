@@ -1,0 +1,231 @@
+"""Int4 weight-only GEMV on the K-major layout with packed bf16x2 math: the bf16 path of int4_kmajor_gemv.py.
+
+    x [M <= 4, K] bf16,  qweight_t [K/8, N] int32,  scales_t, zeros_t [K/g, N]  ->  [M, N]
+    (layout: autodeploy/quantization/int4_kmajor.py; word (i, n): 8 codes of column n, one group)
+
+Why: int4_kmajor_gemv.py spends ~4.1 instructions per weight (fp32: a LOP3 and two FFMAs per weight);
+an H200 streams int4 weights at ~37 per SM cycle against 128 lane-instructions an SM issues per
+cycle, a budget of ~3.5 per weight: that kernel is issue bound there (~1.1-2.4 TB/s measured). Here
+two weights share each instruction (Hopper and Ampere's bf16x2 FMA):
+
+    nibble pair p of a word = (nibble p, nibble p + 4) = the halves of (word >> 4p) & 0x000F000F;
+    OR 0x43004300: each half is the bf16 of 128 + q, exact (bf16 spacing is 1 on [128, 256))
+    one bf16x2 FMA (* 1 - (128 + z)): q - z in each half, exactly (whole numbers, |q - z| <= 15)
+    products with x in a chain of 8 bf16x2 FMAs over the 4 pairs of two words (rows 2i, 2i + 1 of a
+    step: the program loads even and odd word rows as two tiles), then the chain's two halves as fp32
+    (bf16 -> fp32 is moving the bits up) added into the fp32 accumulator d [BW / 2, BN].
+    x pairs (x of plane p, x of plane p + 4) for a word row: one PRMT of two int32 loads of x (which
+    hold rows 2i, 2i + 1 of a plane), shared by the thread's 4 columns.
+
+Per 16 weights of a row: 6 shifts, 8 LOP3, 8 FMAs for q - z, 8 for the products, 4 to fold the chain
+into fp32, ~1 for x: ~2.3 instructions a weight. Scales and the split-K merge as int4_kmajor_gemv.py.
+
+Numerics: q - z exact; each product rounded to bf16 and the chain of 8 summed in bf16 (relative error
+~2^-9 per step), then fp32. Against an fp32 product of the same quantized operands: ~49 dB on random
+Gaussian operands (emulated on CPU), where the reference (bf16 (q - z) * s, then a GEMM) gives ~55 dB
+and the INT4 quantization itself ~20 dB. bf16 x only: products of fp16 x by |q - z| <= 15 could
+overflow fp16, and fp32 x would lose its low bits; those keep the fp32 path.
+
+The interpreter (TRITON_INTERPRET=1) cannot run PTX: on a CPU int4_kmajor_gemv.py's fp32 path runs;
+tests/gpu/test_int4_kmajor.py checks this kernel on the GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from autodeploy.backends.triton._common import interpreted, pdl_wait_and_release
+from autodeploy.backends.triton.int4_kmajor_split import _finish_row, _merge_row
+
+# -(128 + z) per half is passed in (nzz); `one` is bf16x2 (1, 1)
+_DEQUANT_ASM = tl.constexpr("""{
+.reg .b32 t, one;
+mov.b32 one, 0x3F803F80;
+lop3.b32 t, $4, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 $0, t, one, $5;
+shr.u32 t, $4, 4;
+lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 $1, t, one, $5;
+shr.u32 t, $4, 8;
+lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 $2, t, one, $5;
+shr.u32 t, $4, 12;
+lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 $3, t, one, $5;
+}""")
+
+# $1..$8: (q - z) pairs of an even and an odd word row, $9..$16: their x pairs. -0.0 starts the chain so the
+# first product is rounded once; the chain's halves (hi: bits 16..31, lo: bits 0..15) become fp32 by moving
+# the bits up, and their sum is the result.
+_DOT_ASM = tl.constexpr("""{
+.reg .b32 p, lo, hi;
+mov.b32 p, 0x80008000;
+fma.rn.bf16x2 p, $1, $9, p;
+fma.rn.bf16x2 p, $2, $10, p;
+fma.rn.bf16x2 p, $3, $11, p;
+fma.rn.bf16x2 p, $4, $12, p;
+fma.rn.bf16x2 p, $5, $13, p;
+fma.rn.bf16x2 p, $6, $14, p;
+fma.rn.bf16x2 p, $7, $15, p;
+fma.rn.bf16x2 p, $8, $16, p;
+shl.b32 lo, p, 16;
+and.b32 hi, p, 0xFFFF0000;
+add.f32 $0, lo, hi;
+}""")
+
+_LOW_HALVES_ASM = tl.constexpr("prmt.b32 $0, $1, $2, 0x5410;")  # (a.lo, b.lo)
+_HIGH_HALVES_ASM = tl.constexpr("prmt.b32 $0, $1, $2, 0x7632;")  # (a.hi, b.hi)
+
+
+@triton.jit
+def _dequant(word, nzz):
+    """word [BWH, BN] int32, nzz [1, BN] bf16x2 of -(128 + z) twice -> 4 x [BWH, BN] int32: pair p is the
+    bf16x2 (q - z of nibble p, q - z of nibble p + 4)."""
+    return tl.inline_asm_elementwise(_DEQUANT_ASM, "=r,=r,=r,=r,r,r", [word, nzz],
+                                     dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+
+
+@triton.jit
+def _halves(a, b, HIGH: tl.constexpr):
+    """bf16x2 of a's and b's low (or high) halves: [BWH] int32 each."""
+    if HIGH:
+        return tl.inline_asm_elementwise(_HIGH_HALVES_ASM, "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(_LOW_HALVES_ASM, "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _row_step(d, e0, e1, e2, e3, o0, o1, o2, o3, xw, GW: tl.constexpr):
+    """d [BWH, BN] plus one step's products for one x row. e*/o*: (q - z) pairs of the even / odd word rows;
+    xw [BWH] int32 pointers: plane 0's x at the step's word rows 2i, 2i + 1 (plane j at + j * GW / 2)."""
+    HG: tl.constexpr = GW // 2
+    a0 = tl.load(xw)
+    a1 = tl.load(xw + HG)
+    a2 = tl.load(xw + 2 * HG)
+    a3 = tl.load(xw + 3 * HG)
+    a4 = tl.load(xw + 4 * HG)
+    a5 = tl.load(xw + 5 * HG)
+    a6 = tl.load(xw + 6 * HG)
+    a7 = tl.load(xw + 7 * HG)
+    part = tl.inline_asm_elementwise(
+        _DOT_ASM, "=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
+        [e0, e1, e2, e3, o0, o1, o2, o3,
+         _halves(a0, a4, False)[:, None], _halves(a1, a5, False)[:, None],
+         _halves(a2, a6, False)[:, None], _halves(a3, a7, False)[:, None],
+         _halves(a0, a4, True)[:, None], _halves(a1, a5, True)[:, None],
+         _halves(a2, a6, True)[:, None], _halves(a3, a7, True)[:, None]],
+        dtype=tl.int32, is_pure=True, pack=1)
+    return d + part.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16_pair(v):
+    """[BN] values -> the bf16x2 (v, v) as int32 bits."""
+    b = v.to(tl.bfloat16).to(tl.uint16, bitcast=True).to(tl.uint32)
+    return (b | (b << 16)).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _int4_kmajor_gemv_bf16x2_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,
+    M, N, GROUPS_PER_SPLIT, N_GROUPS,
+    stride_xm, stride_qw, stride_sg, stride_zg, stride_om,
+    ROWS: tl.constexpr, GW: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr,
+    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    STEPS: tl.constexpr = GW // BW  # steps per group
+    BWH: tl.constexpr = BW // 2  # word rows per tile: a step is an even and an odd tile
+    rn = pid_n * BN + tl.arange(0, BN)  # [BN]
+    mask_n = rn < N
+    rh = tl.arange(0, BWH)  # [BWH]
+    g_start = pid_k * GROUPS_PER_SPLIT
+    g_end = tl.minimum(g_start + GROUPS_PER_SPLIT, N_GROUPS)
+    w_last = g_end * GW - BW  # the split's last step (its prefetch reloads itself)
+    q_ptrs = qw_ptr + (g_start * GW + 2 * rh).to(tl.int64)[:, None] * stride_qw + rn[None, :]  # [BWH, BN] even rows
+    x_words = x_ptr.to(tl.pointer_type(tl.int32)) + rh  # [BWH]: x rows 2i, 2i + 1 as one int32 (bf16 pair)
+    acc0 = tl.zeros((BN,), dtype=tl.float32)
+    acc1 = tl.zeros((BN,), dtype=tl.float32)
+    acc2 = tl.zeros((BN,), dtype=tl.float32)
+    acc3 = tl.zeros((BN,), dtype=tl.float32)
+    if PREFETCH:  # read-only weights before the wait (int4_kmajor_gemv.py)
+        even = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
+        odd = tl.load(q_ptrs + stride_qw, mask=mask_n[None, :], other=0)
+    pdl_wait_and_release(PDL)
+    if not PREFETCH:
+        even = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
+        odd = tl.load(q_ptrs + stride_qw, mask=mask_n[None, :], other=0)
+    for g in range(g_start, g_end):
+        s = tl.load(s_ptr + g * stride_sg + rn, mask=mask_n, other=0.0).to(tl.float32)  # [BN]
+        z = tl.load(z_ptr + g * stride_zg + rn, mask=mask_n, other=0.0).to(tl.float32)
+        nzz = _bf16_pair(-(z + 128.0))[None, :]  # exact: z is a whole number in 0..15
+        d0 = tl.zeros((BWH, BN), dtype=tl.float32)
+        d1 = tl.zeros((BWH, BN), dtype=tl.float32)
+        d2 = tl.zeros((BWH, BN), dtype=tl.float32)
+        d3 = tl.zeros((BWH, BN), dtype=tl.float32)
+        for step in tl.static_range(STEPS):
+            w_cur = g * GW + step * BW
+            nxt = q_ptrs + (tl.minimum(w_cur + BW, w_last) - w_cur) * stride_qw  # next step in flight
+            even_next = tl.load(nxt, mask=mask_n[None, :], other=0)
+            odd_next = tl.load(nxt + stride_qw, mask=mask_n[None, :], other=0)
+            e0, e1, e2, e3 = _dequant(even, nzz)  # once per weight pair, shared by the rows
+            o0, o1, o2, o3 = _dequant(odd, nzz)
+            xw = x_words + (g * (8 * GW) + step * BW) // 2  # [BWH] plane 0 of this step
+            d0 = _row_step(d0, e0, e1, e2, e3, o0, o1, o2, o3, xw, GW)
+            if ROWS > 1:
+                d1 = _row_step(d1, e0, e1, e2, e3, o0, o1, o2, o3, xw + stride_xm // 2, GW)
+            if ROWS > 2:
+                d2 = _row_step(d2, e0, e1, e2, e3, o0, o1, o2, o3, xw + stride_xm, GW)
+            if ROWS > 3:
+                d3 = _row_step(d3, e0, e1, e2, e3, o0, o1, o2, o3, xw + 3 * (stride_xm // 2), GW)
+            even = even_next
+            odd = odd_next
+            q_ptrs += BW * stride_qw
+        acc0 += s * tl.sum(d0, axis=0)
+        if ROWS > 1:
+            acc1 += s * tl.sum(d1, axis=0)
+        if ROWS > 2:
+            acc2 += s * tl.sum(d2, axis=0)
+        if ROWS > 3:
+            acc3 += s * tl.sum(d3, axis=0)
+    _finish_row(acc0, 0, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k, SPLIT, HAS_BIAS)
+    if ROWS > 1:
+        _finish_row(acc1, 1, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k, SPLIT, HAS_BIAS)
+    if ROWS > 2:
+        _finish_row(acc2, 2, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k, SPLIT, HAS_BIAS)
+    if ROWS > 3:
+        _finish_row(acc3, 3, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k, SPLIT, HAS_BIAS)
+    if SPLIT > 1:
+        tl.debug_barrier()  # every thread's partial stores precede the ticket's release
+        ticket = tl.atomic_add(ticket_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == SPLIT - 1:  # the last split of this n tile to finish merges
+            tl.debug_barrier()
+            for row in tl.static_range(ROWS):
+                _merge_row(row, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, BN, SPLIT, HAS_BIAS)
+            tl.store(ticket_ptr + pid_n, 0)  # every split has arrived: reset for the next launch
+
+
+def usable(x2: Tensor, config: dict) -> bool:
+    """This kernel for the call: bf16 x on an sm_80+ GPU (compiled, not interpreted), x rows starting on
+    4-byte boundaries (x is read as bf16 pairs), BW >= 2, the config not asking for packed=False and
+    AUTODEPLOY_INT4_BF16X2 not 0."""
+    if x2.dtype != torch.bfloat16 or x2.device.type != "cuda" or interpreted() or not config.get("packed", True):
+        return False
+    if os.environ.get("AUTODEPLOY_INT4_BF16X2", "1") != "1":  # off: the fp32 kernel (an A/B in one device call)
+        return False
+    if config["bw"] < 2 or x2.data_ptr() % 4 or (x2.shape[0] > 1 and x2.stride(0) % 2):
+        return False
+    return _bf16x2_fma(x2.device.index if x2.device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)  # per launch at capture time
+def _bf16x2_fma(device_index: int) -> bool:
+    """fma.rn.bf16x2 needs sm_80 (PTX ISA)."""
+    return torch.cuda.get_device_capability(device_index) >= (8, 0)
