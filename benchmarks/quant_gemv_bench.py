@@ -77,8 +77,8 @@ INT4_TILES = [(16, 128, 4, 8), (32, 128, 4, 6), (64, 128, 4, 4), (128, 128, 8, 4
 # shuffles in the loop (tiles of <= 16 words per thread, <= 2 group chunks per step)
 # int4 kmaj: (BN, BW words per step, num_warps, K split as a multiple of the default rule's); columns per
 # thread = BN / (32 num_warps): 4 (16-byte loads) or 8
-KMAJ_TILES = [(256, 4, 2, 1), (256, 16, 2, 1), (512, 4, 2, 1), (512, 8, 2, 1), (512, 8, 4, 1), (128, 8, 1, 1), (1024, 8, 8, 1),
-              (256, 8, 2, 0.5), (256, 8, 2, 2)]
+KMAJ_TILES = [(256, 4, 2, 1), (256, 16, 2, 1), (256, 16, 2, 2), (512, 8, 4, 1), (512, 8, 4, 2), (1024, 8, 8, 1),
+              (256, 8, 2, 0.5), (256, 8, 2, 2), (256, 8, 2, 4)]
 FMA_TILES = [(8, 256, 4, 1), (16, 256, 4, 1), (16, 128, 4, 1), (32, 256, 4, 1), (32, 128, 4, 1), (64, 128, 4, 1),
              (16, 256, 8, 1), (8, 128, 2, 1), (16, 256, 4, 2), (32, 256, 4, 2)]
 
@@ -238,9 +238,10 @@ def _int4_variants(case: Case, x, w, sms: int) -> None:
     if m <= int4_kmajor_gemv.MAX_ROWS and "int4 kmaj" in SELECTED:
         kmaj = [int4_kmajor.from_half_split(q, s4, z4, GROUP) for q in qws]  # [(words [K/8, N], s_t, z_t)]
         del qws
-        default = dict(int4_kmajor_gemv.launch_config(m, n, k, GROUP, sms))
+        default = dict(int4_kmajor_gemv.launch_config(m, n, k, GROUP, sms, bf16x2=True))
+        fp32 = dict(int4_kmajor_gemv.launch_config(m, n, k, GROUP, sms), packed=False)  # the bf16x2 kernel's predecessor
         variants = [("default " + _kmaj_label(default), default, False),
-                    ("default, fp32 math", dict(default, packed=False), False)]  # the bf16x2 kernel's predecessor
+                    ("default, fp32 math " + _kmaj_label(fp32), fp32, False)]
         for bn, bw, warps, factor in KMAJ_TILES:
             split = max(1, round(factor * math.ceil(4 * sms / math.ceil(n / bn))))
             cfg = int4_kmajor_gemv.normalized(dict(kind="gemv", bn=bn, bw=bw, split=split, num_warps=warps,

@@ -189,12 +189,16 @@ def normalized(config: dict, m: int, n: int, k: int, group_size: int) -> dict:
 
 
 @functools.lru_cache(maxsize=1024)  # per call at decode
-def launch_config(m: int, n: int, k: int, group_size: int, sms: int) -> dict:
-    """The untimed default (module docstring: why these numbers); not to be mutated."""
+def launch_config(m: int, n: int, k: int, group_size: int, sms: int, bf16x2: bool = False) -> dict:
+    """The untimed default (module docstring: why these numbers); not to be mutated. bf16x2: the config of
+    int4_kmajor_gemv_bf16x2.py's kernel, whose one-row programs take 128 registers (this kernel's 168), so
+    8 fit an SM: a K split for ~8 programs per SM, measured on the H200 (BENCHMARKS.md, eleventh session)
+    8B qkv 10.7 -> 7.2 us, gate_up 26.0 -> 20.8, down 17.8 -> 12.5, lm_head unchanged."""
     bn, warps = 256, 2  # 4 columns per thread: 16-byte loads, no shared-memory shuffles (sm_90 SASS)
     bw = 8 if m <= 2 else 4  # d accumulators: rows x BW x 4 columns of registers
     tiles = triton.cdiv(n, bn)
-    split = triton.cdiv(4 * sms, tiles)  # ~4 programs per SM; normalized() rounds to whole groups per split
+    per_sm = 8 if bf16x2 and m == 1 else 4
+    split = triton.cdiv(per_sm * sms, tiles)  # ~4 (8) programs per SM; normalized() rounds to whole groups per split
     return normalized(dict(bn=bn, bw=bw, split=split, num_warps=warps, num_stages=1), m, n, k, group_size)
 
 
@@ -207,7 +211,10 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
     m, k = x2.shape
     n = qweight_t.shape[1]
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)  # [M, N]
-    cfg = normalized(config, m, n, k, group_size) if config else launch_config(m, n, k, group_size, sms)
+    if config:
+        cfg = normalized(config, m, n, k, group_size)
+    else:
+        cfg = launch_config(m, n, k, group_size, sms, int4_kmajor_gemv_bf16x2.usable(x2))
     split, tiles = cfg["split"], triton.cdiv(n, cfg["bn"])
     if split > 1:
         part = torch.empty(split, m, n, dtype=torch.float32, device=x2.device)  # [S, M, N]

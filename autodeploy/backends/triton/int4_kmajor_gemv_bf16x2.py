@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -212,10 +213,11 @@ def _int4_kmajor_gemv_bf16x2_kernel(
             tl.store(ticket_ptr + pid_n, 0)  # every split has arrived: reset for the next launch
 
 
-def usable(x2: Tensor, config: dict) -> bool:
+def usable(x2: Tensor, config: Optional[dict] = None) -> bool:
     """This kernel for the call: bf16 x on an sm_80+ GPU (compiled, not interpreted), x rows starting on
     4-byte boundaries (x is read as bf16 pairs), BW >= 2, the config not asking for packed=False and
-    AUTODEPLOY_INT4_BF16X2 not 0."""
+    AUTODEPLOY_INT4_BF16X2 not 0. No config: whether the default configs (BW 4 or 8) would take it."""
+    config = config or dict(bw=4)
     if x2.dtype != torch.bfloat16 or x2.device.type != "cuda" or interpreted() or not config.get("packed", True):
         return False
     if os.environ.get("AUTODEPLOY_INT4_BF16X2", "1") != "1":  # off: the fp32 kernel (an A/B in one device call)

@@ -71,6 +71,10 @@ def test_default_configs_on_an_h100():
         assert programs >= 2 * 132, name
     assert [cfg[w]["split"] for w in ("qkv", "o", "gate_up", "down", "lm_head")] == [16, 32, 5, 28, 2]
     assert int4_kmajor_gemv.launch_config(4, 6144, 4096, 128, 132)["bw"] == 4
+    # the bf16x2 kernel's one-row programs: ~8 per SM (128 registers each, 8 fit)
+    packed = [int4_kmajor_gemv.launch_config(1, n, k, 128, 132, bf16x2=True)["split"] for _, (n, k) in SHAPES.items()]
+    assert packed == [32, 32, 8, 56, 3]
+    assert int4_kmajor_gemv.launch_config(2, 6144, 4096, 128, 132, bf16x2=True)["split"] == 16
 
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
