@@ -100,6 +100,17 @@ stage_gemv() { python3 benchmarks/quant_gemv_bench.py --rows 1 --budget-s $(( $1
 # the K-major INT4 GEMV's default (bf16x2), its fp32-math kernel and neighbours on the 8B weights, beside cuBLAS bf16
 stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 "int4 kmaj" \
   --budget-s $(( $1 - 20 )) --json "$OUT/gemv_kmajor.json"; }
+# the same without PDL: each call's latency alone (with PDL, back-to-back calls overlap a kernel's ramp and
+# tail with its neighbours', which a decode step's GEMV, between a norm and attention, mostly cannot)
+stage_gemv_kmajor_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 \
+  "int4 kmaj" --budget-s $(( $1 - 20 )) --json "$OUT/gemv_kmajor_nopdl.json"; }
+# the K-major INT4 step (lm_head in INT4 too) as a Chrome trace: every kernel's duration, with PDL and without
+I4=(--set transforms.quantize_int4_weight_only.enabled=true --set transforms.quantize_int4_weight_only.group_size=128
+    --set "transforms.quantize_int4_weight_only.exclude=[]" --set transforms.repack_int4_kmajor.enabled=true)
+stage_trace_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" "${I4[@]}" --trace /tmp/int4.json \
+  && gzip -c /tmp/int4.json > "$OUT/int4_trace.json.gz"; }
+stage_trace_int4_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}" "${I4[@]}" --trace /tmp/int4n.json \
+  && gzip -c /tmp/int4n.json > "$OUT/int4_nopdl_trace.json.gz"; }
 stage_kmajor_tests() { python3 -m pytest -q -x tests/gpu/test_int4_kmajor.py tests/backends/triton/test_int4_kmajor_gemv.py \
   tests/backends/triton/test_int4_kmajor_gemm.py; }
 # 8B batch-1 decode: INT4 on the half-split kernels vs repacked K-major (h100 recipe + overrides, as stage quant)
@@ -163,7 +174,7 @@ run_stage() {  # name gpus limit
   local n=1; while [[ -e $L/$name.$n.log ]]; do n=$((n + 1)); done
   [[ -e $L/$name.log ]] && mv "$L/$name.log" "$L/$name.$n.log" && { [[ -e $OUT/$name.json ]] && mv "$OUT/$name.json" "$OUT/$name.$n.json"; }
   CUDA_VISIBLE_DEVICES=$devs AUTODEPLOY_CACHE=/tmp/adc${gpus:0:1} \
-    timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 P8 OUT L R 2>/dev/null); \
+    timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 P8 I4 OUT L R 2>/dev/null); \
       stage_$name $limit" > "$L/$name.log" 2>&1
   echo "$name@$gpus rc=$? $((SECONDS - t0))s"
 }
