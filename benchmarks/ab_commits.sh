@@ -21,7 +21,7 @@ group=${2:?a gpu_stages.sh group, e.g. quant@0:140}; shift 2
 order=("$@"); (( ${#order[@]} )) || order=(base new base new)
 [[ -d bench_base ]] || { echo "no bench_base/: run 'prepare REV' first"; exit 1; }
 [[ -e bench_base/.whl ]] || ln -s ../.whl bench_base/.whl
-B=${OUT:-$PWD/out}; declare -A n
+B=${OUT:-$PWD/out}; mkdir -p "$B"; declare -A n
 for side in "${order[@]}"; do
   n[$side]=$(( ${n[$side]:-0} + 1 )); dir=$B/$side${n[$side]}
   if [[ $side == base ]]; then (cd bench_base && OUT=$dir bash benchmarks/gpu_stages.sh "$group" > "$dir.txt" 2>&1)
