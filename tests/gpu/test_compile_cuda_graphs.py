@@ -130,3 +130,17 @@ def test_capture_without_torch_compile_matches_eager():
     assert model.replays == 7 and tokens == want_tokens
     for a, b in zip(logits, want_logits):
         assert_close(a, b)
+
+
+def test_a_graph_captured_as_is_has_a_bucket_of_one():
+    """Without torch.compile nothing specializes on b = 1: a batch of one replays bucket 1 (no padding row),
+    with the eager model's tokens and logits."""
+    model = CompiledModel(toy_cached_model(PAGES, PAGE, "cuda"), "cuda-graph", batch_sizes=[1, 2, 4], max_batch_size=4,
+                          max_num_tokens=256, max_seq_len=64, torch_compile=False)
+    assert sorted(model.graphs) == [1, 2, 4]
+    prompts = _prompts(1, seed=3)
+    want_tokens, want_logits = greedy_decode(toy_cached_model(PAGES, PAGE, "cuda"), prompts, 6, PAGE, pages_per_seq=7)
+    tokens, logits = greedy_decode(model, prompts, 6, PAGE, pages_per_seq=7)
+    assert model.replays == 5 and tokens == want_tokens
+    for a, b in zip(logits, want_logits):
+        assert_close(a, b)

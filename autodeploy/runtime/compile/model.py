@@ -72,7 +72,7 @@ class CompiledModel:
         if backend == "cuda-graph" and not self.use_graphs:
             log.warning("cuda-graph backend on %s: CUDA graphs need a GPU; running %s only", self.device,
                         "torch.compile" if torch_compile else "the graph as is")
-        # the last page belongs to padding sequences (CUDA-graph buckets, b >= 2 for torch.compile),
+        # the last page belongs to padding sequences (CUDA-graph buckets, b >= 2 under torch.compile),
         # never to a request: the engine sees one page fewer
         padded = backend != "eager"
         if padded and cached.num_pages < 2:
@@ -80,9 +80,14 @@ class CompiledModel:
         self.pad_page = cached.num_pages - 1 if padded else 0
         self.num_pages = cached.num_pages - 1 if padded else cached.num_pages
         self.max_pages = max(2, -(-max_seq_len // self.page_size))  # >= 2: see forward()
-        # no bucket of 1: a batch of one replays bucket 2 (one padding row costs ~nothing in a
-        # memory-bound step) and the compiled graph never specializes for b = 1
-        self.buckets = sorted({max(2, s) for s in normalize_buckets(batch_sizes, max_batch_size)}) if self.use_graphs else []
+        self.torch_compile = backend == "torch-compile" or (backend == "cuda-graph" and torch_compile)
+        # Under torch.compile no bucket of 1: a batch of one replays bucket 2, so the compiled graph never
+        # specializes for b = 1. A graph captured as is (torch_compile false, the GPU recipes) has no such
+        # specialization, and there a batch of one replays bucket 1: the padding row is not free everywhere
+        # (the K-major INT4 GEMV spends an FMA chain per row and weight: 3.7 instead of 2.7 instructions a
+        # weight with the second row).
+        low = 2 if self.torch_compile else 1
+        self.buckets = sorted({max(low, s) for s in normalize_buckets(batch_sizes, max_batch_size)}) if self.use_graphs else []
         if self.device.type == "cuda":
             from autodeploy.transforms.select_backends import select_cache_op_backends
 
@@ -92,7 +97,6 @@ class CompiledModel:
         # + 1: a compiled step of one sequence carries one padding sequence (see forward())
         self.meta = MetadataBuffers(max(max_num_tokens + 1, top), max(max_batch_size + 1, top), self.max_pages,
                                     self.device)
-        self.torch_compile = backend == "torch-compile" or (backend == "cuda-graph" and torch_compile)
         if not self.torch_compile:
             self.fn = cached.gm
         else:
