@@ -42,7 +42,7 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton._common import interpreted, pdl_wait_and_release
-from autodeploy.backends.triton.int4_kmajor_split import _finish_row, _merge_row
+from autodeploy.backends.triton.int4_kmajor_split import _add_group, _finish
 
 # -(128 + z) per half is passed in (nzz); `one` is bf16x2 (1, 1)
 _DEQUANT_ASM = tl.constexpr("""{
@@ -189,28 +189,9 @@ def _int4_kmajor_gemv_bf16x2_kernel(
             even = even_next
             odd = odd_next
             q_ptrs += BW * stride_qw
-        acc0 += s * tl.sum(d0, axis=0)
-        if ROWS > 1:
-            acc1 += s * tl.sum(d1, axis=0)
-        if ROWS > 2:
-            acc2 += s * tl.sum(d2, axis=0)
-        if ROWS > 3:
-            acc3 += s * tl.sum(d3, axis=0)
-    _finish_row(acc0, 0, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k, SPLIT, HAS_BIAS)
-    if ROWS > 1:
-        _finish_row(acc1, 1, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k, SPLIT, HAS_BIAS)
-    if ROWS > 2:
-        _finish_row(acc2, 2, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k, SPLIT, HAS_BIAS)
-    if ROWS > 3:
-        _finish_row(acc3, 3, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, pid_k, SPLIT, HAS_BIAS)
-    if SPLIT > 1:
-        tl.debug_barrier()  # every thread's partial stores precede the ticket's release
-        ticket = tl.atomic_add(ticket_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-        if ticket == SPLIT - 1:  # the last split of this n tile to finish merges
-            tl.debug_barrier()
-            for row in tl.static_range(ROWS):
-                _merge_row(row, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om, BN, SPLIT, HAS_BIAS)
-            tl.store(ticket_ptr + pid_n, 0)  # every split has arrived: reset for the next launch
+        acc0, acc1, acc2, acc3 = _add_group(acc0, acc1, acc2, acc3, d0, d1, d2, d3, s, ROWS)
+    _finish(acc0, acc1, acc2, acc3, out_ptr, part_ptr, bias_ptr, ticket_ptr, rn, mask_n, M, N, stride_om, pid_n, pid_k,
+            ROWS, BN, SPLIT, HAS_BIAS)
 
 
 def usable(x2: Tensor, config: Optional[dict] = None) -> bool:
