@@ -111,6 +111,8 @@ stage_trace_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" "${I4[@]}" 
   && gzip -c /tmp/int4.json > "$OUT/int4_trace.json.gz"; }
 stage_trace_int4_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}" "${I4[@]}" --trace /tmp/int4n.json \
   && gzip -c /tmp/int4n.json > "$OUT/int4_nopdl_trace.json.gz"; }
+# the eleventh session's GPU test files (the bf16x2 INT4 GEMV, the bucket of one)
+stage_session11_tests() { python3 -m pytest -q -rf tests/gpu/test_int4_kmajor.py tests/gpu/test_compile_cuda_graphs.py; }
 stage_kmajor_tests() { python3 -m pytest -q -x tests/gpu/test_int4_kmajor.py tests/backends/triton/test_int4_kmajor_gemv.py \
   tests/backends/triton/test_int4_kmajor_gemm.py; }
 # 8B batch-1 decode: INT4 on the half-split kernels vs repacked K-major (h100 recipe + overrides, as stage quant)
