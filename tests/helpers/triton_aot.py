@@ -170,10 +170,8 @@ def pdl_cases():
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True), (), 1
     yield "int4_kmajor_gemv pdl prefetch", int4_kmajor_gemv._int4_kmajor_gemv_kernel, km, \
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
-    for pf_rows in (0, 8, 32):
-        yield f"int4_kmajor_gemv_bf16x2 pdl prefetch pf_rows={pf_rows}", \
-            int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, km, \
-            dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True, PF_ROWS=pf_rows), (), 1
+    yield "int4_kmajor_gemv_bf16x2 pdl prefetch", int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, km, \
+        dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
     for residual in (False, True):
         yield f"rmsnorm pdl residual={residual}", rmsnorm._rmsnorm_kernel, \
             dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, res_out_ptr=bf), \

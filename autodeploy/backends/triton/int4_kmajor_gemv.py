@@ -208,9 +208,8 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
                 PDL=pdl_enabled(x2.device), PREFETCH=pdl_prefetch_enabled(x2.device), num_warps=cfg["num_warps"],
                 num_stages=cfg["num_stages"], **pdl_launch(x2.device))
     if int4_kmajor_gemv_bf16x2.usable(x2, cfg):  # bf16 x on a GPU: two weights an instruction
-        pf_rows = int4_kmajor_gemv_bf16x2.prefetch_rows(cfg, group_size, meta["PREFETCH"])
         int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel[(tiles, split)](
-            *ptrs, m, n, cfg["groups_per_split"], k // group_size, *strides, PF_ROWS=pf_rows, **meta)
+            *ptrs, m, n, cfg["groups_per_split"], k // group_size, *strides, **meta)
     else:
         _int4_kmajor_gemv_kernel[(tiles, split)](
             *ptrs, m, n, cfg["groups_per_split"], k // group_size, MAGIC_BITS, *strides, **meta)

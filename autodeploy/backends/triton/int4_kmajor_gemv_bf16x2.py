@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from autodeploy.backends.triton._common import interpreted, pdl_wait_and_release, prefetch_l2
+from autodeploy.backends.triton._common import interpreted, pdl_wait_and_release
 from autodeploy.backends.triton.int4_kmajor_split import _add_group, _finish
 
 # -(128 + z) per half is passed in (nzz); `one` is bf16x2 (1, 1)
@@ -139,7 +139,6 @@ def _int4_kmajor_gemv_bf16x2_kernel(
     stride_xm, stride_qw, stride_sg, stride_zg, stride_om,
     ROWS: tl.constexpr, GW: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr,
     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False,
-    PF_ROWS: tl.constexpr = 0,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -160,10 +159,6 @@ def _int4_kmajor_gemv_bf16x2_kernel(
     if PREFETCH:  # read-only weights before the wait (int4_kmajor_gemv.py)
         even = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
         odd = tl.load(q_ptrs + stride_qw, mask=mask_n[None, :], other=0)
-        if PF_ROWS > 0:  # and the word rows after the first step asked of L2 (their DRAM trip under the wait)
-            pf_rows = tl.minimum(g_start * GW + BW + tl.arange(0, PF_ROWS), g_end * GW - 1).to(tl.int64)  # [PF_ROWS]
-            pf_cols = tl.minimum(pid_n * BN + tl.arange(0, BN // 32) * 32, N - 1)  # one per 128-byte line
-            prefetch_l2(qw_ptr + pf_rows[:, None] * stride_qw + pf_cols[None, :])
     pdl_wait_and_release(PDL)
     if not PREFETCH:
         even = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
@@ -211,17 +206,6 @@ def usable(x2: Tensor, config: Optional[dict] = None) -> bool:
     if config["bw"] < 2 or x2.data_ptr() % 4 or (x2.shape[0] > 1 and x2.stride(0) % 2):
         return False
     return _bf16x2_fma(x2.device.index if x2.device.index is not None else torch.cuda.current_device())
-
-
-def prefetch_rows(config: dict, group_size: int, prefetch: bool) -> int:
-    """PF_ROWS: with the PDL weight prefetch on, each program asks L2 for the word rows of its K range after its
-    first step (up to 32: 32 KB a program at BN 256) before it waits for its predecessor, so that a short GEMV
-    (the 8B qkv / o: one or two groups a program) finds them in L2 instead of a DRAM trip per step after the
-    wait. AUTODEPLOY_INT4_PF_RANGE=0 keeps only the first step's (for A/B runs)."""
-    if not prefetch or os.environ.get("AUTODEPLOY_INT4_PF_RANGE", "1") != "1":
-        return 0
-    rows = config["groups_per_split"] * (group_size // 8) - config["bw"]
-    return 0 if rows <= 0 else min(32, 1 << (rows - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=None)  # per launch at capture time

@@ -99,18 +99,3 @@ def test_bf16x2_kernel_only_where_it_can_run():
     assert int4_kmajor_gemv_bf16x2.usable(x, _gemv()) == compiled_gpu
     assert not int4_kmajor_gemv_bf16x2.usable(x, dict(_gemv(), packed=False))
     assert not int4_kmajor_gemv_bf16x2.usable(x.half(), _gemv())
-
-
-def test_bf16x2_l2_prefetch_rows(monkeypatch):
-    """The rows past the first step a program asks L2 for before its PDL wait: its K range, at most 32 rows
-    (a power of two), none without the PDL prefetch or with AUTODEPLOY_INT4_PF_RANGE=0."""
-    from autodeploy.backends.triton import int4_kmajor_gemv_bf16x2
-
-    def rows(n, k, prefetch=True):
-        cfg = int4_kmajor_gemv.launch_config(1, n, k, 128, 132, bf16x2=True)
-        return int4_kmajor_gemv_bf16x2.prefetch_rows(cfg, 128, prefetch)
-
-    assert [rows(n, k) for n, k in SHAPES.values()] == [8, 8, 32, 32, 32]  # qkv, o: one group (16 rows) a program
-    assert rows(6144, 4096, prefetch=False) == 0
-    monkeypatch.setenv("AUTODEPLOY_INT4_PF_RANGE", "0")
-    assert rows(6144, 4096) == 0
