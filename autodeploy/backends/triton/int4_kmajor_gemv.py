@@ -44,6 +44,9 @@ benchmarks/quant_gemv_bench.py ("int4 kmaj") times neighbours (BN, BW, warps, sp
 
 Numerics: codes and q - z are exact, products and sums fp32, as the other int4 GEMVs: closer to the
 fp32 truth than the reference (which rounds (q - z) * s to x's dtype before its GEMM).
+
+bf16 x on a GPU runs the twin in int4_kmajor_gemv_bf16x2.py instead (two weights an instruction; launch()
+picks it): this kernel serves fp16 / fp32 x, the interpreter, and AUTODEPLOY_INT4_BF16X2=0.
 """
 
 from __future__ import annotations

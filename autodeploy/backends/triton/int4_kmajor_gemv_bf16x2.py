@@ -18,12 +18,16 @@ two weights share each instruction (Hopper and Ampere's bf16x2 FMA):
     hold rows 2i, 2i + 1 of a plane), shared by the thread's 4 columns.
 
 Per 16 weights of a row: 6 shifts, 8 LOP3, 8 FMAs for q - z, 8 for the products, 4 to fold the chain
-into fp32, ~1 for x: ~2.3 instructions a weight. Scales and the split-K merge as int4_kmajor_gemv.py.
+into fp32, ~1 for x. Counted in the sm_90 SASS (Triton 3.6) of the one-row default: 2.73 instructions a
+weight in the loop (int4_kmajor_gemv.py: 4.11), 128 registers (167), so 8 programs fit an SM and the
+default K split gives ~8 (int4_kmajor_gemv.launch_config). Scales and the split-K merge: int4_kmajor_split.py.
+Measured on the H200 (BENCHMARKS.md, eleventh session): 8B gate_up 38.6 -> 20.7 us, the INT4 step 3.93 ->
+2.78 ms.
 
 Numerics: q - z exact; each product rounded to bf16 and the chain of 8 summed in bf16 (relative error
-~2^-9 per step), then fp32. Against an fp32 product of the same quantized operands: ~49 dB on random
-Gaussian operands (emulated on CPU), where the reference (bf16 (q - z) * s, then a GEMM) gives ~55 dB
-and the INT4 quantization itself ~20 dB. bf16 x only: products of fp16 x by |q - z| <= 15 could
+~2^-9 per step), then fp32. Against an fp32 product of the same quantized operands: 48.3-48.8 dB on the 8B
+shapes (H200; ~49 emulated on CPU), where the fp32-math kernel gives ~55.5 and the INT4 quantization
+itself ~20. bf16 x only: products of fp16 x by |q - z| <= 15 could
 overflow fp16, and fp32 x would lose its low bits; those keep the fp32 path.
 
 The interpreter (TRITON_INTERPRET=1) cannot run PTX: on a CPU int4_kmajor_gemv.py's fp32 path runs;
