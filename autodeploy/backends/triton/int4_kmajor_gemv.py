@@ -197,8 +197,10 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)  # [M, N]
     if config:
         cfg = normalized(config, m, n, k, group_size)
-    else:
-        cfg = launch_config(m, n, k, group_size, sms, int4_kmajor_gemv_bf16x2.usable(x2))
+        packed = int4_kmajor_gemv_bf16x2.usable(x2, cfg)
+    else:  # the defaults' BW (4, 8) always suits the bf16x2 kernel: whether it runs decides the config
+        packed = int4_kmajor_gemv_bf16x2.usable(x2)
+        cfg = launch_config(m, n, k, group_size, sms, packed)
     split, tiles = cfg["split"], triton.cdiv(n, cfg["bn"])
     if split > 1:
         part = torch.empty(split, m, n, dtype=torch.float32, device=x2.device)  # [S, M, N]
@@ -210,7 +212,7 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
     meta = dict(ROWS=m, GW=group_size // 8, BN=cfg["bn"], BW=cfg["bw"], SPLIT=split, HAS_BIAS=bias is not None,
                 PDL=pdl_enabled(x2.device), PREFETCH=pdl_prefetch_enabled(x2.device), num_warps=cfg["num_warps"],
                 num_stages=cfg["num_stages"], **pdl_launch(x2.device))
-    if int4_kmajor_gemv_bf16x2.usable(x2, cfg):  # bf16 x on a GPU: two weights an instruction
+    if packed:  # bf16 x on a GPU: two weights an instruction
         int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel[(tiles, split)](
             *ptrs, m, n, cfg["groups_per_split"], k // group_size, *strides, **meta)
     else:
