@@ -162,3 +162,18 @@ def test_bf16x2_kernel_declines_x_it_cannot_read_as_pairs():
         assert not int4_kmajor_gemv_bf16x2.usable(x, cfg)
         assert sqnr(int4_kmajor_gemm.launch(x, *kmajor, None, 128, cfg), _truth(x, half_split, 128)) >= 40.0
     assert not int4_kmajor_gemv_bf16x2.usable(_x(1, 4096), _gemv_config(1, 1024, 4096, 128, bw=1))
+
+
+@pytest.mark.parametrize("shape", ["qkv", "down"])  # one group a split, and several
+def test_bf16x2_kernel_evict_first_loads_give_the_same_result(shape, monkeypatch):
+    """The default weight loads (evict_first in L1 and L2, int4_kmajor_gemv_bf16x2.load_meta) are a cache hint:
+    the output is bit-identical to plain loads (AUTODEPLOY_INT4_W_LOAD=none)."""
+    n, k = SHAPES[shape]
+    _, kmajor = _kmajor(n, k)
+    x = _x(1, k)
+    assert int4_kmajor_gemv_bf16x2.load_meta() == dict(W_EVICT="evict_first")
+    want = int4_kmajor_gemm.launch(x, *kmajor, None, 128, None)
+    monkeypatch.setenv("AUTODEPLOY_INT4_W_LOAD", "none")
+    assert int4_kmajor_gemv_bf16x2.load_meta() == dict(W_EVICT="")
+    got = int4_kmajor_gemm.launch(x, *kmajor, None, 128, None)
+    assert torch.equal(got, want)

@@ -10,7 +10,7 @@ program owns BN columns and a range of K; x is the same for all its threads (a b
 thread accumulates its own columns along K in registers:
 
     program (n tile, K split), per group of its K range (g / 8 = GW words):
-        s, z = scales_t[group, cols], zeros_t[group, cols]                      [BN] each, once per group
+        s, z = scales_t[group, cols], zeros_t[group, cols]      [BN] each, once per group (loaded a group ahead)
         per step of BW words (BW | GW), tile q [BW, BN] int32 (4 or 8 columns per thread, 16-byte loads):
             d[r, c] += sum_j (q_j[r, c] - z[c]) * x[group * g + j * GW + r0 + r]   (plane j: a contiguous x run)
         acc[c] += s[c] * sum_r d[r, c]                                           (r inside the thread: no shuffles)
@@ -63,7 +63,7 @@ from autodeploy.backends.triton._common import (pdl_enabled, pdl_launch, pdl_pre
                                                 tickets, unsupported_device_or_dtype)
 from autodeploy.backends.triton import int4_kmajor_gemv_bf16x2
 from autodeploy.backends.triton.int4_gemv_fma import MAGIC_BITS, _codes
-from autodeploy.backends.triton.int4_kmajor_split import _add_group, _finish
+from autodeploy.backends.triton.int4_kmajor_split import _add_group, _finish, _group_scales
 
 MAX_ROWS = 4  # one FFMA per weight and row: beyond ~4 rows the tl.dot GEMM (int4_kmajor_gemm.py) wins
 
@@ -94,6 +94,7 @@ def _int4_kmajor_gemv_kernel(
     stride_xm, stride_qw, stride_sg, stride_zg, stride_om,
     ROWS: tl.constexpr, GW: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr,
     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False,
+    W_EVICT: tl.constexpr = "",
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -113,13 +114,19 @@ def _int4_kmajor_gemv_kernel(
     # the split's first words are read-only weights: with PREFETCH they are loaded before the wait (during
     # the previous kernel's tail, _common.py: weight prefetch); x, out, partials and tickets only after it
     if PREFETCH:
-        word = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
+        word = tl.load(q_ptrs, mask=mask_n[None, :], other=0, eviction_policy=W_EVICT)
+        s_cur, z_cur = _group_scales(s_ptr, z_ptr, g_start, stride_sg, stride_zg, rn, mask_n, W_EVICT)
     pdl_wait_and_release(PDL)
     if not PREFETCH:
-        word = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
+        word = tl.load(q_ptrs, mask=mask_n[None, :], other=0, eviction_policy=W_EVICT)
+        s_cur, z_cur = _group_scales(s_ptr, z_ptr, g_start, stride_sg, stride_zg, rn, mask_n, W_EVICT)
     for g in range(g_start, g_end):
-        s = tl.load(s_ptr + g * stride_sg + rn, mask=mask_n, other=0.0).to(tl.float32)  # [BN]
-        z = tl.load(z_ptr + g * stride_zg + rn, mask=mask_n, other=0.0).to(tl.float32)
+        # the next group's s / z in flight during this one (the last group reloads its own): z is needed at
+        # the group's first step, so loading it there would expose a DRAM round trip per group
+        s_next, z_next = _group_scales(s_ptr, z_ptr, tl.minimum(g + 1, g_end - 1), stride_sg, stride_zg, rn, mask_n,
+                                       W_EVICT)
+        s = s_cur.to(tl.float32)  # [BN]
+        z = z_cur.to(tl.float32)
         zm0 = (z + 8388608.0)[None, :]  # z + 2^23 / 2^S for nibbles at bit S = 0, 4, .. 16: see _codes
         zm4 = (z + 524288.0)[None, :]
         zm8 = (z + 32768.0)[None, :]
@@ -133,7 +140,7 @@ def _int4_kmajor_gemv_kernel(
             w_cur = g * GW + step * BW
             # the next step's words are in flight while this one computes
             word_next = tl.load(q_ptrs + (tl.minimum(w_cur + BW, w_last) - w_cur) * stride_qw,
-                                mask=mask_n[None, :], other=0)
+                                mask=mask_n[None, :], other=0, eviction_policy=W_EVICT)
             upper = (word.to(tl.uint32, bitcast=True) >> 12).to(tl.int32, bitcast=True)  # nibbles 5..7 at bits 8..19
             xp = x_rows + g * (8 * GW) + step * BW  # [BW] plane 0 of this step
             d0 = _row_products(d0, word, upper, magic, zm0, zm4, zm8, zm12, zm16, xp, GW)
@@ -146,6 +153,8 @@ def _int4_kmajor_gemv_kernel(
             word = word_next
             q_ptrs += BW * stride_qw
         acc0, acc1, acc2, acc3 = _add_group(acc0, acc1, acc2, acc3, d0, d1, d2, d3, s, ROWS)
+        s_cur = s_next
+        z_cur = z_next
     _finish(acc0, acc1, acc2, acc3, out_ptr, part_ptr, bias_ptr, ticket_ptr, rn, mask_n, M, N, stride_om, pid_n, pid_k,
             ROWS, BN, SPLIT, HAS_BIAS)
 
@@ -176,12 +185,14 @@ def normalized(config: dict, m: int, n: int, k: int, group_size: int) -> dict:
 def launch_config(m: int, n: int, k: int, group_size: int, sms: int, bf16x2: bool = False) -> dict:
     """The untimed default (module docstring: why these numbers); not to be mutated. bf16x2: the config of
     int4_kmajor_gemv_bf16x2.py's kernel, whose one-row programs take 128 registers (this kernel's 168), so
-    8 fit an SM: a K split for ~8 programs per SM, measured on the H200 (BENCHMARKS.md, eleventh session)
-    8B qkv 10.7 -> 7.2 us, gate_up 26.0 -> 20.8, down 17.8 -> 12.5, lm_head unchanged."""
+    8 fit an SM: a K split for ~8 programs per SM where there are fewer n tiles than SMs, measured on the H200
+    (BENCHMARKS.md, eleventh session) 8B qkv 10.7 -> 7.2 us, gate_up 26.0 -> 20.8, down 17.8 -> 12.5."""
     bn, warps = 256, 2  # 4 columns per thread: 16-byte loads, no shared-memory shuffles (sm_90 SASS)
     bw = 8 if m <= 2 else 4  # d accumulators: rows x BW x 4 columns of registers
     tiles = triton.cdiv(n, bn)
-    per_sm = 8 if bf16x2 and m == 1 else 4
+    # 8 where the K split makes the parallelism (tiles < SMs: 8B qkv, o, gate_up, down); the lm_head's 501 tiles
+    # keep 4 (bf16x2 73.5 us at ~4 a SM, 76.9 at ~8: BENCHMARKS.md eleventh session)
+    per_sm = 8 if bf16x2 and m == 1 and tiles < sms else 4
     split = triton.cdiv(per_sm * sms, tiles)  # ~4 (8) programs per SM; normalized() rounds to whole groups per split
     return normalized(dict(bn=bn, bw=bw, split=split, num_warps=warps, num_stages=1), m, n, k, group_size)
 
@@ -211,10 +222,11 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
     strides = (x2.stride(0), qweight_t.stride(0), scales_t.stride(0), zeros_t.stride(0), out.stride(0))
     meta = dict(ROWS=m, GW=group_size // 8, BN=cfg["bn"], BW=cfg["bw"], SPLIT=split, HAS_BIAS=bias is not None,
                 PDL=pdl_enabled(x2.device), PREFETCH=pdl_prefetch_enabled(x2.device), num_warps=cfg["num_warps"],
-                num_stages=cfg["num_stages"], **pdl_launch(x2.device))
+                num_stages=cfg["num_stages"], **int4_kmajor_gemv_bf16x2.load_meta(), **pdl_launch(x2.device))
     if packed:  # bf16 x on a GPU: two weights an instruction
         int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel[(tiles, split)](
-            *ptrs, m, n, cfg["groups_per_split"], k // group_size, *strides, **meta)
+            *ptrs, m, n, cfg["groups_per_split"], k // group_size, *strides,
+            **meta)
     else:
         _int4_kmajor_gemv_kernel[(tiles, split)](
             *ptrs, m, n, cfg["groups_per_split"], k // group_size, MAGIC_BITS, *strides, **meta)

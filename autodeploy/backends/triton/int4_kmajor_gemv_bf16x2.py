@@ -24,6 +24,12 @@ default K split gives ~8 (int4_kmajor_gemv.launch_config). Scales and the split-
 Measured on the H200 (BENCHMARKS.md, eleventh session): 8B gate_up 38.6 -> 20.7 us, the INT4 step 3.93 ->
 2.78 ms.
 
+Loads: a group's scales and zeros are read one group ahead (the first group's before the PDL wait, with the
+first step's words): z is needed at a group's first step, and loaded there it was a DRAM round trip per
+group (8B INT4 step -17 us). Weight words, scales and zeros are loaded evict_first in L1 and L2 (read once a
+step, they should leave the caches before anything else does; 8B INT4 step on the H200 2.011 -> 1.932 ms,
+BENCHMARKS.md twelfth session; load_meta, AUTODEPLOY_INT4_W_LOAD=none for plain loads).
+
 Numerics: q - z exact; each product rounded to bf16 and the chain of 8 summed in bf16 (relative error
 ~2^-9 per step), then fp32. Against an fp32 product of the same quantized operands: 48.3-48.8 dB on the 8B
 shapes (H200; ~49 emulated on CPU), where the fp32-math kernel gives ~55.5 and the INT4 quantization
@@ -46,7 +52,7 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton._common import interpreted, pdl_wait_and_release
-from autodeploy.backends.triton.int4_kmajor_split import _add_group, _finish
+from autodeploy.backends.triton.int4_kmajor_split import _add_group, _finish, _group_scales
 
 # -(128 + z) per half is passed in (nzz); `one` is bf16x2 (1, 1)
 _DEQUANT_ASM = tl.constexpr("""{
@@ -130,6 +136,12 @@ def _row_step(d, e0, e1, e2, e3, o0, o1, o2, o3, xw, GW: tl.constexpr):
 
 
 @triton.jit
+def _words(ptrs, mask_n, W_EVICT: tl.constexpr):
+    """A tile of weight words [BWH, BN] (W_EVICT: load_meta's eviction policy)."""
+    return tl.load(ptrs, mask=mask_n[None, :], other=0, eviction_policy=W_EVICT)
+
+
+@triton.jit
 def _bf16_pair(v):
     """[BN] values -> the bf16x2 (v, v) as int32 bits."""
     b = v.to(tl.bfloat16).to(tl.uint16, bitcast=True).to(tl.uint32)
@@ -143,6 +155,7 @@ def _int4_kmajor_gemv_bf16x2_kernel(
     stride_xm, stride_qw, stride_sg, stride_zg, stride_om,
     ROWS: tl.constexpr, GW: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr,
     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False,
+    W_EVICT: tl.constexpr = "",
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -160,17 +173,22 @@ def _int4_kmajor_gemv_bf16x2_kernel(
     acc1 = tl.zeros((BN,), dtype=tl.float32)
     acc2 = tl.zeros((BN,), dtype=tl.float32)
     acc3 = tl.zeros((BN,), dtype=tl.float32)
-    if PREFETCH:  # read-only weights before the wait (int4_kmajor_gemv.py)
-        even = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
-        odd = tl.load(q_ptrs + stride_qw, mask=mask_n[None, :], other=0)
+    if PREFETCH:  # read-only weights before the wait (int4_kmajor_gemv.py), the first group's s / z too
+        even = _words(q_ptrs, mask_n, W_EVICT)
+        odd = _words(q_ptrs + stride_qw, mask_n, W_EVICT)
+        s_cur, z_cur = _group_scales(s_ptr, z_ptr, g_start, stride_sg, stride_zg, rn, mask_n, W_EVICT)
     pdl_wait_and_release(PDL)
     if not PREFETCH:
-        even = tl.load(q_ptrs, mask=mask_n[None, :], other=0)
-        odd = tl.load(q_ptrs + stride_qw, mask=mask_n[None, :], other=0)
+        even = _words(q_ptrs, mask_n, W_EVICT)
+        odd = _words(q_ptrs + stride_qw, mask_n, W_EVICT)
+        s_cur, z_cur = _group_scales(s_ptr, z_ptr, g_start, stride_sg, stride_zg, rn, mask_n, W_EVICT)
     for g in range(g_start, g_end):
-        s = tl.load(s_ptr + g * stride_sg + rn, mask=mask_n, other=0.0).to(tl.float32)  # [BN]
-        z = tl.load(z_ptr + g * stride_zg + rn, mask=mask_n, other=0.0).to(tl.float32)
-        nzz = _bf16_pair(-(z + 128.0))[None, :]  # exact: z is a whole number in 0..15
+        # the next group's s / z in flight during this one (the last group reloads its own): a group's
+        # first step needs z at once, so a load issued at its start would be a DRAM round trip per group
+        s_next, z_next = _group_scales(s_ptr, z_ptr, tl.minimum(g + 1, g_end - 1), stride_sg, stride_zg, rn, mask_n,
+                                       W_EVICT)
+        s = s_cur.to(tl.float32)  # [BN]
+        nzz = _bf16_pair(-(z_cur.to(tl.float32) + 128.0))[None, :]  # exact: z is a whole number in 0..15
         d0 = tl.zeros((BWH, BN), dtype=tl.float32)
         d1 = tl.zeros((BWH, BN), dtype=tl.float32)
         d2 = tl.zeros((BWH, BN), dtype=tl.float32)
@@ -178,8 +196,8 @@ def _int4_kmajor_gemv_bf16x2_kernel(
         for step in tl.static_range(STEPS):
             w_cur = g * GW + step * BW
             nxt = q_ptrs + (tl.minimum(w_cur + BW, w_last) - w_cur) * stride_qw  # next step in flight
-            even_next = tl.load(nxt, mask=mask_n[None, :], other=0)
-            odd_next = tl.load(nxt + stride_qw, mask=mask_n[None, :], other=0)
+            even_next = _words(nxt, mask_n, W_EVICT)
+            odd_next = _words(nxt + stride_qw, mask_n, W_EVICT)
             e0, e1, e2, e3 = _dequant(even, nzz)  # once per weight pair, shared by the rows
             o0, o1, o2, o3 = _dequant(odd, nzz)
             xw = x_words + (g * (8 * GW) + step * BW) // 2  # [BWH] plane 0 of this step
@@ -194,6 +212,8 @@ def _int4_kmajor_gemv_bf16x2_kernel(
             odd = odd_next
             q_ptrs += BW * stride_qw
         acc0, acc1, acc2, acc3 = _add_group(acc0, acc1, acc2, acc3, d0, d1, d2, d3, s, ROWS)
+        s_cur = s_next
+        z_cur = z_next
     _finish(acc0, acc1, acc2, acc3, out_ptr, part_ptr, bias_ptr, ticket_ptr, rn, mask_n, M, N, stride_om, pid_n, pid_k,
             ROWS, BN, SPLIT, HAS_BIAS)
 
@@ -210,6 +230,16 @@ def usable(x2: Tensor, config: Optional[dict] = None) -> bool:
     if config["bw"] < 2 or x2.data_ptr() % 4 or (x2.shape[0] > 1 and x2.stride(0) % 2):
         return False
     return _bf16x2_fma(x2.device.index if x2.device.index is not None else torch.cuda.current_device())
+
+
+def load_meta() -> dict:
+    """W_EVICT, the eviction policy of the weight words' and their scales' loads: evict_first in L1 and L2 by
+    default (read once a step, they leave L2 before anything else; 8B INT4 step on the H200 -80 us,
+    BENCHMARKS.md twelfth session), AUTODEPLOY_INT4_W_LOAD=none for plain loads (A/B runs)."""
+    w = os.environ.get("AUTODEPLOY_INT4_W_LOAD", "evict_first")
+    if w not in ("none", "evict_first"):
+        raise ValueError(f"AUTODEPLOY_INT4_W_LOAD={w!r}: expected evict_first or none")
+    return dict(W_EVICT="evict_first" if w == "evict_first" else "")
 
 
 @functools.lru_cache(maxsize=None)  # per launch at capture time

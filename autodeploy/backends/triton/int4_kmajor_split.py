@@ -34,6 +34,14 @@ def _merge_row(row, out_ptr, part_ptr, bias_ptr, rn, mask_n, M, N, stride_om,
 
 
 @triton.jit
+def _group_scales(s_ptr, z_ptr, g, stride_sg, stride_zg, rn, mask_n, EVICT: tl.constexpr):
+    """Group g's scales and zeros of the columns rn: [BN] each, as stored (EVICT: the loads' eviction policy)."""
+    s = tl.load(s_ptr + g * stride_sg + rn, mask=mask_n, other=0.0, eviction_policy=EVICT)
+    z = tl.load(z_ptr + g * stride_zg + rn, mask=mask_n, other=0.0, eviction_policy=EVICT)
+    return s, z
+
+
+@triton.jit
 def _add_group(acc0, acc1, acc2, acc3, d0, d1, d2, d3, s, ROWS: tl.constexpr):
     """The end of a group: each row's accumulator [BN] plus s [BN] times its d tile summed over the words."""
     acc0 += s * tl.sum(d0, axis=0)

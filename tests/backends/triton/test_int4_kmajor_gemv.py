@@ -71,9 +71,10 @@ def test_default_configs_on_an_h100():
         assert programs >= 2 * 132, name
     assert [cfg[w]["split"] for w in ("qkv", "o", "gate_up", "down", "lm_head")] == [16, 32, 5, 28, 2]
     assert int4_kmajor_gemv.launch_config(4, 6144, 4096, 128, 132)["bw"] == 4
-    # the bf16x2 kernel's one-row programs: ~8 per SM (128 registers each, 8 fit)
+    # the bf16x2 kernel's one-row programs: ~8 per SM (128 registers each, 8 fit) where the n tiles are fewer
+    # than the SMs; the lm_head's 501 tiles keep ~4 (measured faster there)
     packed = [int4_kmajor_gemv.launch_config(1, n, k, 128, 132, bf16x2=True)["split"] for _, (n, k) in SHAPES.items()]
-    assert packed == [32, 32, 8, 56, 3]
+    assert packed == [32, 32, 8, 56, 2]
     assert int4_kmajor_gemv.launch_config(2, 6144, 4096, 128, 132, bf16x2=True)["split"] == 16
 
 
