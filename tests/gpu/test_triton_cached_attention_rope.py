@@ -68,6 +68,23 @@ def test_decode_matches_reference(batch, interleaved, features):
     assert not paged_attention_decode_rope.tickets(torch.device("cuda"), 1).any()
 
 
+def test_kv_lines_kept_in_l2_give_the_same_result(monkeypatch):
+    """AUTODEPLOY_ATTN_KV_KEEP=1 marks the prefetched KV lines evict_last in L2: a hint, so the output and the
+    caches are bit-identical to the default launch's."""
+    torch.manual_seed(0)
+    outs = []
+    for keep in ("0", "1"):
+        monkeypatch.setenv("AUTODEPLOY_ATTN_KV_KEEP", keep)
+        torch.manual_seed(0)
+        step = make_step([(1, 700)], **SHAPE, page_size=64, dtype=BF16)
+        cos, sin = tables(step.info)
+        args = step.args()
+        outs.append((op(*args, cos, sin, False, None, None, None, None), args[3].clone(), args[4].clone()))
+    assert paged_attention_decode_rope.kv_prefetch_enabled(torch.device("cuda"))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
 def test_prefill_and_mixed_steps_take_rope_then_the_unfused_path():
     step = make_step([(700, 0), (300, 900), (1, 50), (1, 2000)], **SHAPE, page_size=64, dtype=BF16)
     cos, sin = tables(step.info)

@@ -162,6 +162,14 @@ def pdl_prefetch_meta(device: torch.device, row_elems: int, element_size: int, m
 
 
 @triton.jit
+def prefetch_l2_keep(ptrs):
+    """prefetch_l2 with the lines marked evict_last in L2: data read again every step (the KV cache), so
+    that the weights streaming through L2 evict other lines first."""
+    tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False,
+                              pack=1)
+
+
+@triton.jit
 def prefetch_l2(ptrs):
     """Ask L2 for the 128-byte line of each pointer: no registers, no wait, no fault on the load path."""
     tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)

@@ -42,6 +42,9 @@ was written before the step's first PDL kernel: the context lengths and page tab
 metadata copy (the PDL kernels of a step start only after the last non-PDL work before them is done),
 the cached rows below ctx - 1 by earlier steps; the new key at ctx - 1, written by this launch, is never
 prefetched (8B batch 1 on an H200: FP8 -17 us a step; BENCHMARKS.md, ninth session).
+AUTODEPLOY_ATTN_KV_KEEP=1 marks the prefetched lines evict_last in L2 (kept across steps while weights stream
+through): measured on the 8B H200 step bf16 -15 us, FP8 and INT4 unchanged (twelfth session); off by default,
+since pinned KV lines would take L2 from the prefill GEMMs' weight reuse.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import triton.language as tl
 from torch import Tensor
 
 from autodeploy.backends.triton._common import (dot_precision, pdl_enabled, pdl_launch, pdl_prefetch_enabled,
-                                                pdl_wait_and_release, prefetch_l2, tickets)
+                                                pdl_wait_and_release, prefetch_l2, prefetch_l2_keep, tickets)
 from autodeploy.backends.triton.paged_attention_decode import attend_paged, choose_num_splits
 
 MERGE_TILE = 4096  # fp32 partials the merging program loads at once: 32 registers a thread at 4 warps
@@ -106,7 +109,7 @@ def _split_range(ctx, split, window, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.const
 @triton.jit
 def _prefetch_keys(pt_row, k_base, v_base, lo, hi, skc_p, skc_s, svc_p, svc_s, D: tl.constexpr, D_V: tl.constexpr,
                    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, K_LINES: tl.constexpr, V_LINES: tl.constexpr,
-                   K_STEP: tl.constexpr, V_STEP: tl.constexpr):
+                   K_STEP: tl.constexpr, V_STEP: tl.constexpr, KEEP: tl.constexpr):
     """Ask L2 for the 128-byte lines (K_LINES of K_STEP elements a key row, V_LINES of V_STEP a value row)
     of one KV head's cached keys and values lo .. hi - 1 of a sequence (page-table row pt_row; k_base /
     v_base: the caches at that head)."""
@@ -116,8 +119,14 @@ def _prefetch_keys(pt_row, k_base, v_base, lo, hi, skc_p, skc_s, svc_p, svc_s, D
         kidx = tl.minimum(n0 + tl.arange(0, BLOCK_N), hi - 1)  # lanes past hi repeat the last key
         page = tl.load(pt_row + kidx // PAGE_SIZE).to(tl.int64)
         off = kidx % PAGE_SIZE
-        prefetch_l2(k_base + (page * skc_p + off * skc_s)[:, None] + k_cols[None, :])
-        prefetch_l2(v_base + (page * svc_p + off * svc_s)[:, None] + v_cols[None, :])
+        k_lines = k_base + (page * skc_p + off * skc_s)[:, None] + k_cols[None, :]
+        v_lines = v_base + (page * svc_p + off * svc_s)[:, None] + v_cols[None, :]
+        if KEEP:
+            prefetch_l2_keep(k_lines)
+            prefetch_l2_keep(v_lines)
+        else:
+            prefetch_l2(k_lines)
+            prefetch_l2(v_lines)
 
 
 @triton.jit
@@ -133,7 +142,7 @@ def _decode_rope_kernel(
     BLOCK_DV: tl.constexpr, BLOCK_GP: tl.constexpr, BLOCK_S: tl.constexpr, SUB_S: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr = False, KV_PREFETCH: tl.constexpr = False,
     K_LINES: tl.constexpr = 1, V_LINES: tl.constexpr = 1, K_STEP: tl.constexpr = 1, V_STEP: tl.constexpr = 1,
-    R_LINES: tl.constexpr = 1, R_STEP: tl.constexpr = 1,
+    R_LINES: tl.constexpr = 1, R_STEP: tl.constexpr = 1, KV_KEEP: tl.constexpr = False,
 ):
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
@@ -151,7 +160,7 @@ def _decode_rope_kernel(
         if split < active0:
             _prefetch_keys(pt_ptr + seq * spt_b, kc_ptr + kvh * skc_h, vc_ptr + kvh * svc_h, lo0,
                            tl.minimum(hi0, ctx0 - 1), skc_p, skc_s, svc_p, svc_s, D, D_V, PAGE_SIZE, BLOCK_N,
-                           K_LINES, V_LINES, K_STEP, V_STEP)
+                           K_LINES, V_LINES, K_STEP, V_STEP, KV_KEEP)
     pdl_wait_and_release(PDL)  # q / k / v come from the qkv GEMV launched just before
 
     ctx = tl.load(lens_ptr + seq)
@@ -344,5 +353,6 @@ def _kv_prefetch_meta(k_cache: Tensor, v_cache: Tensor, cos: Tensor) -> dict:
     def lines(n: int, step: int) -> int:
         return triton.next_power_of_2(triton.cdiv(max(n, 1), step))
 
-    return dict(KV_PREFETCH=True, K_STEP=ks, V_STEP=vs, R_STEP=rs, K_LINES=lines(k_cache.shape[-1], ks),
+    keep = os.environ.get("AUTODEPLOY_ATTN_KV_KEEP", "0") == "1"  # the KV lines marked evict_last in L2
+    return dict(KV_PREFETCH=True, KV_KEEP=keep, K_STEP=ks, V_STEP=vs, R_STEP=rs, K_LINES=lines(k_cache.shape[-1], ks),
                 V_LINES=lines(v_cache.shape[-1], vs), R_LINES=lines(cos.shape[-1] // 2, rs))
