@@ -104,6 +104,17 @@ stage_gemv_kmajor() { python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm 
 # tail with its neighbours', which a decode step's GEMV, between a norm and attention, mostly cannot)
 stage_gemv_kmajor_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/quant_gemv_bench.py --rows 1 --no-norm --backends bf16 \
   "int4 kmaj" --budget-s $(( $1 - 20 )) --json "$OUT/gemv_kmajor_nopdl.json"; }
+# Nsight Compute on the K-major INT4 GEMV at the 8B weights (Firecracker hosts only: the x2 / x4 kinds read
+# counters, gVisor does not): speed of light, occupancy, warp stalls, issue slots, memory, per launch
+stage_ncu_int4() { local ncu f=$OUT/ncu_int4${NCU_TAG:-}.txt; ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  [[ -n $ncu ]] || { echo "no ncu"; return 1; }
+  "$ncu" --clock-control none -k regex:int4_kmajor --section SpeedOfLight --section Occupancy --section LaunchStats \
+    --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis --section SourceCounters \
+    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+    python3 benchmarks/int4_gemv_ncu.py --calls 1 --weights ${NCU_WEIGHTS:-qkv o gate_up down lm_head} > "$f" 2>&1; local rc=$?
+  grep -E "int4_kmajor|Duration|DRAM Throughput|Achieved Occupancy|Issued Warp Per|No Eligible" "$f" | head -80; return $rc; }
+# the same with plain weight loads (int4_kmajor_gemv_bf16x2.load_meta: evict_first by default)
+stage_ncu_int4_plain() { AUTODEPLOY_INT4_W_LOAD=none NCU_TAG=_plain stage_ncu_int4; }
 # the K-major INT4 step (lm_head in INT4 too) as a Chrome trace: every kernel's duration, with PDL and without
 I4=(--set transforms.quantize_int4_weight_only.enabled=true --set transforms.quantize_int4_weight_only.group_size=128
     --set "transforms.quantize_int4_weight_only.exclude=[]" --set transforms.repack_int4_kmajor.enabled=true)
@@ -176,7 +187,7 @@ run_stage() {  # name gpus limit
   local n=1; while [[ -e $L/$name.$n.log ]]; do n=$((n + 1)); done
   [[ -e $L/$name.log ]] && mv "$L/$name.log" "$L/$name.$n.log" && { [[ -e $OUT/$name.json ]] && mv "$OUT/$name.json" "$OUT/$name.$n.json"; }
   CUDA_VISIBLE_DEVICES=$devs AUTODEPLOY_CACHE=/tmp/adc${gpus:0:1} \
-    timeout --kill-after=5 "$limit" bash -c "$(declare -f stage_$name); $(declare -p AD B1 B8 P8 I4 OUT L R 2>/dev/null); \
+    timeout --kill-after=5 "$limit" bash -c "$(declare -f); $(declare -p AD B1 B8 P8 I4 OUT L R 2>/dev/null); \
       stage_$name $limit" > "$L/$name.log" 2>&1
   echo "$name@$gpus rc=$? $((SECONDS - t0))s"
 }
