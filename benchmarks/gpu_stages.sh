@@ -120,6 +120,9 @@ I4=(--set transforms.quantize_int4_weight_only.enabled=true --set transforms.qua
     --set "transforms.quantize_int4_weight_only.exclude=[]" --set transforms.repack_int4_kmajor.enabled=true)
 stage_trace_int4() { python3 benchmarks/profile_decode.py "${P8[@]}" "${I4[@]}" --trace /tmp/int4.json \
   && gzip -c /tmp/int4.json > "$OUT/int4_trace.json.gz"; }
+# the 8B FP8 step (lm_head FP8 too) at bucket 1 as a Chrome trace (earlier FP8 profiles ran bucket 2: M = 2)
+stage_trace_fp8() { python3 benchmarks/profile_decode.py "${P8[@]}" --set transforms.quantize_fp8.enabled=true \
+  --set "transforms.quantize_fp8.exclude=[]" --trace /tmp/fp8.json && gzip -c /tmp/fp8.json > "$OUT/fp8_trace.json.gz"; }
 stage_trace_int4_nopdl() { AUTODEPLOY_PDL=0 python3 benchmarks/profile_decode.py "${P8[@]}" "${I4[@]}" --trace /tmp/int4n.json \
   && gzip -c /tmp/int4n.json > "$OUT/int4_nopdl_trace.json.gz"; }
 # the eleventh session's GPU test files (the bf16x2 INT4 GEMV, the bucket of one)
