@@ -19,13 +19,15 @@ if [[ $cmd == prepare ]]; then
 fi
 group=${2:?a gpu_stages.sh group, e.g. quant@0:140}; shift 2
 order=("$@"); (( ${#order[@]} )) || order=(base new base new)
-[[ -d bench_base ]] || { echo "no bench_base/: run 'prepare REV' first"; exit 1; }
-[[ -e bench_base/.whl ]] || ln -s ../.whl bench_base/.whl
+if [[ " ${order[*]} " == *" base "* ]]; then  # sides of the working tree with an environment need no base tree
+  [[ -d bench_base ]] || { echo "no bench_base/: run 'prepare REV' first"; exit 1; }
+  [[ -e bench_base/.whl ]] || ln -s ../.whl bench_base/.whl
+fi
 B=${OUT:-$PWD/out}; mkdir -p "$B"; declare -A n
 for side in "${order[@]}"; do
   n[$side]=$(( ${n[$side]:-0} + 1 )); dir=$B/$side${n[$side]}
   if [[ $side == base ]]; then (cd bench_base && OUT=$dir bash benchmarks/gpu_stages.sh "$group" > "$dir.txt" 2>&1)
   elif [[ $side == new ]]; then OUT=$dir bash benchmarks/gpu_stages.sh "$group" > "$dir.txt" 2>&1
   else var=AB_$side; env ${!var:-} OUT=$dir bash benchmarks/gpu_stages.sh "$group" > "$dir.txt" 2>&1; fi
-  echo "== $side${n[$side]} (base $(cat bench_base/.ab_rev))"; grep -E "rc=|x bf16|^ *(bf16|fp8|int4)" "$dir.txt" | tail -6
+  echo "== $side${n[$side]} (base $(cat bench_base/.ab_rev 2>/dev/null || echo none))"; grep -E "rc=|x bf16|^ *(bf16|fp8|int4)" "$dir.txt" | tail -6
 done
