@@ -177,3 +177,36 @@ def test_bf16x2_kernel_evict_first_loads_give_the_same_result(shape, monkeypatch
     assert int4_kmajor_gemv_bf16x2.load_meta() == dict(W_EVICT="")
     got = int4_kmajor_gemm.launch(x, *kmajor, None, 128, None)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", ["qkv", "o"])
+def test_one_step_config_for_one_group_splits(shape, monkeypatch):
+    """8B qkv / o at one row split K into one group a program: AUTODEPLOY_INT4_ONE_STEP=1 runs it as one step
+    (every word loaded before the PDL wait, maxnreg 168), against the truth and the two-step config."""
+    n, k = SHAPES[shape]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert "one_group" not in int4_kmajor_gemv.launch_config(1, n, k, 128, sms, bf16x2=True)  # off by default
+    monkeypatch.setenv("AUTODEPLOY_INT4_ONE_STEP", "1")
+    int4_kmajor_gemv.launch_config.cache_clear()
+    try:
+        cfg = int4_kmajor_gemv.launch_config(1, n, k, 128, sms, bf16x2=True)
+        assert cfg["one_group"] and cfg["groups_per_split"] == 1 and cfg["bw"] == 16
+        half_split, kmajor = _kmajor(n, k)
+        x = _x(1, k)
+        b = torch.randn(n, device="cuda").to(BF16)
+        truth = _truth(x, half_split, 128) + b.float()
+        got = int4_kmajor_gemm.launch(x, *kmajor, b, 128, None)
+        two_step = {key: v for key, v in cfg.items() if key != "one_group"} | dict(bw=8)
+        want = int4_kmajor_gemm.launch(x, *kmajor, b, 128, two_step)
+        assert sqnr(got, truth) >= 40.0 and sqnr(got, want) >= 40.0
+        assert_close(got, want)
+        graph = torch.cuda.CUDAGraph()  # split K: the tickets reset on every replay
+        with torch.cuda.graph(graph):
+            out = int4_kmajor_gemm.launch(x, *kmajor, b, 128, None)
+        for _ in range(2):
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, got)
+    finally:
+        int4_kmajor_gemv.launch_config.cache_clear()  # later tests get the default configs again

@@ -172,6 +172,8 @@ def pdl_cases():
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
     yield "int4_kmajor_gemv_bf16x2 pdl prefetch", int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, km, \
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
+    yield "int4_kmajor_gemv_bf16x2 pdl prefetch one group", int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, \
+        km, dict(ROWS=1, GW=16, BN=256, BW=16, SPLIT=32, HAS_BIAS=False, PDL=True, PREFETCH=True, ONE_GROUP=True), (), 1
     yield "int4_kmajor_gemv_bf16x2 pdl prefetch evict_first", int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, \
         km, dict(ROWS=2, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True, W_EVICT="evict_first"), \
         (), 1

@@ -194,7 +194,11 @@ def launch_config(m: int, n: int, k: int, group_size: int, sms: int, bf16x2: boo
     # keep 4 (bf16x2 73.5 us at ~4 a SM, 76.9 at ~8: BENCHMARKS.md eleventh session)
     per_sm = 8 if bf16x2 and m == 1 and tiles < sms else 4
     split = triton.cdiv(per_sm * sms, tiles)  # ~4 (8) programs per SM; normalized() rounds to whole groups per split
-    return normalized(dict(bn=bn, bw=bw, split=split, num_warps=warps, num_stages=1), m, n, k, group_size)
+    cfg = normalized(dict(bn=bn, bw=bw, split=split, num_warps=warps, num_stages=1), m, n, k, group_size)
+    one_group = cfg["groups_per_split"] == 1 and group_size // 8 <= 16
+    if bf16x2 and m == 1 and one_group and int4_kmajor_gemv_bf16x2.one_step():
+        cfg = dict(cfg, bw=group_size // 8, one_group=True)  # 8B qkv / o: int4_kmajor_gemv_bf16x2.py, "One step"
+    return cfg
 
 
 def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bias: Optional[Tensor],
@@ -224,9 +228,10 @@ def launch(x2: Tensor, qweight_t: Tensor, scales_t: Tensor, zeros_t: Tensor, bia
                 PDL=pdl_enabled(x2.device), PREFETCH=pdl_prefetch_enabled(x2.device), num_warps=cfg["num_warps"],
                 num_stages=cfg["num_stages"], **int4_kmajor_gemv_bf16x2.load_meta(), **pdl_launch(x2.device))
     if packed:  # bf16 x on a GPU: two weights an instruction
+        one = bool(cfg.get("one_group")) and cfg["groups_per_split"] == 1 and cfg["bw"] == group_size // 8 and m == 1
+        extra = dict(ONE_GROUP=True, maxnreg=int4_kmajor_gemv_bf16x2.ONE_STEP_REGISTERS) if one else {}
         int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel[(tiles, split)](
-            *ptrs, m, n, cfg["groups_per_split"], k // group_size, *strides,
-            **meta)
+            *ptrs, m, n, cfg["groups_per_split"], k // group_size, *strides, **extra, **meta)
     else:
         _int4_kmajor_gemv_kernel[(tiles, split)](
             *ptrs, m, n, cfg["groups_per_split"], k // group_size, MAGIC_BITS, *strides, **meta)

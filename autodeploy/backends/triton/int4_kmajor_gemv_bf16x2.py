@@ -30,6 +30,15 @@ group (8B INT4 step -17 us). Weight words, scales and zeros are loaded evict_fir
 step, they should leave the caches before anything else does; 8B INT4 step on the H200 2.011 -> 1.932 ms,
 BENCHMARKS.md twelfth session; load_meta, AUTODEPLOY_INT4_W_LOAD=none for plain loads).
 
+One step (AUTODEPLOY_INT4_ONE_STEP=1; off by default until an end-to-end A/B: written and passing the GPU
+tests in the twelfth session, not yet timed): where a program's K range is a single group (8B qkv and o at
+one row: split 32), the launch runs the group as one step (BW = g / 8 word rows) with ONE_GROUP: every word
+of the program is loaded before the PDL wait and nothing after it but x, where the two-step default waits
+for its second step's words after the wait (a DRAM round trip). ptxas schedules the whole group's
+dequantization early (221 registers); capped at ONE_STEP_REGISTERS (maxnreg, 14 spill instructions) 6
+programs fit an SM, the 768 / 512 programs of qkv / o in one wave. (The group's scales are still reloaded as
+a next group's would be: dropping that L1 hit made ptxas spill 514 instructions at the same cap.)
+
 Numerics: q - z exact; each product rounded to bf16 and the chain of 8 summed in bf16 (relative error
 ~2^-9 per step), then fp32. Against an fp32 product of the same quantized operands: 48.3-48.8 dB on the 8B
 shapes (H200; ~49 emulated on CPU), where the fp32-math kernel gives ~55.5 and the INT4 quantization
@@ -155,7 +164,7 @@ def _int4_kmajor_gemv_bf16x2_kernel(
     stride_xm, stride_qw, stride_sg, stride_zg, stride_om,
     ROWS: tl.constexpr, GW: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr,
     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False,
-    W_EVICT: tl.constexpr = "",
+    W_EVICT: tl.constexpr = "", ONE_GROUP: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -195,9 +204,13 @@ def _int4_kmajor_gemv_bf16x2_kernel(
         d3 = tl.zeros((BWH, BN), dtype=tl.float32)
         for step in tl.static_range(STEPS):
             w_cur = g * GW + step * BW
-            nxt = q_ptrs + (tl.minimum(w_cur + BW, w_last) - w_cur) * stride_qw  # next step in flight
-            even_next = _words(nxt, mask_n, W_EVICT)
-            odd_next = _words(nxt + stride_qw, mask_n, W_EVICT)
+            if STEPS == 1 and ONE_GROUP:  # the split's only step: nothing to load next
+                even_next = even
+                odd_next = odd
+            else:
+                nxt = q_ptrs + (tl.minimum(w_cur + BW, w_last) - w_cur) * stride_qw  # next step in flight
+                even_next = _words(nxt, mask_n, W_EVICT)
+                odd_next = _words(nxt + stride_qw, mask_n, W_EVICT)
             e0, e1, e2, e3 = _dequant(even, nzz)  # once per weight pair, shared by the rows
             o0, o1, o2, o3 = _dequant(odd, nzz)
             xw = x_words + (g * (8 * GW) + step * BW) // 2  # [BWH] plane 0 of this step
@@ -230,6 +243,14 @@ def usable(x2: Tensor, config: Optional[dict] = None) -> bool:
     if config["bw"] < 2 or x2.data_ptr() % 4 or (x2.shape[0] > 1 and x2.stride(0) % 2):
         return False
     return _bf16x2_fma(x2.device.index if x2.device.index is not None else torch.cuda.current_device())
+
+
+ONE_STEP_REGISTERS = 168  # 6 programs an SM (64 threads); ptxas alone takes 221 (4 an SM); 14 spills at 168
+
+
+def one_step() -> bool:
+    """The one-step config for one-group splits (module docstring, "One step"): AUTODEPLOY_INT4_ONE_STEP=1."""
+    return os.environ.get("AUTODEPLOY_INT4_ONE_STEP", "0") == "1"
 
 
 def load_meta() -> dict:

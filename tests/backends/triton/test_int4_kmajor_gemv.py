@@ -82,6 +82,26 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "dow
           "lm_head": (128256, 4096)}
 
 
+def test_one_step_config_only_for_one_group_splits_when_asked(monkeypatch):
+    """AUTODEPLOY_INT4_ONE_STEP=1: the bf16x2 one-row config of a split of one g = 128 group (8B qkv / o) runs
+    the group as one step; splits of several groups, two rows and the fp32 kernel keep their config."""
+    def configs(m=1, bf16x2=True):
+        return {name: int4_kmajor_gemv.launch_config(m, n, k, 128, 132, bf16x2=bf16x2)
+                for name, (n, k) in SHAPES.items()}
+
+    assert not any(c.get("one_group") for c in configs().values())  # off by default
+    monkeypatch.setenv("AUTODEPLOY_INT4_ONE_STEP", "1")
+    int4_kmajor_gemv.launch_config.cache_clear()
+    try:
+        on = configs()
+        assert [name for name, c in on.items() if c.get("one_group")] == ["qkv", "o"]
+        assert on["qkv"]["bw"] == on["o"]["bw"] == 16 and on["gate_up"]["bw"] == 8
+        assert not any(c.get("one_group") for c in configs(m=2).values())
+        assert not any(c.get("one_group") for c in configs(bf16x2=False).values())
+    finally:
+        int4_kmajor_gemv.launch_config.cache_clear()
+
+
 def test_rows_pick_the_kernel():
     assert [int4_kmajor_gemm.kernel_for(m, None) for m in (1, 4, 5, 16)] == ["gemv", "gemv", "gemm", "gemm"]
     assert int4_kmajor_gemm.kernel_for(1, dict(bm=16, bn=64, bw=16)) == "gemm"
