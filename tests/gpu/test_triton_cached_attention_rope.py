@@ -85,6 +85,24 @@ def test_kv_lines_kept_in_l2_give_the_same_result(monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("batch", [1, 16])
+def test_small_tile_matches_reference(batch, monkeypatch):
+    """AUTODEPLOY_ATTN_SMALL_TILE=1: 16-key tiles at head dim 128 in 128 registers a thread (maxnreg), against the
+    reference, the caches written as by the default launch."""
+    monkeypatch.setenv("AUTODEPLOY_ATTN_SMALL_TILE", "1")
+    torch.manual_seed(batch)
+    ctx = [700] if batch == 1 else [1, 300, 64, 65] + torch.randint(1, 1000, (batch - 4,)).tolist()
+    step = make_step([(1, c - 1) for c in ctx], n=32, n_kv=8, d=128, page_size=64, dtype=BF16)
+    cos, sin = tables(step.info, d_rot=128)
+    args = step.args()
+    out = op(*args, cos, sin, False, None, None, None, None)
+    want, kc, vc = reference(step, cos, sin)
+    assert_close(out, want.to(BF16), BF16)
+    assert_close(args[3], kc.to(BF16), BF16)
+    assert torch.equal(args[4], vc.to(BF16))
+    assert not paged_attention_decode_rope.tickets(torch.device("cuda"), 1).any()
+
+
 def test_prefill_and_mixed_steps_take_rope_then_the_unfused_path():
     step = make_step([(700, 0), (300, 900), (1, 50), (1, 2000)], **SHAPE, page_size=64, dtype=BF16)
     cos, sin = tables(step.info)

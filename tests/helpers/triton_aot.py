@@ -172,11 +172,11 @@ def pdl_cases():
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
     yield "int4_kmajor_gemv_bf16x2 pdl prefetch", int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, km, \
         dict(ROWS=1, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True), (), 1
-    yield "int4_kmajor_gemv_bf16x2 pdl prefetch one group", int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, \
-        km, dict(ROWS=1, GW=16, BN=256, BW=16, SPLIT=32, HAS_BIAS=False, PDL=True, PREFETCH=True, ONE_GROUP=True), (), 1
-    yield "int4_kmajor_gemv_bf16x2 pdl prefetch evict_first", int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel, \
-        km, dict(ROWS=2, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True, W_EVICT="evict_first"), \
-        (), 1
+    bf16x2 = int4_kmajor_gemv_bf16x2._int4_kmajor_gemv_bf16x2_kernel
+    one = dict(ROWS=1, GW=16, BN=256, BW=16, SPLIT=32, HAS_BIAS=False, PDL=True, PREFETCH=True, ONE_GROUP=True)
+    yield "int4_kmajor_gemv_bf16x2 pdl prefetch one group", bf16x2, km, one, (), 1
+    evict = dict(ROWS=2, GW=16, BN=256, BW=8, SPLIT=16, HAS_BIAS=False, PDL=True, PREFETCH=True, W_EVICT="evict_first")
+    yield "int4_kmajor_gemv_bf16x2 pdl prefetch evict_first", bf16x2, km, evict, (), 1
     for residual in (False, True):
         yield f"rmsnorm pdl residual={residual}", rmsnorm._rmsnorm_kernel, \
             dict(x_ptr=bf, res_ptr=bf, w_ptr=bf, out_ptr=bf, res_out_ptr=bf), \
@@ -192,6 +192,8 @@ def pdl_cases():
               V_LINES=2, K_STEP=64, V_STEP=64, R_LINES=1, R_STEP=64)
     yield "decode_rope pdl kv prefetch", paged_attention_decode_rope._decode_rope_kernel, ptrs, kv, \
         ("scale", "softcap"), 2
+    yield "decode_rope pdl kv prefetch small tile", paged_attention_decode_rope._decode_rope_kernel, ptrs, \
+        dict(kv, BLOCK_N=16), ("scale", "softcap"), 2
     yield "decode_rope pdl kv prefetch evict_last", paged_attention_decode_rope._decode_rope_kernel, ptrs, \
         dict(kv, KV_KEEP=True), ("scale", "softcap"), 2
     from autodeploy.backends.triton import paged_attention_decode

@@ -42,6 +42,12 @@ was written before the step's first PDL kernel: the context lengths and page tab
 metadata copy (the PDL kernels of a step start only after the last non-PDL work before them is done),
 the cached rows below ctx - 1 by earlier steps; the new key at ctx - 1, written by this launch, is never
 prefetched (8B batch 1 on an H200: FP8 -17 us a step; BENCHMARKS.md, ninth session).
+Small tile (AUTODEPLOY_ATTN_SMALL_TILE=1; off, written in the twelfth session, not yet timed): at head dim 128
+a program holds a [32, 128] key and value tile in 220 registers a thread, 28 K a CTA (sm_90, Triton 3.6), so
+it becomes resident, and starts its KV prefetch, only once programs of the GEMV before it leave its SM: the
+8B INT4 qkv GEMV's one-row programs (8 K registers each, ~6 an SM) leave 16 K. The 8B INT4 step's attention
+takes 8.3 us a layer against FP8's 6.1 (whose qkv GEMV has 96 programs, SMs to spare): the gap this is
+meant to close. 16-key tiles compile to 147 registers, capped at 128 (maxnreg) without spills: 16 K a CTA.
 AUTODEPLOY_ATTN_KV_KEEP=1 marks the prefetched lines evict_last in L2 (kept across steps while weights stream
 through): measured on the 8B H200 step bf16 -15 us, FP8 and INT4 unchanged (twelfth session); off by default,
 since pinned KV lines would take L2 from the prefill GEMMs' weight reuse.
@@ -311,8 +317,11 @@ def decode_rope(
         reach = page_table.shape[1] * page_size  # keys a query can see: the table's reach, or the window
         num_splits = choose_num_splits(bsz, n_kv, min(reach, sliding_window or reach), q.device)
     block_d, block_dv = max(16, triton.next_power_of_2(d)), max(16, triton.next_power_of_2(d_v))
+    launch_regs = {}
     if block_n is None:  # as paged_attention_decode.decode
         block_n = 64 if max(block_d, block_dv) <= 64 else 32
+        if block_n == 32 and small_tile(q.device):  # 16 keys a tile in 128 registers a thread ("Small tile")
+            block_n, launch_regs = 16, dict(maxnreg=SMALL_TILE_REGISTERS)
     block_gp, block_s = triton.next_power_of_2(g), triton.next_power_of_2(num_splits)
     if num_splits > 1:
         part = torch.empty(bsz, n, num_splits, d_v + 2, dtype=torch.float32, device=q.device)
@@ -331,9 +340,17 @@ def decode_rope(
         BLOCK_G=max(16, triton.next_power_of_2(g)), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         BLOCK_GP=block_gp, BLOCK_S=block_s, SUB_S=max(1, min(block_s, MERGE_TILE // (block_gp * block_dv))),
         PRECISION=dot_precision(q.dtype), PDL=pdl_enabled(q.device), **_kv_prefetch_meta(k_cache, v_cache, cos),
-        num_warps=num_warps, num_stages=num_stages, **pdl_launch(q.device),
+        num_warps=num_warps, num_stages=num_stages, **launch_regs, **pdl_launch(q.device),
     )
     return out
+
+
+SMALL_TILE_REGISTERS = 128  # 16 K registers a CTA at 4 warps: fits beside 6 one-row INT4 GEMV programs an SM
+
+
+def small_tile(device: torch.device) -> bool:
+    """AUTODEPLOY_ATTN_SMALL_TILE=1 on a GPU (module docstring, "Small tile")."""
+    return device.type == "cuda" and os.environ.get("AUTODEPLOY_ATTN_SMALL_TILE", "0") == "1"
 
 
 @functools.lru_cache(maxsize=None)  # per launch at decode, like pdl_enabled

@@ -145,3 +145,14 @@ def test_unsupported_reasons():
     check = triton_backends.SUPPORTS["cached_attention_rope"]
     assert check(*step.args(), cos, sin, False, None, 0.25, None, None)
     assert not check(*step.args(), cos, sin, False, randn(3), 0.25, None, None)  # sinks must be [n]
+
+
+def test_small_tile_is_a_gpu_setting(monkeypatch):
+    """AUTODEPLOY_ATTN_SMALL_TILE=1 (16-key tiles under a register cap) applies to GPU launches only; the
+    result matches the reference either way."""
+    monkeypatch.setenv("AUTODEPLOY_ATTN_SMALL_TILE", "1")
+    assert not paged_attention_decode_rope.small_tile(torch.device("cpu"))
+    assert paged_attention_decode_rope.small_tile(torch.device(DEVICE)) == (DEVICE == "cuda")
+    step = make_step([(1, 36)], dtype=torch.float32)
+    cos, sin = tables(step, step.q.shape[-1])
+    check(step, cos, sin)
