@@ -192,7 +192,7 @@ def launch_config(m: int, n: int, k: int, group_size: int, sms: int, bf16x2: boo
     tiles = triton.cdiv(n, bn)
     # 8 where the K split makes the parallelism (tiles < SMs: 8B qkv, o, gate_up, down); the lm_head's 501 tiles
     # keep 4 (bf16x2 73.5 us at ~4 a SM, 76.9 at ~8: BENCHMARKS.md eleventh session)
-    per_sm = 8 if bf16x2 and m == 1 and tiles < sms else 4
+    per_sm = int4_kmajor_gemv_bf16x2.programs_per_sm() if bf16x2 and m == 1 and tiles < sms else 4
     split = triton.cdiv(per_sm * sms, tiles)  # ~4 (8) programs per SM; normalized() rounds to whole groups per split
     cfg = normalized(dict(bn=bn, bw=bw, split=split, num_warps=warps, num_stages=1), m, n, k, group_size)
     one_group = cfg["groups_per_split"] == 1 and group_size // 8 <= 16

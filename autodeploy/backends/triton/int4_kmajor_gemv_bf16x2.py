@@ -248,6 +248,16 @@ def usable(x2: Tensor, config: Optional[dict] = None) -> bool:
 ONE_STEP_REGISTERS = 168  # 6 programs an SM (64 threads); ptxas alone takes 221 (4 an SM); 14 spills at 168
 
 
+def programs_per_sm() -> int:
+    """The one-row K split's target of programs an SM where the n tiles are fewer than the SMs: 8 (they fit, at
+    128 registers), or AUTODEPLOY_INT4_PER_SM (fewer leave an SM room for the next kernel's programs to start,
+    e.g. the decode attention's KV prefetch during qkv; not yet timed)."""
+    value = os.environ.get("AUTODEPLOY_INT4_PER_SM", "8")
+    if not value.isdigit() or not 1 <= int(value) <= 8:
+        raise ValueError(f"AUTODEPLOY_INT4_PER_SM={value!r}: expected 1..8 programs an SM")
+    return int(value)
+
+
 def one_step() -> bool:
     """The one-step config for one-group splits (module docstring, "One step"): AUTODEPLOY_INT4_ONE_STEP=1."""
     return os.environ.get("AUTODEPLOY_INT4_ONE_STEP", "0") == "1"

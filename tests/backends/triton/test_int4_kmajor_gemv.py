@@ -120,3 +120,24 @@ def test_bf16x2_kernel_only_where_it_can_run():
     assert int4_kmajor_gemv_bf16x2.usable(x, _gemv()) == compiled_gpu
     assert not int4_kmajor_gemv_bf16x2.usable(x, dict(_gemv(), packed=False))
     assert not int4_kmajor_gemv_bf16x2.usable(x.half(), _gemv())
+
+
+def test_programs_per_sm_setting(monkeypatch):
+    """AUTODEPLOY_INT4_PER_SM sets the one-row bf16x2 K split's programs an SM (8 by default); bad values are
+    refused with the setting's name."""
+    from autodeploy.backends.triton import int4_kmajor_gemv_bf16x2
+
+    n, k = SHAPES["qkv"]
+    assert int4_kmajor_gemv.launch_config(1, n, k, 128, 132, bf16x2=True)["split"] == 32
+    for value, split in (("4", 16), ("2", 11)):  # 24 tiles, 4 a SM: 22 splits -> 2 groups each -> 16 splits
+        monkeypatch.setenv("AUTODEPLOY_INT4_PER_SM", value)
+        int4_kmajor_gemv.launch_config.cache_clear()
+        try:
+            cfg = int4_kmajor_gemv.launch_config(1, n, k, 128, 132, bf16x2=True)
+        finally:
+            int4_kmajor_gemv.launch_config.cache_clear()
+        assert cfg["split"] == split, value
+    for bad in ("0", "9", "x"):
+        monkeypatch.setenv("AUTODEPLOY_INT4_PER_SM", bad)
+        with pytest.raises(ValueError, match="AUTODEPLOY_INT4_PER_SM"):
+            int4_kmajor_gemv_bf16x2.programs_per_sm()
