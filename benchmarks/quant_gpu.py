@@ -38,10 +38,10 @@ VARIANTS: dict[str, list[str]] = {
     "fp8_lm_head_actfold": ["transforms.quantize_fp8.enabled=true", "transforms.quantize_fp8.exclude=[]",
                             "transforms.fuse_act_into_fp8_gemv.enabled=true"],
     "int4": ["transforms.quantize_int4_weight_only.enabled=true", "transforms.quantize_int4_weight_only.group_size=128"],
-    # lm_head (1 GB of bf16 on the 8B shape) quantized too: a quarter of the bytes per step
     # the K-major layout for the decode GEMV (transforms/repack_int4_kmajor.py; recipes/h100-int4.yaml has it on)
     "int4_kmajor": ["transforms.quantize_int4_weight_only.enabled=true", "transforms.quantize_int4_weight_only.group_size=128",
                     "transforms.repack_int4_kmajor.enabled=true"],
+    # lm_head (1 GB of bf16 on the 8B shape) quantized too: a quarter of the bytes per step
     "int4_kmajor_lm_head": ["transforms.quantize_int4_weight_only.enabled=true",
                             "transforms.quantize_int4_weight_only.group_size=128",
                             "transforms.quantize_int4_weight_only.exclude=[]", "transforms.repack_int4_kmajor.enabled=true"],

@@ -35,17 +35,24 @@ def test_every_bucket_is_captured_and_the_pad_page_is_reserved(graphed):
     assert graphed.capture_seconds > 0
 
 
-@pytest.mark.parametrize("batch", [1, 3, 5, 8])
-def test_graph_decode_matches_eager(graphed, batch):
-    """b = 1, 3 and 5 replay the 2, 4 and 8 buckets with padding; tokens and logits match the eager model."""
-    prompts = _prompts(batch, seed=batch)
-    want_tokens, want_logits = greedy_decode(toy_cached_model(PAGES, PAGE, "cuda"), prompts, 8, PAGE, pages_per_seq=7)
-    replays = graphed.replays
-    tokens, logits = greedy_decode(graphed, prompts, 8, PAGE, pages_per_seq=7)
-    assert graphed.replays - replays == 7  # every decode step (the first step is the prefill)
+def _decode_matches_eager(model, n: int, seed: int, steps: int) -> int:
+    """Greedy-decode n prompts `steps` tokens with the model and with the eager one: the same tokens and
+    logits. Returns how many CUDA-graph replays the model served meanwhile."""
+    prompts = _prompts(n, seed=seed)
+    eager = toy_cached_model(PAGES, PAGE, "cuda")
+    want_tokens, want_logits = greedy_decode(eager, prompts, steps, PAGE, pages_per_seq=7)
+    replays = model.replays
+    tokens, logits = greedy_decode(model, prompts, steps, PAGE, pages_per_seq=7)
     assert tokens == want_tokens
     for a, b in zip(logits, want_logits):
         assert_close(a, b)
+    return model.replays - replays
+
+
+@pytest.mark.parametrize("batch", [1, 3, 5, 8])
+def test_graph_decode_matches_eager(graphed, batch):
+    """b = 1, 3 and 5 replay the 2, 4 and 8 buckets with padding; tokens and logits match the eager model."""
+    assert _decode_matches_eager(graphed, batch, seed=batch, steps=8) == 7  # every decode step (the first: prefill)
 
 
 def test_metadata_built_on_the_device_replays_the_same_graphs(graphed):
@@ -124,12 +131,7 @@ def test_capture_without_torch_compile_matches_eager():
     model = CompiledModel(toy_cached_model(PAGES, PAGE, "cuda"), "cuda-graph", batch_sizes=BUCKETS, max_batch_size=8,
                           max_num_tokens=256, max_seq_len=64, torch_compile=False)
     assert sorted(model.graphs) == [1, 2, 4, 8]  # captured as is: a bucket of one too
-    prompts = _prompts(3, seed=5)
-    want_tokens, want_logits = greedy_decode(toy_cached_model(PAGES, PAGE, "cuda"), prompts, 8, PAGE, pages_per_seq=7)
-    tokens, logits = greedy_decode(model, prompts, 8, PAGE, pages_per_seq=7)
-    assert model.replays == 7 and tokens == want_tokens
-    for a, b in zip(logits, want_logits):
-        assert_close(a, b)
+    assert _decode_matches_eager(model, 3, seed=5, steps=8) == 7
 
 
 def test_a_graph_captured_as_is_has_a_bucket_of_one():
@@ -138,9 +140,4 @@ def test_a_graph_captured_as_is_has_a_bucket_of_one():
     model = CompiledModel(toy_cached_model(PAGES, PAGE, "cuda"), "cuda-graph", batch_sizes=[1, 2, 4], max_batch_size=4,
                           max_num_tokens=256, max_seq_len=64, torch_compile=False)
     assert sorted(model.graphs) == [1, 2, 4]
-    prompts = _prompts(1, seed=3)
-    want_tokens, want_logits = greedy_decode(toy_cached_model(PAGES, PAGE, "cuda"), prompts, 6, PAGE, pages_per_seq=7)
-    tokens, logits = greedy_decode(model, prompts, 6, PAGE, pages_per_seq=7)
-    assert model.replays == 5 and tokens == want_tokens
-    for a, b in zip(logits, want_logits):
-        assert_close(a, b)
+    assert _decode_matches_eager(model, 1, seed=3, steps=6) == 5
